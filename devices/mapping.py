@@ -1,0 +1,123 @@
+"""Map declared parameters and results onto Tango attribute definitions."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tango
+
+from tango_dqm.params import Parameter, ParamType
+from tango_dqm.plugin import Result
+
+MAX_SPECTRUM = 1 << 16
+MAX_IMAGE = 8192
+
+_PARAM_TYPES = {
+    ParamType.INT: (tango.CmdArgType.DevLong64, False),
+    ParamType.FLOAT: (tango.CmdArgType.DevDouble, False),
+    ParamType.BOOL: (tango.CmdArgType.DevBoolean, False),
+    ParamType.STR: (tango.CmdArgType.DevString, False),
+    ParamType.ENUM: (tango.CmdArgType.DevEnum, False),
+    ParamType.INT_ARRAY: (tango.CmdArgType.DevLong64, True),
+    ParamType.FLOAT_ARRAY: (tango.CmdArgType.DevDouble, True),
+    ParamType.ROI: (tango.CmdArgType.DevLong, True),
+}
+
+
+def _props(label: str, unit: str, description: str) -> tango.UserDefaultAttrProp:
+    p = tango.UserDefaultAttrProp()
+    if label:
+        p.set_label(label)
+    if unit:
+        p.set_unit(unit)
+    if description:
+        p.set_description(description)
+    return p
+
+
+def parameter_attr(param: Parameter) -> tango.Attr:
+    """A writable attribute for a parameter; scalars are memorized (arrays go to a property)."""
+    dtype, is_array = _PARAM_TYPES[param.type]
+    w = tango.AttrWriteType.READ_WRITE
+    if is_array:
+        size = 4 if param.type is ParamType.ROI else (param.length or MAX_SPECTRUM)
+        attr: tango.Attr = tango.SpectrumAttr(param.name, dtype, w, size)
+    else:
+        attr = tango.Attr(param.name, dtype, w)
+    props = _props(param.label, param.unit, param.description)
+    if param.min is not None:
+        props.set_min_value(repr(param.min) if param.type is ParamType.FLOAT else str(int(param.min)))
+    if param.max is not None:
+        props.set_max_value(repr(param.max) if param.type is ParamType.FLOAT else str(int(param.max)))
+    if param.type is ParamType.ENUM:
+        props.set_enum_labels(list(param.choices))
+    attr.set_default_properties(props)
+    if not is_array:
+        attr.set_memorized()
+        attr.set_memorized_init(True)
+    return attr
+
+
+def result_attr(result: Result) -> tango.Attr:
+    """A read-only attribute for a result, with change (and for scalars archive) events pushed."""
+    kind = result.dtype.kind
+    if kind in "iu":
+        dtype = tango.CmdArgType.DevLong64 if result.kind == "scalar" else _array_int_type(result.dtype)
+    elif kind == "b":
+        dtype = tango.CmdArgType.DevBoolean
+    else:
+        dtype = tango.CmdArgType.DevDouble if result.dtype.itemsize == 8 or result.kind == "scalar" \
+            else tango.CmdArgType.DevFloat
+    r = tango.AttrWriteType.READ
+    if result.kind == "scalar":
+        attr: tango.Attr = tango.Attr(result.name, dtype, r)
+    elif result.kind == "spectrum":
+        attr = tango.SpectrumAttr(result.name, dtype, r, MAX_SPECTRUM)
+    else:
+        attr = tango.ImageAttr(result.name, dtype, r, MAX_IMAGE, MAX_IMAGE)
+    props = _props(result.label, result.unit, result.description)
+    if result.kind == "scalar":
+        for (lo, hi), set_lo, set_hi in (
+            (result.warning or (None, None), props.set_min_warning, props.set_max_warning),
+            (result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
+        ):
+            if lo is not None:
+                set_lo(str(lo))
+            if hi is not None:
+                set_hi(str(hi))
+    attr.set_default_properties(props)
+    attr.set_change_event(True, False)
+    if result.kind == "scalar" and result.archive:
+        attr.set_archive_event(True, False)
+    return attr
+
+
+def _array_int_type(dtype: np.dtype) -> tango.CmdArgType:
+    return {1: tango.CmdArgType.DevUChar if dtype.kind == "u" else tango.CmdArgType.DevShort,
+            2: tango.CmdArgType.DevUShort if dtype.kind == "u" else tango.CmdArgType.DevShort,
+            4: tango.CmdArgType.DevULong if dtype.kind == "u" else tango.CmdArgType.DevLong}.get(
+        dtype.itemsize, tango.CmdArgType.DevLong64)
+
+
+def result_value(result: Result, value: Any) -> tuple[Any, tango.AttrQuality]:
+    """The value to give Tango, and INVALID quality when there is none (disabled ROI, no frame yet)."""
+    if value is None:
+        return (0 if result.kind == "scalar" else np.zeros((0,) if result.kind == "spectrum" else (0, 0))), \
+            tango.AttrQuality.ATTR_INVALID
+    if result.kind == "scalar":
+        if isinstance(value, float) and math.isnan(value):
+            return value, tango.AttrQuality.ATTR_INVALID
+        return value, tango.AttrQuality.ATTR_VALID
+    return np.asarray(value), tango.AttrQuality.ATTR_VALID
+
+
+def parameter_value(param: Parameter, value: Any) -> Any:
+    """A canonical parameter value as Tango wants it on read."""
+    if param.type is ParamType.ENUM:
+        return param.choices.index(value)
+    plain = param.to_plain(value)
+    if param.is_array:
+        return np.asarray(plain, dtype=np.int32 if param.type is ParamType.ROI else
+                          (np.int64 if param.type is ParamType.INT_ARRAY else np.float64))
+    return plain

@@ -1,0 +1,306 @@
+"""DataQualityMonitor: a thin Tango device over :class:`tango_dqm.engine.Engine`.
+
+Commands only call into the engine and return; the engine's publisher thread (an
+omni-thread) pushes State and result events. Parameters and results of the
+configured analyses become dynamic attributes, rebuilt by ``Init``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import tango
+from tango import DevState
+from tango.server import Device, attribute, command, device_property, run
+
+from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.params import ParameterError
+from tango_dqm.plugin import PluginError
+from tango_dqm.sources import SourceError
+from tango_dqm.versions import deployed_versions_json
+
+from .logging_bridge import TangoLogHandler
+from .mapping import parameter_attr, parameter_value, result_attr, result_value
+
+_STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
+_COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents")
+core_log = logging.getLogger("tango_dqm")
+
+
+def _throw(reason: str, desc: str, origin: str) -> None:
+    tango.Except.throw_exception(reason, desc, origin)
+
+
+class DataQualityMonitor(Device):
+    """Live data-quality monitor: analyses detector streams, exposes results as attributes."""
+
+    Sources = device_property(dtype=(str,), default_value=["sim://?frames=100"],
+                              doc="stream URIs, 'name=uri' or 'uri' (sim://, zmq://)")
+    Analyses = device_property(dtype=(str,), default_value=["roi"],
+                               doc="analysis plugin names or module:Class")
+    OutputDirectory = device_property(dtype=str, default_value="", doc="where scan products are written")
+    ArrayEventInterval = device_property(dtype=float, default_value=0.5,
+                                         doc="minimum seconds between spectrum/image change events")
+    QueueSize = device_property(dtype=int, default_value=64, doc="frames buffered between source and analysis")
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.engine: Engine | None = None
+        self._config_error = ""
+        self._log_handler = TangoLogHandler(self)
+        core_log.addHandler(self._log_handler)
+        core_log.setLevel(logging.DEBUG)
+        for name in ("State", "Status", *_COUNTERS):
+            self.set_change_event(name, True, False)
+        try:
+            self.engine = Engine(
+                EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval),
+                listener=self, thread_context=tango.EnsureOmniThread)
+        except (EngineError, PluginError, SourceError, ValueError) as exc:
+            self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
+                                  "then run Init")
+            self.error_stream(self._config_error)
+            self.set_state(DevState.FAULT)
+            return
+        self._restore_array_parameters()
+        if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
+            self._build_dynamic_attributes()
+        self.set_state(DevState.ON)
+
+    def initialize_dynamic_attributes(self) -> None:
+        self._dynamic_ready = True
+        self._build_dynamic_attributes()
+
+    def delete_device(self) -> None:
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+        if getattr(self, "_log_handler", None) is not None:
+            core_log.removeHandler(self._log_handler)
+
+    # ---- dynamic attributes ------------------------------------------------------------
+
+    def _build_dynamic_attributes(self) -> None:
+        for name in getattr(self, "_dynamic_names", []):
+            try:
+                self.remove_attribute(name)
+            except tango.DevFailed:
+                pass
+        self._dynamic_names: list[str] = []
+        if self.engine is None:
+            return
+        for param in self.engine.params.declarations.values():
+            self.add_attribute(parameter_attr(param), self._read_parameter, self._write_parameter)
+            self._dynamic_names.append(param.name)
+        for name, (_, result) in self.engine.result_decl.items():
+            self.add_attribute(result_attr(result), self._read_result)
+            self._dynamic_names.append(name)
+
+    def _read_parameter(self, attr: tango.Attribute) -> None:
+        name = attr.get_name()
+        param = self.engine.params.declarations[name]
+        attr.set_value(parameter_value(param, self.engine.params.get(name)))
+
+    def _write_parameter(self, attr: tango.WAttribute) -> None:
+        name = attr.get_name()
+        value = attr.get_write_value()
+        try:
+            canonical = self.engine.set_parameter(name, value)
+        except ParameterError as exc:
+            _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
+        param = self.engine.params.declarations[name]
+        if param.is_array:
+            self._persist(name, param.to_plain(canonical))
+
+    def _read_result(self, attr: tango.Attribute) -> None:
+        name = attr.get_name()
+        _, result = self.engine.result_decl[name]
+        value, quality = result_value(result, self.engine.snapshot().results.get(name))
+        attr.set_value_date_quality(value, time.time(), quality)
+
+    # Array parameters cannot be memorized: they are written through to a device
+    # property of the same name holding JSON, and restored from it at Init.
+
+    def _persist(self, name: str, value: Any) -> None:
+        try:
+            self._database().put_device_property(self.get_name(), {name: [json.dumps(value)]})
+        except tango.DevFailed as exc:
+            self.warn_stream(f"could not persist {name}: {exc.args[0].desc}")
+
+    def _restore_array_parameters(self) -> None:
+        names = [p.name for p in self.engine.params.declarations.values() if p.is_array]
+        if not names:
+            return
+        try:
+            stored = self._database().get_device_property(self.get_name(), names)
+        except tango.DevFailed as exc:
+            self.warn_stream(f"could not read persisted parameters: {exc.args[0].desc}")
+            return
+        for name in names:
+            raw = list(stored.get(name, []))
+            if not raw:
+                continue
+            try:
+                self.engine.set_parameter(name, json.loads(raw[0]) if len(raw) == 1 else [int(v) for v in raw])
+            except (ValueError, ParameterError) as exc:
+                self.warn_stream(f"persisted {name}={raw} ignored: {exc}")
+
+    @staticmethod
+    def _database() -> tango.Database:
+        return tango.Util.instance().get_database()
+
+    # ---- engine listener (publisher thread, an omni-thread) ------------------------
+
+    def on_state(self, state: str, status: str) -> None:
+        self.set_state(_STATES[state])
+        self.push_change_event("State", _STATES[state])
+        self.push_change_event("Status", status)
+        if state in ("CLOSE", "FAULT", "ON") and self.engine is not None:
+            snap = self.engine.snapshot()  # final values, including rate-limited images
+            self._push_results(snap.results, all_arrays=True)
+            self._push_counters(snap)
+
+    def on_results(self, results: dict[str, Any], frame_id: int) -> None:
+        self._push_results(results)
+        if self.engine is not None:
+            self._push_counters(self.engine.snapshot())
+
+    def _push_results(self, results: dict[str, Any], all_arrays: bool = False) -> None:
+        now = time.time()
+        decl = self.engine.result_decl
+        for name, value in results.items():
+            if name not in decl:
+                continue
+            _, result = decl[name]
+            v, quality = result_value(result, value)
+            self.push_change_event(name, v, now, quality)
+            if result.kind == "scalar" and result.archive:
+                self.push_archive_event(name, v, now, quality)
+
+    def _push_counters(self, snap) -> None:
+        c = snap.counters
+        for name, value in zip(_COUNTERS, (c.total, c.completed, c.dropped, c.bad)):
+            self.push_change_event(name, value)
+
+    # ---- state and status ---------------------------------------------------------------
+
+    def dev_state(self) -> DevState:
+        if self.engine is not None:
+            self.set_state(_STATES[self.engine.state.value])
+        return super().dev_state()  # standard Tango semantics (ALARM from attribute alarms)
+
+    def dev_status(self) -> str:
+        if self.engine is None:
+            return f"FAULT: {self._config_error}"
+        return self.engine.status()
+
+    # ---- commands ---------------------------------------------------------------------
+
+    @command(doc_out="scan id")
+    def Start(self) -> str:
+        """Start a scan: RUNNING until the series ends, the expected events are done, or Stop."""
+        return self._start(live=False)
+
+    @command(doc_out="run id")
+    def Live(self) -> str:
+        """Start a free-running acquisition with no end of series; Stop ends it."""
+        return self._start(live=True)
+
+    def _start(self, live: bool) -> str:
+        engine = self._require_engine("Live" if live else "Start")
+        try:
+            scan_id = engine.start(live=live)
+        except EngineError as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), "Live" if live else "Start")
+        self.set_state(_STATES[engine.state.value])
+        return scan_id
+
+    @command
+    def Stop(self) -> None:
+        """Stop the scan: the engine drains queued frames, then goes to CLOSE."""
+        self._require_engine("Stop").stop()
+
+    @command
+    def Reset(self) -> None:
+        """CLOSE or FAULT -> ON, clearing results and counters."""
+        engine = self._require_engine("Reset")
+        try:
+            engine.reset()
+        except EngineError as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), "Reset")
+        self.set_state(_STATES[engine.state.value])
+
+    def _require_engine(self, origin: str) -> Engine:
+        if self.engine is None:
+            _throw("DQM_NotConfigured", self._config_error, origin)
+        return self.engine  # type: ignore[return-value]
+
+    # ---- static attributes -------------------------------------------------------------
+
+    def _counters(self):
+        if self.engine is None:
+            return None
+        return self.engine.snapshot().counters
+
+    @attribute(dtype="DevLong64", doc="events expected in the scan when known, else events seen")
+    def totalEvents(self) -> int:
+        c = self._counters()
+        return c.total if c else 0
+
+    @attribute(dtype="DevLong64", doc="events fully analysed")
+    def completedEvents(self) -> int:
+        c = self._counters()
+        return c.completed if c else 0
+
+    @attribute(dtype="DevLong64", doc="events lost: queue overflow in live mode or frame-id gaps")
+    def droppedEvents(self) -> int:
+        c = self._counters()
+        return c.dropped if c else 0
+
+    @attribute(dtype="DevLong64", doc="malformed messages, counted and skipped")
+    def badEvents(self) -> int:
+        c = self._counters()
+        return c.bad if c else 0
+
+    @attribute(dtype=float, unit="Hz", doc="events analysed per second over the last second")
+    def eventRate(self) -> float:
+        c = self._counters()
+        return c.event_rate if c else 0.0
+
+    @attribute(dtype=float, unit="ms", doc="receive-to-result time of the last event")
+    def latency(self) -> float:
+        c = self._counters()
+        return c.latency_ms if c else 0.0
+
+    @attribute(dtype=str, doc="id of the current or last scan")
+    def scanId(self) -> str:
+        return self.engine.snapshot().scan_id if self.engine else ""
+
+    @attribute(dtype=str, doc="JSON: package, dependency, plugin and git versions")
+    def deployedVersions(self) -> str:
+        return deployed_versions_json(self.engine.analyses if self.engine else [],
+                                      {"pytango": tango.__version__})
+
+    @attribute(dtype=str, doc="JSON: run summary of the last finished scan")
+    def runSummary(self) -> str:
+        if self.engine is None:
+            return "{}"
+        return json.dumps(self.engine.snapshot().summary, allow_nan=True)
+
+    @attribute(dtype=str, doc="JSON: parameter changes and the frame id where each applied")
+    def parameterLog(self) -> str:
+        if self.engine is None:
+            return "[]"
+        return json.dumps([vars(c) for c in self.engine.params.changes])
+
+
+def main(args: list[str] | None = None) -> None:
+    """Server entry point: ``DataQualityMonitor <instance>``."""
+    run((DataQualityMonitor,), args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The engine: source threads -> bounded queue -> one analysis thread, with a state machine.
+
+States: ON (idle) -> RUNNING (scan or live) -> CLOSE (finished, results frozen);
+any source or analysis error -> FAULT; Reset: CLOSE/FAULT -> ON. Commands only set
+flags and start threads; the engine thread changes state itself when it has drained,
+so a caller holding a lock that a listener needs can never deadlock.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .frames import BadInput, Frame, SeriesEnd
+from .params import Parameter, ParameterStore, Params
+from .plugin import Analysis, PluginError, Result, load_analysis
+from .publisher import Listener, Publisher
+from .sources import Source, SourceError, open_source
+
+log = logging.getLogger(__name__)
+
+
+class EngineState(str, enum.Enum):
+    """Engine states; the names match Tango's DevState names used by the device."""
+
+    ON = "ON"
+    RUNNING = "RUNNING"
+    CLOSE = "CLOSE"
+    FAULT = "FAULT"
+
+
+class EngineError(RuntimeError):
+    """A command is not allowed now, or the configuration is invalid."""
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs; the device builds it from Tango properties."""
+
+    sources: Sequence[str]
+    analyses: Sequence[str] = ("roi",)
+    queue_size: int = 64
+    array_push_interval: float = 0.5
+
+
+@dataclass
+class Counters:
+    """Event counters of the current (or last) scan."""
+
+    total: int = 0
+    completed: int = 0
+    dropped: int = 0
+    bad: int = 0
+    expected: int | None = None
+    event_rate: float = 0.0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of the engine's public state, cheap to take."""
+
+    state: EngineState
+    status: str
+    counters: Counters
+    results: dict[str, Any]
+    frame_id: int | None
+    summary: dict[str, Any]
+    scan_id: str
+    bad_kinds: dict[str, int] = field(default_factory=dict)
+
+
+_DONE = object()  # a source thread finished
+
+
+class Engine:
+    """Runs analyses over frames from sources; owns all threads and the state machine."""
+
+    def __init__(self, config: EngineConfig, listener: Listener | None = None,
+                 thread_context: Callable[[], Any] = contextlib.nullcontext):
+        if not config.sources:
+            raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
+        self.config = config
+        self.analyses: list[Analysis] = [load_analysis(spec)() for spec in config.analyses]
+        self.result_decl: dict[str, tuple[str, Result]] = {}
+        declarations: list[Parameter] = []
+        owners: dict[str, str] = {}
+        for a in self.analyses:
+            for r in a.results:
+                if r.name in self.result_decl:
+                    raise PluginError(f"result {r.name!r} is declared by both {self.result_decl[r.name][0]!r} "
+                                      f"and {a.name!r}")
+                self.result_decl[r.name] = (a.name, r)
+            for p in a.parameters:
+                if p.name in owners:
+                    raise PluginError(f"parameter {p.name!r} is declared by both {owners[p.name]!r} and {a.name!r}")
+                owners[p.name] = a.name
+                declarations.append(p)
+        self.params = ParameterStore(declarations)
+        # Source specs are checked now, so a bad URI is reported at Init, not at Start.
+        self._source_entries = list(config.sources)
+        hints = [open_source(entry).image_shape for entry in self._source_entries]
+        # A known image shape lets ROI writes be checked against it before the first frame.
+        self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        self._lock = threading.RLock()
+        self._state = EngineState.ON
+        self._fault = ""
+        self._end_reason = ""
+        self._counters = Counters()
+        self._results: dict[str, Any] = {}
+        self._frame_id: int | None = None
+        self._summary: dict[str, Any] = {}
+        self._bad_kinds: dict[str, int] = {}
+        self._scan_seq = itertools.count(1)
+        self._scan_id = ""
+        self._stop = threading.Event()
+        self._generation = 0
+        arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
+        self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
+
+    # ---- commands (return at once) -------------------------------------------------
+
+    def start(self, live: bool = False) -> str:
+        """Start a scan (or a live run, with no end). Allowed in ON and CLOSE."""
+        with self._lock:
+            if self._state not in (EngineState.ON, EngineState.CLOSE):
+                raise EngineError(f"{'Live' if live else 'Start'} is not allowed in {self._state.value}"
+                                  + ("; run Reset first" if self._state is EngineState.FAULT else "; Stop first"))
+            sources = [open_source(entry) for entry in self._source_entries]
+            opened: list[Source] = []
+            try:
+                for s in sources:
+                    s.open()
+                    opened.append(s)
+            except SourceError as exc:
+                for s in opened:
+                    s.close()
+                self._enter_fault(f"source failed to open: {exc}. Check the Sources property and the "
+                                  "sender, then run Reset")
+                raise EngineError(str(exc)) from None
+            self._generation += 1
+            self._stop = threading.Event()
+            self._counters = Counters()
+            self._results, self._summary, self._bad_kinds = {}, {}, {}
+            self._frame_id = None
+            self._end_reason = ""
+            self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
+            self._live = live
+            expected = [s.expected_frames for s in sources]
+            if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
+                self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
+            q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
+            self._set_state(EngineState.RUNNING)
+            for s in sources:
+                threading.Thread(target=self._source_loop, args=(s, q, self._stop, live),
+                                 name=f"dqm-source-{s.name}", daemon=True).start()
+            threading.Thread(target=self._engine_loop, args=(q, len(sources), self._stop, self._generation),
+                             name="dqm-engine", daemon=True).start()
+            return self._scan_id
+
+    def stop(self) -> None:
+        """Ask sources to stop; the engine drains what is queued, then goes to CLOSE."""
+        with self._lock:
+            if self._state is EngineState.RUNNING:
+                self._end_reason = self._end_reason or "stopped"
+                self._stop.set()
+
+    def reset(self) -> None:
+        """CLOSE or FAULT -> ON with results cleared."""
+        with self._lock:
+            if self._state not in (EngineState.CLOSE, EngineState.FAULT):
+                raise EngineError(f"Reset is allowed in CLOSE and FAULT, not in {self._state.value}")
+            self._stop.set()
+            self._generation += 1  # a still-draining engine thread of a faulted scan is now ignored
+            self._counters = Counters()
+            self._results, self._summary, self._bad_kinds = {}, {}, {}
+            self._frame_id = None
+            self._fault = ""
+            self._set_state(EngineState.ON)
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        """Validate and set a parameter; applies from the next frame. Raises ParameterError."""
+        return self.params.set(name, value)
+
+    def close(self) -> None:
+        """Stop everything (device shutdown). Does not wait for threads."""
+        self._stop.set()
+        self.publisher.close()
+
+    # ---- queries ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            c = Counters(**vars(self._counters))
+            if self._state is not EngineState.RUNNING:
+                c.event_rate = 0.0
+            return Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
+                            dict(self._summary), self._scan_id, dict(self._bad_kinds))
+
+    def status(self) -> str:
+        with self._lock:
+            return self._status_locked()
+
+    def _status_locked(self) -> str:
+        c = self._counters
+        where = ", ".join(self._source_entries)
+        counts = (f"{c.completed}/{c.total} events completed, {c.dropped} dropped, {c.bad} bad")
+        s = self._state
+        if s is EngineState.ON:
+            return f"ON: ready; source {where}; analyses {', '.join(a.name for a in self.analyses)}"
+        if s is EngineState.RUNNING:
+            mode = "live" if self._live else "scan"
+            return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz"
+        if s is EngineState.CLOSE:
+            return (f"CLOSE: {self._scan_id} finished ({self._end_reason}): {counts}; "
+                    "results frozen, Start for a new scan or Reset to clear")
+        return f"FAULT: {self._fault}"
+
+    # ---- threads -----------------------------------------------------------------------
+
+    def _set_state(self, state: EngineState) -> None:
+        # caller holds self._lock
+        self._state = state
+        self.publisher.state(state.value, self._status_locked())
+
+    def _enter_fault(self, why: str) -> None:
+        with self._lock:
+            self._fault = why
+            self._stop.set()
+            self._set_state(EngineState.FAULT)
+        log.error("FAULT: %s", why)
+
+    def _source_loop(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
+        try:
+            for item in source.items(stop, live):
+                if item is None:
+                    continue
+                entry = (time.monotonic(), item)
+                if live and isinstance(item, Frame):
+                    try:
+                        q.put_nowait(entry)
+                    except queue.Full:  # live mode never holds back the detector
+                        with self._lock:
+                            self._counters.dropped += 1
+                    continue
+                while True:  # scan mode: back-pressure, but stay responsive to Stop
+                    try:
+                        q.put(entry, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if stop.is_set():
+                            break
+                if stop.is_set():
+                    break
+        except Exception as exc:  # noqa: BLE001 - any source failure is a FAULT with its reason
+            self._enter_fault(f"source {source.name!r} ({source.spec.uri}) failed: {type(exc).__name__}: {exc}. "
+                              "Check the stream, then run Reset")
+        finally:
+            source.close()
+            q.put((time.monotonic(), _DONE))
+
+    def _engine_loop(self, q: queue.Queue, n_sources: int, stop: threading.Event, generation: int) -> None:
+        accs = [a.new_accumulator() for a in self.analyses]
+        last_ids: dict[str, int] = {}
+        done = 0
+        series_ended = 0
+        param_version = -1
+        rate_window: deque[tuple[float, int]] = deque()
+        while done < n_sources:
+            t_recv, item = q.get()
+            if generation != self._generation:  # reset while draining: discard
+                if item is _DONE:
+                    done += 1
+                continue
+            if item is _DONE:
+                done += 1
+                continue
+            if isinstance(item, BadInput):
+                self._count_bad(item)
+                continue
+            if isinstance(item, SeriesEnd):
+                series_ended += 1
+                continue
+            frame: Frame = item
+            params, version = self.params.snapshot_with_version()
+            if version != param_version:
+                self._mark_params_applied(frame.frame_id)
+                param_version = version
+            try:
+                results = self._process(frame, params)
+            except _AnalysisFailure as exc:
+                self._enter_fault(str(exc))
+                return
+            try:
+                accs = [a.accumulate(acc, r) for a, acc, r in zip(self.analyses, accs, results)]
+            except Exception as exc:  # noqa: BLE001
+                self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
+                                  f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
+                return
+            merged: dict[str, Any] = {}
+            for r in results:
+                merged.update(r)
+            now = time.monotonic()
+            with self._lock:
+                if generation != self._generation:
+                    continue
+                c = self._counters
+                prev = last_ids.get(frame.stream)
+                if prev is not None and frame.frame_id > prev + 1:
+                    c.dropped += frame.frame_id - prev - 1  # ids skipped by the sender or the network
+                last_ids[frame.stream] = frame.frame_id
+                c.completed += 1
+                if c.expected is None:
+                    c.total = c.completed + c.dropped
+                rate_window.append((now, c.completed))
+                while rate_window and now - rate_window[0][0] > 1.0:
+                    rate_window.popleft()
+                if len(rate_window) > 1 and now > rate_window[0][0]:
+                    c.event_rate = (c.completed - rate_window[0][1]) / (now - rate_window[0][0])
+                c.latency_ms = (now - t_recv) * 1e3
+                self._results = merged
+                self._frame_id = frame.frame_id
+                if c.expected is not None and c.completed + c.dropped >= c.expected:
+                    self._end_reason = self._end_reason or "all expected events completed"
+                    stop.set()
+            self.publisher.results(merged, frame.frame_id)
+        self._finish(accs, generation, series_ended)
+
+    def _process(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
+        out = []
+        if self.params.image_shape is None and frame.data.ndim >= 2:
+            self.params.image_shape = tuple(frame.data.shape[-2:])
+        for a in self.analyses:
+            try:
+                r = a.process(frame, params)
+            except Exception as exc:  # noqa: BLE001 - reported with the plugin name
+                raise _AnalysisFailure(
+                    f"analysis {a.name!r} failed on frame {frame.frame_id} (stream {frame.stream}): "
+                    f"{type(exc).__name__}: {exc}. Fix the parameters or the plugin, then run Reset") from exc
+            if not isinstance(r, dict):
+                raise _AnalysisFailure(f"analysis {a.name!r} returned {type(r).__name__}, not a dict. "
+                                       "Fix the plugin, then run Reset")
+            out.append(r)
+        return out
+
+    def _count_bad(self, item: BadInput) -> None:
+        with self._lock:
+            self._counters.bad += 1
+            seen = self._bad_kinds.get(item.kind, 0)
+            self._bad_kinds[item.kind] = seen + 1
+        if not seen:  # log once per kind, the counter tells the rest
+            log.warning("malformed input on stream %s (%s): %s; counted in badEvents and skipped",
+                        item.stream, item.kind, item.detail)
+
+    def _mark_params_applied(self, frame_id: int) -> None:
+        for change in self.params.changes:
+            if change.applied_at_frame is None:
+                change.applied_at_frame = frame_id
+
+    def _finish(self, accs: list[Any], generation: int, series_ended: int) -> None:
+        summary: dict[str, Any] = {}
+        try:
+            for a, acc in zip(self.analyses, accs):
+                summary.update(a.finish(acc))
+        except Exception as exc:  # noqa: BLE001
+            self._enter_fault(f"analysis finish failed: {type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
+            return
+        with self._lock:
+            if generation != self._generation or self._state is not EngineState.RUNNING:
+                return
+            self._summary = summary
+            if not self._end_reason:
+                self._end_reason = "series end" if series_ended else "source ended"
+            self._counters.event_rate = 0.0
+            self._set_state(EngineState.CLOSE)
+
+
+class _AnalysisFailure(Exception):
+    pass
+
+
+__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]

@@ -1,0 +1,126 @@
+"""Fast one-pass frame statistics for analyses (part of the public plugin API).
+
+The kernels are numba-compiled with ``nogil=True``, so the engine thread analyses
+while the source thread receives on the other core. Integer frames up to 16 bits
+are summed exactly in int64; other types use float64 with a second pass for the
+variance (no cancellation for large means).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+
+class RegionStats(NamedTuple):
+    """Sum, mean, population standard deviation, min and max of a region."""
+
+    sum: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    count: int
+
+
+@numba.njit(nogil=True, cache=True)
+def _int_moments(a):  # pragma: no cover - compiled
+    s = 0
+    ss = 0
+    mn = a[0, 0]
+    mx = a[0, 0]
+    for i in range(a.shape[0]):
+        row = a[i]
+        for j in range(row.shape[0]):
+            v = row[j]
+            iv = np.int64(v)
+            s += iv
+            ss += iv * iv
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+    return s, ss, mn, mx
+
+
+@numba.njit(nogil=True, cache=True)
+def _float_moments(a):  # pragma: no cover - compiled
+    s = 0.0
+    mn = a[0, 0]
+    mx = a[0, 0]
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[i, j]
+            s += v
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+    mean = s / (a.shape[0] * a.shape[1])
+    d2 = 0.0
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            d = a[i, j] - mean
+            d2 += d * d
+    return s, d2, mn, mx
+
+
+@numba.njit(nogil=True, cache=True)
+def _min_max_count_ge(a, level):  # pragma: no cover - compiled
+    mn = a[0, 0]
+    mx = a[0, 0]
+    n = 0
+    for i in range(a.shape[0]):
+        row = a[i]
+        for j in range(row.shape[0]):
+            v = row[j]
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+            if v >= level:
+                n += 1
+    return mn, mx, n
+
+
+def _as_2d(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        return a
+    if a.ndim == 1:
+        return a.reshape(1, -1)
+    return a.reshape(-1, a.shape[-1])
+
+
+def region_stats(region: np.ndarray) -> RegionStats:
+    """Statistics of a (possibly non-contiguous) 1-D or 2-D region in one pass."""
+    a = _as_2d(region)
+    n = a.shape[0] * a.shape[1]
+    if n == 0:
+        nan = float("nan")
+        return RegionStats(0.0, nan, nan, nan, nan, 0)
+    if a.dtype.kind in "iub" and a.dtype.itemsize <= 2:
+        s, ss, mn, mx = _int_moments(a)
+        s, ss = int(s), int(ss)
+        var = (n * ss - s * s) / (n * n)  # exact integer numerator
+        return RegionStats(float(s), s / n, math.sqrt(max(var, 0.0)), float(mn), float(mx), n)
+    s, d2, mn, mx = _float_moments(a.astype(np.float64, copy=False))
+    return RegionStats(float(s), s / n, math.sqrt(d2 / n), float(mn), float(mx), n)
+
+
+def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, int]:
+    """Minimum, maximum and number of values ``>= level`` in one pass."""
+    a = _as_2d(data)
+    if a.size == 0:
+        return float("nan"), float("nan"), 0
+    if a.dtype.kind in "iu":
+        info = np.iinfo(a.dtype)
+        if level > info.max:
+            mn, mx = _int_moments(a)[2:] if a.dtype.itemsize <= 2 else (a.min(), a.max())
+            return float(mn), float(mx), 0
+        level = max(level, info.min)
+        mn, mx, n = _min_max_count_ge(a, a.dtype.type(math.ceil(level)))
+    else:
+        mn, mx, n = _min_max_count_ge(a, a.dtype.type(level))
+    return float(mn), float(mx), int(n)

@@ -1,0 +1,232 @@
+"""Typed analysis parameters: declaration, validation and the live parameter store."""
+from __future__ import annotations
+
+import enum
+import math
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from .roi import Roi, RoiError, parse_roi
+
+
+class ParameterError(ValueError):
+    """A parameter value was refused; the message names the parameter and the rule."""
+
+
+class ParamType(str, enum.Enum):
+    """The value types a parameter can declare."""
+
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    STR = "str"
+    ENUM = "enum"
+    INT_ARRAY = "int[]"
+    FLOAT_ARRAY = "float[]"
+    ROI = "roi"
+
+
+_PY_TYPES = {int: ParamType.INT, float: ParamType.FLOAT, bool: ParamType.BOOL, str: ParamType.STR}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A typed, validated analysis parameter.
+
+    ``type`` is ``int``, ``float``, ``bool``, ``str`` or a :class:`ParamType`
+    (``"enum"`` with ``choices``, ``"int[]"``/``"float[]"`` with optional ``length``,
+    ``"roi"``). ``min``/``max`` bound scalars and every array element.
+    """
+
+    name: str
+    type: Any = float
+    default: Any = None
+    unit: str = ""
+    label: str = ""
+    description: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        ptype = _PY_TYPES.get(self.type) or ParamType(self.type)
+        object.__setattr__(self, "type", ptype)
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if ptype is ParamType.ENUM and not self.choices:
+            raise ValueError(f"parameter {self.name}: an enum needs choices")
+        if self.default is None:
+            defaults = {ParamType.INT: 0, ParamType.FLOAT: 0.0, ParamType.BOOL: False,
+                        ParamType.STR: "", ParamType.INT_ARRAY: [], ParamType.FLOAT_ARRAY: [],
+                        ParamType.ROI: []}
+            default = self.choices[0] if ptype is ParamType.ENUM else defaults[ptype]
+            object.__setattr__(self, "default", default)
+        # A declaration whose own default is invalid is a programming error: fail loudly.
+        object.__setattr__(self, "default", self.validate(self.default))
+
+    @property
+    def is_array(self) -> bool:
+        return self.type in (ParamType.INT_ARRAY, ParamType.FLOAT_ARRAY, ParamType.ROI)
+
+    def validate(self, value: Any, image_shape: Sequence[int] | None = None) -> Any:
+        """Return the canonical value, or raise ParameterError naming the broken rule."""
+        t = self.type
+        if t is ParamType.ROI:
+            try:
+                return parse_roi(value, image_shape, self.name)
+            except RoiError as exc:
+                raise ParameterError(str(exc)) from None
+        if t is ParamType.BOOL:
+            if isinstance(value, (bool, np.bool_)):
+                return bool(value)
+            raise ParameterError(f"{self.name}: must be a boolean, got {value!r}")
+        if t is ParamType.STR:
+            if isinstance(value, str):
+                return value
+            raise ParameterError(f"{self.name}: must be a string, got {value!r}")
+        if t is ParamType.ENUM:
+            if isinstance(value, (Integral, np.integer)) and not isinstance(value, bool):
+                if 0 <= int(value) < len(self.choices):
+                    return self.choices[int(value)]
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise ParameterError(f"{self.name}: must be one of {list(self.choices)}, got {value!r}")
+        if t in (ParamType.INT, ParamType.FLOAT):
+            return self._scalar(value, t)
+        # arrays
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise ParameterError(f"{self.name}: must be an array of numbers, got {value!r}")
+        items = list(np.asarray(value).ravel().tolist()) if isinstance(value, np.ndarray) else list(value)
+        if self.length is not None and len(items) != self.length:
+            raise ParameterError(f"{self.name}: must have exactly {self.length} values, got {len(items)}")
+        elem = ParamType.INT if t is ParamType.INT_ARRAY else ParamType.FLOAT
+        return tuple(self._scalar(v, elem) for v in items)
+
+    def _scalar(self, value: Any, t: ParamType) -> int | float:
+        if isinstance(value, (bool, np.bool_)):
+            raise ParameterError(f"{self.name}: must be a number, got {value!r}")
+        if t is ParamType.INT:
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                value = int(value)
+            if not isinstance(value, (Integral, np.integer)):
+                raise ParameterError(f"{self.name}: must be an integer, got {value!r}")
+            out: int | float = int(value)
+        else:
+            if not isinstance(value, (Real, np.number)):
+                raise ParameterError(f"{self.name}: must be a number, got {value!r}")
+            out = float(value)
+            if math.isnan(out):
+                raise ParameterError(f"{self.name}: must not be NaN")
+        if self.min is not None and out < self.min:
+            raise ParameterError(f"{self.name}: must be >= {self.min}, got {out}")
+        if self.max is not None and out > self.max:
+            raise ParameterError(f"{self.name}: must be <= {self.max}, got {out}")
+        return out
+
+    def to_plain(self, value: Any) -> Any:
+        """A JSON-friendly form of a canonical value (lists, not tuples or Roi)."""
+        if isinstance(value, Roi):
+            return value.as_list()
+        if value is None and self.type is ParamType.ROI:
+            return []
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+
+class Params(Mapping[str, Any]):
+    """Read-only view of parameter values, by key or attribute: ``params.saturation_level``."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Params are read-only")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Params({self._values!r})"
+
+
+@dataclass
+class ParameterChange:
+    """A parameter write, and the first frame id it applied to (set by the engine)."""
+
+    name: str
+    value: Any
+    version: int
+    applied_at_frame: int | None = None
+
+
+class ParameterStore:
+    """Current values of all declared parameters, validated on write.
+
+    Writes replace an immutable :class:`Params` snapshot, so the engine thread takes
+    a consistent set per frame without locking: a write applies from the next frame.
+    """
+
+    def __init__(self, declarations: Sequence[Parameter]):
+        self._decl: dict[str, Parameter] = {}
+        for p in declarations:
+            if p.name in self._decl:
+                raise ValueError(f"parameter {p.name!r} is declared twice")
+            self._decl[p.name] = p
+        self._lock = threading.Lock()
+        self._snapshot = Params({p.name: p.default for p in declarations})
+        self.version = 0
+        self.changes: list[ParameterChange] = []
+        self.image_shape: tuple[int, ...] | None = None
+
+    @property
+    def declarations(self) -> dict[str, Parameter]:
+        return dict(self._decl)
+
+    def snapshot(self) -> Params:
+        return self._snapshot
+
+    def snapshot_with_version(self) -> tuple[Params, int]:
+        with self._lock:
+            return self._snapshot, self.version
+
+    def get(self, name: str) -> Any:
+        return self._snapshot[name]
+
+    def set(self, name: str, value: Any) -> Any:
+        """Validate and store ``value``; on error raise ParameterError, keep the old value."""
+        try:
+            decl = self._decl[name]
+        except KeyError:
+            raise ParameterError(f"unknown parameter {name!r}") from None
+        canonical = decl.validate(value, self.image_shape)
+        with self._lock:
+            values = dict(self._snapshot)
+            values[name] = canonical
+            self.version += 1
+            self._snapshot = Params(values)
+            self.changes.append(ParameterChange(name, decl.to_plain(canonical), self.version))
+        return canonical
+
+    def plain(self) -> dict[str, Any]:
+        """All values in JSON-friendly form (for provenance and parameter files)."""
+        return {n: self._decl[n].to_plain(v) for n, v in self._snapshot.items()}

@@ -1,0 +1,21 @@
+"""Stream readers, one module per protocol; ``open_source`` picks one by URI scheme."""
+from __future__ import annotations
+
+from .base import Source, SourceError, SourceItem, SourceSpec
+from .sim import SimSource
+from .zmq_stins import ZmqStinsSource
+
+SCHEMES: dict[str, type[Source]] = {cls.scheme: cls for cls in (SimSource, ZmqStinsSource)}
+
+
+def open_source(entry: str) -> Source:
+    """Create (not yet open) the source for a ``Sources`` entry (``name=uri`` or ``uri``)."""
+    spec = SourceSpec.parse(entry)
+    try:
+        cls = SCHEMES[spec.scheme]
+    except KeyError:
+        raise SourceError(f"source {spec.uri!r}: unknown scheme {spec.scheme!r}; known: {sorted(SCHEMES)}") from None
+    return cls(spec)
+
+
+__all__ = ["SCHEMES", "Source", "SourceError", "SourceItem", "SourceSpec", "open_source"]

@@ -1,0 +1,135 @@
+"""``zmq://host:port[?mode=pull|sub][&bind=1]``: STINS-style ZeroMQ streams (MAX IV streaming-receiver).
+
+Messages (multipart):
+  ``{"htype": "header", "series": ..., "nimages": N?}``      start of a series
+  ``{"htype": "image", "frame": n, "shape": [rows, cols], "type": "uint16",
+    "compression": "none"}`` + one raw C-order part           one frame
+  ``{"htype": "series_end"}``                                end of the series
+Image data is wrapped zero-copy (``np.frombuffer`` over the ZeroMQ buffer).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..frames import BadInput, Frame, SeriesEnd
+from .base import Source, SourceError, SourceItem, SourceSpec
+
+#: dtypes a STINS image may declare
+DTYPES = {name: np.dtype(name) for name in
+          ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")}
+POLL_MS = 100
+
+
+def parse_header(part: Any) -> dict[str, Any] | BadInput:
+    """Decode the JSON part of a message, or describe why it is malformed."""
+    try:
+        msg = json.loads(bytes(part.buffer if hasattr(part, "buffer") else part))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return BadInput("bad_json", f"first part is not JSON: {exc}")
+    if not isinstance(msg, dict) or not isinstance(msg.get("htype"), str):
+        return BadInput("bad_json", "first part is not a JSON object with an 'htype'")
+    return msg
+
+
+def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str) -> Frame | BadInput:
+    """Build a Frame from an ``image`` message and its data part (zero-copy)."""
+    if len(parts) < 2:
+        return BadInput("missing_part", f"image message for frame {msg.get('frame')} has no data part", stream)
+    if len(parts) > 2:
+        return BadInput("extra_part", f"image message has {len(parts)} parts, expected 2", stream)
+    frame_id = msg.get("frame")
+    if not isinstance(frame_id, int) or isinstance(frame_id, bool) or frame_id < 0:
+        return BadInput("bad_frame_id", f"image 'frame' must be a non-negative integer, got {frame_id!r}", stream)
+    dtype = DTYPES.get(msg.get("type"))  # type: ignore[arg-type]
+    if dtype is None:
+        return BadInput("unknown_type", f"frame {frame_id}: unknown type {msg.get('type')!r}", stream)
+    shape = msg.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        return BadInput("bad_shape", f"frame {frame_id}: shape must be 1-3 positive integers, got {shape!r}", stream)
+    compression = msg.get("compression", "none")
+    if compression not in ("none", None):
+        return BadInput("unsupported_compression", f"frame {frame_id}: compression {compression!r}", stream)
+    buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if buf.nbytes != expected:
+        return BadInput("size_mismatch",
+                        f"frame {frame_id}: {buf.nbytes} bytes for shape {shape} {dtype.name}, expected {expected}",
+                        stream)
+    data = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return Frame(data, frame_id, float(msg.get("timestamp", time.time())), stream, series)
+
+
+class ZmqStinsSource(Source):
+    """PULL (default) or SUB socket receiving STINS messages."""
+
+    scheme = "zmq"
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__(spec)
+        if not spec.host or spec.port is None:
+            raise SourceError(f"source {spec.uri!r}: needs host and port, e.g. zmq://127.0.0.1:9999")
+        self.mode = spec.q("mode", "pull").lower()
+        if self.mode not in ("pull", "sub"):
+            raise SourceError(f"source {spec.uri!r}: mode must be pull or sub, got {self.mode!r}")
+        self.bind = spec.q_bool("bind", False)
+        self.rcvhwm = spec.q_int("hwm", 1000)
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+
+    def open(self) -> None:
+        self._ctx = zmq.Context.instance()
+        sock = self._ctx.socket(zmq.PULL if self.mode == "pull" else zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        if self.mode == "sub":
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        address = f"tcp://{self.spec.host}:{self.spec.port}"
+        try:
+            sock.bind(address) if self.bind else sock.connect(address)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise SourceError(f"source {self.spec.uri!r}: cannot {'bind' if self.bind else 'connect'} "
+                              f"{address}: {exc}") from None
+        self._sock = sock
+
+    def items(self, stop: threading.Event, live: bool = False) -> Iterator[SourceItem]:
+        sock = self._sock
+        assert sock is not None, "open() first"
+        series = ""
+        while not stop.is_set():
+            if not sock.poll(POLL_MS):
+                yield None
+                continue
+            parts = sock.recv_multipart(copy=False)
+            msg = parse_header(parts[0])
+            if isinstance(msg, BadInput):
+                msg.stream = self.name
+                yield msg
+                continue
+            htype = msg["htype"]
+            if htype == "image":
+                yield decode_image(msg, parts, self.name, series)
+            elif htype == "header":
+                series = str(msg.get("series", ""))
+                total = msg.get("nimages", msg.get("frames"))
+                if isinstance(total, int) and total > 0 and not live:
+                    self.expected_frames = total
+            elif htype == "series_end":
+                yield SeriesEnd(self.name, series)
+                if not live:
+                    return
+            else:
+                yield BadInput("unknown_htype", f"unknown htype {htype!r}", self.name)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
