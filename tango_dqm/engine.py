@@ -101,7 +101,11 @@ class Engine:
                 self.result_decl[r.name] = (a.name, r)
             for p in a.parameters:
                 if p.name in owners:
-                    raise PluginError(f"parameter {p.name!r} is declared by both {owners[p.name]!r} and {a.name!r}")
+                    # Identical declarations are one shared parameter (mask, dark, ...).
+                    if p == next(d for d in declarations if d.name == p.name):
+                        continue
+                    raise PluginError(f"parameter {p.name!r} is declared differently by {owners[p.name]!r} "
+                                      f"and {a.name!r}")
                 owners[p.name] = a.name
                 declarations.append(p)
         self.params = ParameterStore(declarations)

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: free ports, an independent STINS sender, test frames."""
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import zmq
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StinsSender:
+    """An independent STINS sender: builds the messages itself with plain pyzmq."""
+
+    def __init__(self, port: int, bind: bool = True):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        addr = f"tcp://127.0.0.1:{port}"
+        self.sock.bind(addr) if bind else self.sock.connect(addr)
+
+    def header(self, series: str = "1", **extra) -> None:
+        self.sock.send_json({"htype": "header", "series": series, **extra})
+
+    def image(self, frame_id: int, data: np.ndarray, **override) -> None:
+        msg = {"htype": "image", "frame": frame_id, "shape": list(data.shape),
+               "type": data.dtype.name, "compression": "none", **override}
+        self.sock.send_multipart([json.dumps(msg).encode(), np.ascontiguousarray(data)])
+
+    def raw(self, *parts: bytes) -> None:
+        self.sock.send_multipart(list(parts))
+
+    def series_end(self) -> None:
+        self.sock.send_json({"htype": "series_end"})
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def frames_for_test(n: int, shape=(64, 80), seed: int = 1, dtype=np.uint16) -> list[np.ndarray]:
+    """Random frames with a bright block, independent of the project's simulator."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        f = rng.integers(90, 110, size=shape).astype(dtype)
+        f[10:20, 30:45] += np.asarray(1000 + 10 * i, dtype=dtype)
+        out.append(f)
+    return out
