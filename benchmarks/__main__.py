@@ -1,0 +1,10 @@
+"""Run every benchmark: ``python -m benchmarks`` (``make bench``)."""
+import importlib
+import pkgutil
+from pathlib import Path
+
+here = Path(__file__).parent
+for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda i: i.name):
+    if info.name.startswith("bench_"):
+        print(f"\n=== {info.name} ===", flush=True)
+        importlib.import_module(f"benchmarks.{info.name}").main([])
