@@ -54,9 +54,23 @@ def parameter_attr(param: Parameter) -> tango.Attr:
         props.set_enum_labels(list(param.choices))
     attr.set_default_properties(props)
     if not is_array:
+        # Tango stores each write in the __value attribute property; the device restores
+        # it itself at Init (Tango's memorized_init writes 0 into dynamic attributes re-added
+        # by the Init command).
         attr.set_memorized()
-        attr.set_memorized_init(True)
+        attr.set_memorized_init(False)
     return attr
+
+
+def memorized_value(param: Parameter, raw: str) -> Any:
+    """Parse a ``__value`` attribute property (always a string) into a parameter value."""
+    if param.type is ParamType.BOOL:
+        return raw.strip().lower() in ("1", "true")
+    if param.type in (ParamType.INT, ParamType.ENUM):
+        return int(float(raw))
+    if param.type is ParamType.FLOAT:
+        return float(raw)
+    return raw
 
 
 def result_attr(result: Result) -> tango.Attr:

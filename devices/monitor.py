@@ -22,7 +22,7 @@ from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
 from .logging_bridge import TangoLogHandler
-from .mapping import parameter_attr, parameter_value, result_attr, result_value
+from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
 _COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents")
@@ -66,7 +66,7 @@ class DataQualityMonitor(Device):
             self.error_stream(self._config_error)
             self.set_state(DevState.FAULT)
             return
-        self._restore_array_parameters()
+        self._restore_parameters()
         if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
             self._build_dynamic_attributes()
         self.set_state(DevState.ON)
@@ -76,6 +76,9 @@ class DataQualityMonitor(Device):
         self._build_dynamic_attributes()
 
     def delete_device(self) -> None:
+        # Dynamic attributes must go here, not in init_device: removing them during
+        # Init's init_device crashes cppTango. init_device then adds the new set.
+        self._remove_dynamic_attributes()
         if getattr(self, "engine", None) is not None:
             self.engine.close()
         if getattr(self, "_log_handler", None) is not None:
@@ -83,13 +86,16 @@ class DataQualityMonitor(Device):
 
     # ---- dynamic attributes ------------------------------------------------------------
 
-    def _build_dynamic_attributes(self) -> None:
+    def _remove_dynamic_attributes(self) -> None:
         for name in getattr(self, "_dynamic_names", []):
             try:
-                self.remove_attribute(name)
-            except tango.DevFailed:
-                pass
-        self._dynamic_names: list[str] = []
+                self.remove_attribute(name, False, False)  # clean_db=False keeps memorized values
+            except tango.DevFailed as exc:
+                self.warn_stream(f"could not remove attribute {name}: {exc.args[0].desc}")
+        self._dynamic_names = []
+
+    def _build_dynamic_attributes(self) -> None:
+        self._remove_dynamic_attributes()
         if self.engine is None:
             return
         for param in self.engine.params.declarations.values():
@@ -121,8 +127,9 @@ class DataQualityMonitor(Device):
         value, quality = result_value(result, self.engine.snapshot().results.get(name))
         attr.set_value_date_quality(value, time.time(), quality)
 
-    # Array parameters cannot be memorized: they are written through to a device
-    # property of the same name holding JSON, and restored from it at Init.
+    # Scalar parameters are memorized (Tango keeps each write in the __value attribute
+    # property); arrays cannot be, so they are written through to a device property of the
+    # same name holding JSON. Both are restored here, at startup and at every Init.
 
     def _persist(self, name: str, value: Any) -> None:
         try:
@@ -130,23 +137,31 @@ class DataQualityMonitor(Device):
         except tango.DevFailed as exc:
             self.warn_stream(f"could not persist {name}: {exc.args[0].desc}")
 
-    def _restore_array_parameters(self) -> None:
-        names = [p.name for p in self.engine.params.declarations.values() if p.is_array]
-        if not names:
-            return
+    def _restore_parameters(self) -> None:
+        decl = self.engine.params.declarations
+        arrays = [n for n, p in decl.items() if p.is_array]
+        scalars = [n for n, p in decl.items() if not p.is_array]
+        db = self._database()
         try:
-            stored = self._database().get_device_property(self.get_name(), names)
+            stored_arrays = db.get_device_property(self.get_name(), arrays) if arrays else {}
+            stored_scalars = db.get_device_attribute_property(self.get_name(), scalars) if scalars else {}
         except tango.DevFailed as exc:
             self.warn_stream(f"could not read persisted parameters: {exc.args[0].desc}")
             return
-        for name in names:
-            raw = list(stored.get(name, []))
-            if not raw:
-                continue
-            try:
-                self.engine.set_parameter(name, json.loads(raw[0]) if len(raw) == 1 else [int(v) for v in raw])
-            except (ValueError, ParameterError) as exc:
-                self.warn_stream(f"persisted {name}={raw} ignored: {exc}")
+        for name in arrays:
+            raw = list(stored_arrays.get(name, []))
+            if raw:
+                self._restore(name, raw, lambda r: json.loads(r[0]) if len(r) == 1 else [int(v) for v in r])
+        for name in scalars:
+            raw = list(stored_scalars.get(name, {}).get("__value", []))
+            if raw:
+                self._restore(name, raw, lambda r, p=decl[name]: memorized_value(p, r[0]))
+
+    def _restore(self, name: str, raw: list[str], parse) -> None:
+        try:
+            self.engine.set_parameter(name, parse(raw))
+        except (ValueError, ParameterError) as exc:
+            self.warn_stream(f"persisted {name}={raw} ignored, default kept: {exc}")
 
     @staticmethod
     def _database() -> tango.Database:
