@@ -73,7 +73,7 @@ def memorized_value(param: Parameter, raw: str) -> Any:
     return raw
 
 
-def result_attr(result: Result) -> tango.Attr:
+def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
     """A read-only attribute for a result, with change (and for scalars archive) events pushed."""
     kind = result.dtype.kind
     if kind in "iu":
@@ -92,9 +92,11 @@ def result_attr(result: Result) -> tango.Attr:
         attr = tango.ImageAttr(result.name, dtype, r, MAX_IMAGE, MAX_IMAGE)
     props = _props(result.label, result.unit, result.description)
     if result.kind == "scalar":
+        # defaults: the configured range check, else the plugin's declaration; values
+        # stored in the Tango database (edited in Jive) override these
         for (lo, hi), set_lo, set_hi in (
-            (result.warning or (None, None), props.set_min_warning, props.set_max_warning),
-            (result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
+            (warning or result.warning or (None, None), props.set_min_warning, props.set_max_warning),
+            (error or result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
         ):
             if lo is not None:
                 set_lo(str(lo))

@@ -12,12 +12,14 @@ import time
 from typing import Any
 
 import tango
-from tango import DevState
+from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
 
 from tango_dqm.engine import Engine, EngineConfig, EngineError
 from tango_dqm.params import ParameterError
 from tango_dqm.plugin import PluginError
+from tango_dqm.quality import Verdict, range_verdict
+from tango_dqm.references import ReferenceStore, ReferenceStoreError
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
@@ -26,6 +28,11 @@ from .mapping import memorized_value, parameter_attr, parameter_value, result_at
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
 _COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents")
+_VERDICT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.INSUFFICIENT: AttrQuality.ATTR_VALID,
+                    Verdict.WARNING: AttrQuality.ATTR_WARNING, Verdict.ERROR: AttrQuality.ATTR_ALARM,
+                    Verdict.STALE: AttrQuality.ATTR_ALARM}
+_RESULT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.WARNING: AttrQuality.ATTR_WARNING,
+                   Verdict.ERROR: AttrQuality.ATTR_ALARM}
 core_log = logging.getLogger("tango_dqm")
 
 
@@ -44,6 +51,12 @@ class DataQualityMonitor(Device):
     ArrayEventInterval = device_property(dtype=float, default_value=0.5,
                                          doc="minimum seconds between spectrum/image change events")
     QueueSize = device_property(dtype=int, default_value=64, doc="frames buffered between source and analysis")
+    QualityChecks = device_property(dtype=(str,), default_value=[],
+                                    doc="quality checks, one JSON object per line (see docs/quality.md)")
+    StaleTimeout = device_property(dtype=float, default_value=0.0,
+                                   doc="verdict STALE after this many seconds without a frame while RUNNING (0: off)")
+    ReferenceDirectory = device_property(dtype=str, default_value="",
+                                         doc="where references are kept (default: OutputDirectory/references)")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -54,11 +67,16 @@ class DataQualityMonitor(Device):
         self._log_handler = TangoLogHandler(self)
         core_log.addHandler(self._log_handler)
         core_log.setLevel(logging.DEBUG)
-        for name in ("State", "Status", *_COUNTERS):
+        for name in ("State", "Status", *_COUNTERS, "verdict", "verdictReport"):
             self.set_change_event(name, True, False)
+        self.set_archive_event("verdict", True, False)
+        self._limits: dict[str, tuple] = {}
+        self._last_verdict: tuple[int, str] | None = None
         try:
             self.engine = Engine(
-                EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval),
+                EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
+                             checks=[line for line in self.QualityChecks if line.strip()],
+                             stale_timeout=self.StaleTimeout),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError) as exc:
             self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
@@ -67,6 +85,7 @@ class DataQualityMonitor(Device):
             self.set_state(DevState.FAULT)
             return
         self._restore_parameters()
+        self._load_reference()
         if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
             self._build_dynamic_attributes()
         self.set_state(DevState.ON)
@@ -101,9 +120,11 @@ class DataQualityMonitor(Device):
         for param in self.engine.params.declarations.values():
             self.add_attribute(parameter_attr(param), self._read_parameter, self._write_parameter)
             self._dynamic_names.append(param.name)
+        limits = self.engine.quality.range_limits()
         for name, (_, result) in self.engine.result_decl.items():
-            self.add_attribute(result_attr(result), self._read_result)
+            self.add_attribute(result_attr(result, *limits.get(name, (None, None))), self._read_result)
             self._dynamic_names.append(name)
+        self._sync_thresholds()
 
     def _read_parameter(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
@@ -124,8 +145,61 @@ class DataQualityMonitor(Device):
     def _read_result(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
         _, result = self.engine.result_decl[name]
-        value, quality = result_value(result, self.engine.snapshot().results.get(name))
+        value, quality = self._result_value(name, result, self.engine.snapshot().results.get(name))
         attr.set_value_date_quality(value, time.time(), quality)
+
+    def _result_value(self, name: str, result, raw: Any):
+        value, quality = result_value(result, raw)
+        if quality == AttrQuality.ATTR_VALID and name in self._limits:
+            # the same rule Tango applies on read, so pushed events carry the same quality
+            verdict = range_verdict(value, *self._limits[name])
+            quality = _RESULT_QUALITY.get(verdict, quality)
+        return value, quality
+
+    # Range checks follow the result attributes' alarm properties (min/max_warning,
+    # min/max_alarm): editing them in Jive changes the verdict within a tick, no restart.
+
+    def _sync_thresholds(self) -> None:
+        if self.engine is None:
+            return
+        multi = self.get_device_attr()
+        for name, (_, result) in self.engine.result_decl.items():
+            if result.kind != "scalar":
+                continue
+            try:
+                props = multi.get_attr_by_name(name).get_properties()
+            except tango.DevFailed:
+                continue
+            warning = _range(props.min_warning, props.max_warning)
+            error = _range(props.min_alarm, props.max_alarm)
+            try:
+                self.engine.quality.set_range_limits(name, warning, error)
+            except ValueError as exc:
+                self.warn_stream(f"alarm properties of {name} ignored: {exc}")
+                continue
+            if warning is None and error is None:
+                self._limits.pop(name, None)
+            else:
+                self._limits[name] = (warning, error)
+
+    # ---- references ---------------------------------------------------------------------
+
+    def _reference_store(self, create: bool = False) -> ReferenceStore | None:
+        folder = self.ReferenceDirectory or (f"{self.OutputDirectory}/references" if self.OutputDirectory else "")
+        if not folder:
+            return None
+        try:
+            return ReferenceStore(folder, create=create)
+        except ReferenceStoreError:
+            return None
+
+    def _load_reference(self) -> None:
+        store = self._reference_store()
+        if store is None or store.latest("reference") is None:
+            return
+        ref = store.load("reference")
+        self.engine.use_reference(ref.info, dict(ref.arrays))
+        self.info_stream(f"reference version {ref.info.version} (from {ref.info.scan_id}) in use")
 
     # Scalar parameters are memorized (Tango keeps each write in the __value attribute
     # property); arrays cannot be, so they are written through to a device property of the
@@ -177,11 +251,33 @@ class DataQualityMonitor(Device):
             snap = self.engine.snapshot()  # final values, including rate-limited images
             self._push_results(snap.results, all_arrays=True)
             self._push_counters(snap)
+            self._push_verdict(snap)
 
     def on_results(self, results: dict[str, Any], frame_id: int) -> None:
         self._push_results(results)
         if self.engine is not None:
-            self._push_counters(self.engine.snapshot())
+            snap = self.engine.snapshot()
+            self._push_counters(snap)
+            self._push_verdict(snap)
+
+    def on_tick(self) -> None:
+        if self.engine is None:
+            return
+        self._sync_thresholds()
+        self._push_verdict(self.engine.snapshot())
+
+    def _push_verdict(self, snap) -> None:
+        verdict = snap.quality.verdict
+        current = (int(verdict), snap.verdict_report)
+        if current == self._last_verdict:
+            return
+        changed_verdict = self._last_verdict is None or self._last_verdict[0] != current[0]
+        self._last_verdict = current
+        now = time.time()
+        if changed_verdict:
+            self.push_change_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
+            self.push_archive_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
+        self.push_change_event("verdictReport", snap.verdict_report)
 
     def _push_results(self, results: dict[str, Any], all_arrays: bool = False) -> None:
         now = time.time()
@@ -190,7 +286,7 @@ class DataQualityMonitor(Device):
             if name not in decl:
                 continue
             _, result = decl[name]
-            v, quality = result_value(result, value)
+            v, quality = self._result_value(name, result, value)
             self.push_change_event(name, v, now, quality)
             if result.kind == "scalar" and result.archive:
                 self.push_archive_event(name, v, now, quality)
@@ -248,6 +344,21 @@ class DataQualityMonitor(Device):
             _throw("DQM_CommandNotAllowed", str(exc), "Reset")
         self.set_state(_STATES[engine.state.value])
 
+    @command(doc_out="reference version")
+    def TakeReference(self) -> int:
+        """Store the accumulated spectra and maps of the finished scan as the new reference version."""
+        engine = self._require_engine("TakeReference")
+        store = self._reference_store(create=True)
+        if store is None:
+            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
+                   "property, then run Init", "TakeReference")
+        try:
+            info = engine.take_reference(store)
+        except (EngineError, ReferenceStoreError) as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), "TakeReference")
+        self.info_stream(f"reference version {info.version} taken from {info.scan_id}")
+        return info.version
+
     def _require_engine(self, origin: str) -> Engine:
         if self.engine is None:
             _throw("DQM_NotConfigured", self._config_error, origin)
@@ -299,6 +410,28 @@ class DataQualityMonitor(Device):
         return deployed_versions_json(self.engine.analyses if self.engine else [],
                                       {"pytango": tango.__version__})
 
+    @attribute(dtype=tango.CmdArgType.DevEnum, enum_labels=[v.name for v in Verdict],
+               doc="overall quality verdict, worst check wins; quality WARNING/ALARM to match")
+    def verdict(self):
+        if self.engine is None:
+            return int(Verdict.INSUFFICIENT), time.time(), AttrQuality.ATTR_INVALID
+        v = self.engine.snapshot().quality.verdict
+        return int(v), time.time(), _VERDICT_QUALITY[v]
+
+    @attribute(dtype=str, doc="which checks fail, their values and limits, on which frames; coverage")
+    def verdictReport(self) -> str:
+        return self.engine.snapshot().verdict_report if self.engine else self._config_error
+
+    @attribute(dtype=float, unit="", min_value=0, max_value=1,
+               doc="fraction of the run's frames (incl. dropped and bad) on which the verdict was evaluated")
+    def verdictCoverage(self) -> float:
+        return self.engine.snapshot().coverage if self.engine else 0.0
+
+    @attribute(dtype=int, doc="version of the reference in use (0: none)")
+    def referenceVersion(self) -> int:
+        ref = self.engine.reference if self.engine else None
+        return ref.version if ref else 0
+
     @attribute(dtype=str, doc="JSON: run summary of the last finished scan")
     def runSummary(self) -> str:
         if self.engine is None:
@@ -310,6 +443,17 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return "[]"
         return json.dumps([vars(c) for c in self.engine.params.changes])
+
+
+def _range(lo: str, hi: str) -> tuple[float | None, float | None] | None:
+    """A (min, max) range from Tango attribute property strings ("Not specified" is open)."""
+    def num(text: str) -> float | None:
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return None
+    low, high = num(lo), num(hi)
+    return None if low is None and high is None else (low, high)
 
 
 def main(args: list[str] | None = None) -> None:

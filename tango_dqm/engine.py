@@ -19,10 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, PluginError, Result, load_analysis
 from .publisher import Listener, Publisher
+from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .references import ReferenceInfo, ReferenceStore
 from .sources import Source, SourceError, open_source
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,12 @@ class EngineConfig:
     analyses: Sequence[str] = ("roi",)
     queue_size: int = 64
     array_push_interval: float = 0.5
+    #: quality checks: dicts or JSON strings (see tango_dqm.quality.checks_from_config)
+    checks: Sequence[Any] = ()
+    #: STALE after this many seconds without a frame while RUNNING (0: no staleness check)
+    stale_timeout: float = 0.0
+    #: how often accumulated results are judged against references during a run (s)
+    reference_interval: float = 1.0
 
 
 @dataclass
@@ -76,6 +86,9 @@ class Snapshot:
     summary: dict[str, Any]
     scan_id: str
     bad_kinds: dict[str, int] = field(default_factory=dict)
+    quality: QualitySnapshot | None = None
+    coverage: float = 0.0
+    verdict_report: str = ""
 
 
 _DONE = object()  # a source thread finished
@@ -109,6 +122,8 @@ class Engine:
                 owners[p.name] = a.name
                 declarations.append(p)
         self.params = ParameterStore(declarations)
+        self.quality = self._build_quality(config)
+        self.reference: ReferenceInfo | None = None
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
         hints = [open_source(entry).image_shape for entry in self._source_entries]
@@ -158,6 +173,7 @@ class Engine:
             self._end_reason = ""
             self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
             self._live = live
+            self.quality.start(time.monotonic())
             expected = [s.expected_frames for s in sources]
             if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
@@ -188,6 +204,7 @@ class Engine:
             self._results, self._summary, self._bad_kinds = {}, {}, {}
             self._frame_id = None
             self._fault = ""
+            self.quality.reset()
             self._set_state(EngineState.ON)
 
     def set_parameter(self, name: str, value: Any) -> Any:
@@ -210,8 +227,14 @@ class Engine:
             c = Counters(**vars(self._counters))
             if self._state is not EngineState.RUNNING:
                 c.event_rate = 0.0
-            return Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
+            snap = Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
                             dict(self._summary), self._scan_id, dict(self._bad_kinds))
+        snap.quality = q = self.quality.snapshot(time.monotonic())
+        total = c.completed + c.dropped + c.bad
+        coverage = self.quality.coverage(c.completed, total)
+        snap.coverage = coverage.fraction
+        snap.verdict_report = q.report(coverage)
+        return snap
 
     def status(self) -> str:
         with self._lock:
@@ -243,8 +266,64 @@ class Engine:
         with self._lock:
             self._fault = why
             self._stop.set()
+            self.quality.stop()
             self._set_state(EngineState.FAULT)
         log.error("FAULT: %s", why)
+
+    # ---- quality -----------------------------------------------------------------------
+
+    def _build_quality(self, config: EngineConfig) -> QualityMonitor:
+        """Configured checks, plus a range check for every scalar result that declares ranges."""
+        try:
+            checks = checks_from_config(list(config.checks))
+        except ValueError as exc:
+            raise EngineError(f"quality checks: {exc}") from None
+        ranged = {c.result for c in checks if isinstance(c, RangeCheck)}
+        for _, result in self.result_decl.values():
+            if result.name not in ranged:
+                check = RangeCheck.from_result(result)
+                if check is not None:
+                    checks.append(check)
+        if config.stale_timeout > 0 and not any(isinstance(c, StalenessCheck) for c in checks):
+            checks.append(StalenessCheck(config.stale_timeout))
+        monitor = QualityMonitor(checks)
+        try:
+            monitor.validate({n: r.kind for n, (_, r) in self.result_decl.items()})
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        return monitor
+
+    def _judge_accumulated(self, accs: list[Any]) -> None:
+        """Judge run-accumulated results (reference and channel checks) during the run."""
+        interim: dict[str, Any] = {}
+        try:
+            for a, acc in zip(self.analyses, accs):
+                interim.update(a.finish(acc))
+        except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
+            log.debug("interim finish failed", exc_info=True)
+            return
+        self.quality.evaluate_references(interim)
+
+    def take_reference(self, store: ReferenceStore, name: str = "reference") -> ReferenceInfo:
+        """Store the accumulated array results of the finished scan as the new reference version."""
+        with self._lock:
+            if self._state is not EngineState.CLOSE:
+                raise EngineError(f"TakeReference needs a finished scan (CLOSE), not {self._state.value}")
+            arrays = {k: np.asarray(v) for k, v in self._summary.items()
+                      if isinstance(v, np.ndarray) and v.ndim >= 1 and v.dtype.kind in "biuf"}
+            scan_id = self._scan_id
+        if not arrays:
+            raise EngineError("the last scan has no accumulated spectra or maps to use as a reference")
+        info = store.save(name, arrays, scan_id=scan_id)
+        self.use_reference(info, arrays)
+        return info
+
+    def use_reference(self, info: ReferenceInfo, arrays: dict[str, np.ndarray]) -> None:
+        """Judge reference checks against ``arrays`` from now on (``info`` goes into provenance)."""
+        self.quality.set_references(arrays)
+        self.reference = info
+        if self.state is EngineState.CLOSE:
+            self.quality.evaluate_references(self._summary)
 
     def _source_loop(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
         try:
@@ -282,6 +361,7 @@ class Engine:
         series_ended = 0
         param_version = -1
         rate_window: deque[tuple[float, int]] = deque()
+        next_reference_check = time.monotonic() + self.config.reference_interval
         while done < n_sources:
             t_recv, item = q.get()
             if generation != self._generation:  # reset while draining: discard
@@ -339,7 +419,11 @@ class Engine:
                 if c.expected is not None and c.completed + c.dropped >= c.expected:
                     self._end_reason = self._end_reason or "all expected events completed"
                     stop.set()
+            self.quality.update(frame.frame_id, merged, now)
             self.publisher.results(merged, frame.frame_id)
+            if self.quality.has_accumulated_checks and now >= next_reference_check:
+                next_reference_check = now + self.config.reference_interval
+                self._judge_accumulated(accs)
         self._finish(accs, generation, series_ended)
 
     def _process(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
@@ -388,6 +472,8 @@ class Engine:
             if not self._end_reason:
                 self._end_reason = "series end" if series_ended else "source ended"
             self._counters.event_rate = 0.0
+            self.quality.evaluate_references(summary)
+            self.quality.stop()
             self._set_state(EngineState.CLOSE)
 
 

@@ -25,12 +25,15 @@ class Listener(Protocol):
 
     def on_results(self, results: dict[str, Any], frame_id: int) -> None: ...
 
+    def on_tick(self) -> None:
+        """Called about every ``tick_interval`` seconds (e.g. to re-evaluate time-based verdicts)."""
+
 
 class Publisher:
     """One daemon thread that calls the listener with state changes and latest results."""
 
     def __init__(self, listener: Listener | None, array_names: set[str], array_interval: float = 0.5,
-                 thread_context: Callable[[], Any] = contextlib.nullcontext):
+                 thread_context: Callable[[], Any] = contextlib.nullcontext, tick_interval: float = 0.5):
         self.listener = listener
         self.array_names = set(array_names)
         self.array_interval = array_interval
@@ -42,6 +45,8 @@ class Publisher:
         self._busy = False
         self._last_array_push = 0.0
         self._closed = False
+        self.tick_interval = tick_interval
+        self._next_tick = time.monotonic() + tick_interval
         self._thread = threading.Thread(target=self._run, name="dqm-publisher", daemon=True)
         self._thread.start()
 
@@ -76,15 +81,25 @@ class Publisher:
             while True:
                 with self._cond:
                     while not (self._queue or self._closed):
-                        self._cond.wait()
+                        if time.monotonic() >= self._next_tick:
+                            break
+                        self._cond.wait(max(0.0, self._next_tick - time.monotonic()))
                     if self._closed:
                         return
-                    kind, payload = self._queue.popleft()
+                    if time.monotonic() >= self._next_tick:
+                        self._next_tick = time.monotonic() + self.tick_interval
+                        kind, payload = "tick", ()
+                    else:
+                        kind, payload = self._queue.popleft()
                     self._busy = True
                 try:
                     if self.listener is not None:
                         if kind == "state":
                             self.listener.on_state(*payload)
+                        elif kind == "tick":
+                            on_tick = getattr(self.listener, "on_tick", None)
+                            if on_tick is not None:
+                                on_tick()
                         else:
                             self._deliver_results(*payload)
                 except Exception:  # a listener bug must not stop notifications

@@ -25,8 +25,8 @@ Mapping onto Tango (the device does it; this module never imports ``tango``):
 
 - A :class:`RangeCheck`'s ``warning`` and ``error`` ranges are exactly Tango's
   ``min_warning``/``max_warning`` and ``min_alarm``/``max_alarm`` attribute properties
-  (error <-> alarm), with Tango's semantics: a value is outside when it is strictly
-  below the minimum or strictly above the maximum; either side may be open (``None``).
+  (error <-> alarm), with Tango's semantics: a value is outside when it is at or below
+  the minimum or at or above the maximum; either side may be open (``None``).
   :meth:`RangeCheck.tango_properties` gives the property strings, and
   :meth:`RangeCheck.from_result` builds a check from a plugin ``Result``'s default
   ``warning``/``alarm`` ranges, so the attribute quality Tango computes per frame and the
@@ -201,7 +201,18 @@ def _outside(x: float, r: Range | None) -> bool:
     if r is None:
         return False
     lo, hi = r
-    return (lo is not None and x < lo) or (hi is not None and x > hi)
+    # Tango's rule (Attribute::check_alarm): a value equal to a limit is already outside.
+    return (lo is not None and x <= lo) or (hi is not None and x >= hi)
+
+
+def range_verdict(value: Any, warning: Range | None, error: Range | None) -> Verdict | None:
+    """OK / WARNING / ERROR for one value against two ranges (None when there is no value)."""
+    x = _as_scalar(value)
+    if x is None:
+        return None
+    if _outside(x, error):
+        return Verdict.ERROR
+    return Verdict.WARNING if _outside(x, warning) else Verdict.OK
 
 
 def _as_scalar(value: Any) -> float | None:
@@ -227,8 +238,8 @@ class RangeCheck:
     """A per-frame scalar result against a warning and an error range.
 
     Per frame: outside ``error`` -> ERROR, else outside ``warning`` -> WARNING, else OK;
-    no value (missing, None, NaN) -> not evaluated. Ranges are inclusive ``[min, max]``
-    with open sides as ``None``, like Tango's min/max_warning and min/max_alarm.
+    no value (missing, None, NaN) -> not evaluated. A value equal to a limit is outside,
+    as Tango rules for min/max_warning and min/max_alarm; open sides are ``None``.
 
     Run level: fewer than ``min_entries`` evaluated frames -> INSUFFICIENT; otherwise
     ERROR if more than ``tolerance`` (a fraction) of the evaluated frames were ERROR,
@@ -308,11 +319,7 @@ class RangeCheck:
         return None if x is None else self._judge(x)
 
     def _judge(self, x: float) -> Verdict:
-        if _outside(x, self.error):
-            return Verdict.ERROR
-        if _outside(x, self.warning):
-            return Verdict.WARNING
-        return Verdict.OK
+        return range_verdict(x, self.warning, self.error)  # type: ignore[return-value]
 
     def update(self, frame_id: int, value: Any) -> Verdict | None:
         """Judge one frame's value and record it in the run-level record."""
@@ -817,6 +824,11 @@ class QualityMonitor:
     def checks(self) -> tuple[Check, ...]:
         return self._checks
 
+    @property
+    def has_accumulated_checks(self) -> bool:
+        """Whether any check judges run-accumulated spectra or maps."""
+        return bool(self._accumulated)
+
     def config(self) -> list[dict[str, Any]]:
         """The checks as plain dicts (for provenance; ``checks_from_config`` reads it back)."""
         return [c.to_config() for c in self._checks]
@@ -841,6 +853,39 @@ class QualityMonitor:
             elif kind == "scalar" or (isinstance(c, ReferenceCheck) and c.method == "ks" and kind == "image"):
                 raise ValueError(f"{where}: {c.result!r} is a {kind}; a {c.check_type} check "
                                  f"needs a {'spectrum' if getattr(c, 'method', '') == 'ks' else 'spectrum or image'}")
+
+    def range_limits(self) -> dict[str, tuple[Range | None, Range | None]]:
+        """``{result: (warning, error)}`` of the range checks."""
+        with self._lock:
+            return {c.result: (c.warning, c.error) for c in self._range}
+
+    def set_range_limits(self, result: str, warning: Range | None, error: Range | None) -> bool:
+        """Change (or add, or with both None remove) the range check of ``result``.
+
+        Used when an operator edits the alarm properties of a result attribute: the new
+        limits apply from the next frame; the run record of the check is kept. Returns
+        True if anything changed. Raises ValueError (naming the field) on invalid limits.
+        """
+        with self._lock:
+            current = next((c for c in self._range if c.result == result), None)
+            if current is not None and (current.warning, current.error) == (warning, error):
+                return False
+            if warning is None and error is None:
+                if current is None:
+                    return False
+                self._range.remove(current)
+                self._checks = tuple(c for c in self._checks if c is not current)
+                return True
+            fresh = RangeCheck(result, warning=warning, error=error,  # validates the limits
+                               min_entries=current.min_entries if current else 1,
+                               tolerance=current.tolerance if current else 0.0,
+                               name=current.name if current else "")
+            if current is None:
+                self._range.append(fresh)
+                self._checks = self._checks + (fresh,)
+            else:
+                current.warning, current.error = fresh.warning, fresh.error
+            return True
 
     # ---- run control -------------------------------------------------------------------
 
@@ -997,6 +1042,6 @@ class QualityMonitor:
 
 __all__ = [
     "CHECK_TYPES", "ChannelCheck", "Check", "CheckResult", "Coverage", "QualityMonitor", "QualitySnapshot",
-    "RangeCheck", "ReferenceCheck", "StalenessCheck", "VERDICT_ALARM_PROPERTIES", "Verdict",
+    "RangeCheck", "ReferenceCheck", "range_verdict", "StalenessCheck", "VERDICT_ALARM_PROPERTIES", "Verdict",
     "checks_from_config", "chi2_two_histograms", "ks_two_histograms", "worst",
 ]

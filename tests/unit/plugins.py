@@ -1,4 +1,6 @@
 """Test plugins, loaded by ``module:Class`` like a user's own analysis."""
+import numpy as np
+
 from tango_dqm import Analysis, Parameter, Result
 
 
@@ -38,3 +40,26 @@ class Scale(Analysis):
     def process(self, frame, params):
         m = float(frame.data.mean())
         return {"scaled_mean": (m if params.scale_mode == "linear" else m * m) * params.scale}
+
+
+class IntensityHistogram(Analysis):
+    """Histogram of the frame values in 64 bins of width 4 (a spectrum), accumulated over the run."""
+
+    name = "test_hist"
+    results = [Result("test_hist_counts", "int64", kind="spectrum")]
+
+    def process(self, frame, params):
+        values = frame.data.ravel().astype("int64") // 4
+        return {"test_hist_counts": np.bincount(np.clip(values, 0, 63), minlength=64)}
+
+    def new_accumulator(self):
+        return np.zeros(64, np.int64)
+
+    def accumulate(self, acc, frame_results):
+        return acc + frame_results["test_hist_counts"]
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        return {"test_hist_counts": acc}

@@ -40,26 +40,26 @@ def test_verdict_tango_mapping():
 
 
 def drifting_monitor():
-    # value drifts up by 0.5 per frame: <= 5 OK, (5, 10] WARNING, > 10 ERROR (limits inclusive, like Tango)
+    # value drifts up by 0.5 per frame: < 5 OK, [5, 10) WARNING, >= 10 ERROR (a value at a limit is outside, as in Tango)
     return QualityMonitor([RangeCheck("signal_mean", warning=(None, 5.0), error=(None, 10.0))])
 
 
 def test_range_drift_per_frame_flags_and_run_record():
     mon = drifting_monitor()
     flags = [mon.update(100 + i, {"signal_mean": 0.5 * i}, now=float(i)) for i in range(31)]
-    expected = [int(OK)] * 11 + [int(WARN)] * 10 + [int(ERR)] * 10  # 5.0 at i=10 OK, 10.0 at i=20 WARNING
+    expected = [int(OK)] * 10 + [int(WARN)] * 10 + [int(ERR)] * 11  # 5.0 at i=10 WARNING, 10.0 at i=20 ERROR
     assert flags == expected
     ids, kept = mon.flags()
     assert ids.tolist() == list(range(100, 131)) and kept.tolist() == expected
 
     r = mon.results(now=31.0)[0]
     assert r.verdict is ERR and r.entries == 31 and r.value == 15.0
-    assert r.frames == tuple(range(121, 131))                  # first ERROR frames (10 listed)
-    assert r.details["warning_frames"] == tuple(range(111, 121))
-    assert r.details["counts"] == {"OK": 11, "WARNING": 10, "ERROR": 10}
+    assert r.frames == tuple(range(120, 130))                  # first ERROR frames (10 listed)
+    assert r.details["warning_frames"] == tuple(range(110, 120))
+    assert r.details["counts"] == {"OK": 10, "WARNING": 10, "ERROR": 11}
     assert mon.verdict(now=31.0) is ERR
     snap = mon.snapshot(now=31.0)
-    assert snap.flag_counts["ERROR"] == 10 and snap.flag_counts["OK"] == 11
+    assert snap.flag_counts["ERROR"] == 11 and snap.flag_counts["OK"] == 10
 
 
 def test_range_verdict_follows_the_drift_while_running():
@@ -68,13 +68,14 @@ def test_range_verdict_follows_the_drift_while_running():
     for i in range(31):
         mon.update(i, {"signal_mean": 0.5 * i}, now=0.0)
         seen.append(mon.verdict(now=0.0))
-    assert seen[10] is OK and seen[11] is WARN
-    assert seen[20] is WARN and seen[21] is ERR and seen[-1] is ERR
+    assert seen[9] is OK and seen[10] is WARN
+    assert seen[19] is WARN and seen[20] is ERR and seen[-1] is ERR
 
 
 def test_range_low_side_and_both_sides():
     c = RangeCheck("t", warning=(20.0, 30.0), error=(10.0, 40.0))
-    assert [c.judge(x) for x in (25, 20, 19.99, 10, 9.99, 30, 30.01, 40, 40.01)] == \
+    # a value at a limit is outside, as Tango computes attribute quality
+    assert [c.judge(x) for x in (25, 20.01, 20, 10.01, 10, 29.99, 30, 39.99, 40)] == \
         [OK, OK, WARN, WARN, ERR, OK, WARN, WARN, ERR]
     assert c.judge(float("nan")) is None and c.judge(None) is None and c.judge("x") is None
     assert c.judge(np.float32(45)) is ERR and c.judge(np.array(5)) is ERR and c.judge(float("inf")) is ERR
@@ -88,8 +89,8 @@ def test_range_report_line_names_check_value_limits_frames():
     assert lines[0].startswith("verdict ERROR: 1 of 1 checks failing")
     assert len(lines) == 2
     assert lines[1].startswith("ERROR signal_mean_range: last 15, min 0, max 15")
-    assert "outside error [-inf, 10] on 10/31 frames (first 121, 122" in lines[1]
-    assert "outside warning [-inf, 5] on 10/31 frames (first 111" in lines[1]
+    assert "outside error [-inf, 10] on 11/31 frames (first 120, 121" in lines[1]
+    assert "outside warning [-inf, 5] on 10/31 frames (first 110" in lines[1]
 
 
 def test_missing_and_nan_values_are_not_evaluated():

@@ -1,0 +1,770 @@
+"""Run reports: a static HTML page with PNG plots per scan, and a run list across scans.
+
+``write_report(h5)`` writes ``<stem>.html`` next to the results file (``<stem>`` is the file
+name without ``.h5``, i.e. the safe form of the scan id) and its plots in ``<stem>_plots/``,
+linked relatively, so the page, its plots and the results file move together (see
+``storage.mark_scan``). ``write_run_list(root)`` writes ``root/index.html`` listing every scan
+under ``root``, ``root/flagged`` and ``root/archive``. Pages use no external resources
+(no CDN, no scripts) and every string taken from a file is HTML-escaped.
+
+``ReportWorker`` does both in a background thread, so ending a scan is not slowed down.
+
+Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), never
+``pyplot``: no global backend state is touched, so reports can be drawn from a worker thread
+in a process that also has a GUI, and ``matplotlib.use`` is not needed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import h5py
+import numpy as np
+
+from .storage import (INT_MISSING, MARKS, VERDICTS, StorageError, _decode, open_scan, read_scan_info, safe_name,
+                      scan_files)
+
+log = logging.getLogger(__name__)
+
+MAX_TRENDS = 24          # scalar results plotted (the main result first)
+MAX_POINTS = 2000        # longer series are drawn as per-bin min/max envelopes plus the mean
+SPECTRUM_BLOCK = 4096    # rows read at a time when averaging spectra
+VERDICT_COLOURS = {"OK": "#1b7f3b", "INSUFFICIENT": "#6b6b6b", "WARNING": "#c77700", "ERROR": "#c0171d",
+                   "STALE": "#7b2d8e"}
+_SKIP_COLUMNS = {"frame_id", "timestamp", "verdict"}
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _href(rel: str) -> str:
+    """A relative link, percent-encoded then escaped for an attribute value."""
+    return _esc(quote(rel, safe="/._-~"))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return "missing" if value == INT_MISSING else str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "NaN"
+        if v == 0 or 1e-3 <= abs(v) < 1e6:
+            return f"{v:.6g}"
+        return f"{v:.4e}"
+    return str(value)
+
+
+# ---- reading a results file ---------------------------------------------------------------
+
+
+@dataclass
+class _Series:
+    name: str
+    values: np.ndarray
+    unit: str = ""
+    label: str = ""
+
+
+@dataclass
+class _ScanData:
+    path: Path
+    info: dict[str, Any]
+    frame_id: np.ndarray
+    verdict: np.ndarray | None
+    scalars: list[_Series] = field(default_factory=list)
+    spectra: list[tuple[_Series, np.ndarray]] = field(default_factory=list)  # (mean, last) per spectrum
+    images: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # (name, image, caption)
+    summary: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    main: str | None = None
+
+
+def _attr(obj: h5py.HLObject, key: str, default: str = "") -> str:
+    return str(_decode(obj.attrs.get(key, default)))
+
+
+def _spectrum_mean_last(ds: h5py.Dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+    width = ds.shape[1]
+    total = np.zeros(width)
+    count = np.zeros(width)
+    for start in range(0, n, SPECTRUM_BLOCK):
+        block = ds[start:min(n, start + SPECTRUM_BLOCK)]
+        ok = ~np.isnan(block)
+        total += np.where(ok, block, 0.0).sum(axis=0)
+        count += ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    last = ds[n - 1] if n else np.full(width, np.nan)
+    return mean, last
+
+
+def _read(path: Path) -> _ScanData:
+    info = read_scan_info(path)
+    if info["error"]:
+        raise StorageError(f"cannot read {path}: {info['error']}")
+    with open_scan(path) as f:
+        entry = f["entry"]
+        res = entry["results"]
+        n = res["frame_id"].shape[0]
+        data = _ScanData(path, info, res["frame_id"][:n], None)
+        data.verdict = res["verdict"][:n] if "verdict" in res else None
+        main = entry.get("provenance/main_result")
+        data.main = _decode(main[()]) if isinstance(main, h5py.Dataset) else _attr(entry.get("data", entry), "signal")
+        for name, ds in res.items():
+            if not isinstance(ds, h5py.Dataset) or name in _SKIP_COLUMNS or name.endswith("_length"):
+                continue
+            kind = _attr(ds, "kind") or _attr(ds, "interpretation")
+            unit, label = _attr(ds, "units"), _attr(ds, "long_name", name)
+            if ds.ndim == 1 and ds.dtype.kind in "iuf" and ds.shape[0] >= n and kind in ("", "scalar"):
+                values = ds[:n].astype(np.float64)
+                if ds.dtype.kind in "iu":
+                    values[ds[:n] == INT_MISSING] = np.nan
+                data.scalars.append(_Series(name, values, unit, label))
+            elif ds.ndim == 2 and kind == "spectrum" and ds.shape[1] > 0 and n:
+                rows = min(n, ds.shape[0])
+                mean, last = _spectrum_mean_last(ds, rows)
+                data.spectra.append((_Series(name, mean, unit, label), last))
+            elif ds.ndim == 2 and kind == "image" and ds.size:
+                fid = res.get(f"{name}_frame_id")
+                where = f"frame {int(fid[()])}" if isinstance(fid, h5py.Dataset) else "last frame"
+                data.images.append((name, ds[...], f"{label} ({where})"))
+        order = {s.name: i for i, s in enumerate(data.scalars)}
+        if data.main in order:  # main result first
+            data.scalars.insert(0, data.scalars.pop(order[data.main]))
+        summary = entry.get("summary")
+        if isinstance(summary, h5py.Group):
+            for name, obj in summary.items():
+                if isinstance(obj, h5py.Group):
+                    if name == "counters":
+                        data.counters = {k: _decode(v[()]) for k, v in obj.items() if isinstance(v, h5py.Dataset)}
+                    continue
+                if name.endswith("_json") and name != "frame_verdict_counts_json":
+                    continue
+                if obj.ndim == 0:
+                    data.summary[name] = _decode(obj[()])
+                elif obj.dtype.kind in "biuf" and obj.size <= 64 * 1024 * 1024:
+                    data.summary[name] = obj[...]
+        prov = entry.get("provenance")
+        if isinstance(prov, h5py.Group):
+            for name, obj in prov.items():
+                if isinstance(obj, h5py.Dataset):
+                    data.provenance[name] = _decode(obj[()])
+    return data
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+
+def _figure(width: float = 7.5, height: float = 2.6, **adjust: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=90)  # fixed margins: constrained layout costs 2.5x
+    margins = {"left": 0.10, "right": 0.98, "bottom": 0.19, "top": 0.88, "wspace": 0.04}
+    margins.update(adjust)
+    fig.subplots_adjust(**margins)
+    return fig
+
+
+def _envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS):
+    """Per-bin (x, min, max, mean) so that a long series keeps its spikes when drawn."""
+    bins = math.ceil(len(y) / max_points)
+    m = len(y) // bins * bins
+    xs, ys = x[:m].reshape(-1, bins), y[:m].reshape(-1, bins)
+    with np.errstate(invalid="ignore"), _quiet():
+        return xs[:, 0], np.nanmin(ys, axis=1), np.nanmax(ys, axis=1), np.nanmean(ys, axis=1)
+
+
+class _quiet:
+    """Silence numpy's all-NaN RuntimeWarnings inside a block."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool) -> None:
+    fig = _figure()
+    ax, axh = fig.subplots(1, 2, width_ratios=[3, 1], sharey=True)
+    y = s.values
+    finite = np.isfinite(y)
+    ylabel = f"{s.name} [{s.unit}]" if s.unit else s.name
+    if len(y) > MAX_POINTS:
+        xb, lo, hi, mean = _envelope(x.astype(np.float64), y)
+        ax.fill_between(xb, lo, hi, color="#9ecae1", step="post", linewidth=0, label="min-max per bin")
+        ax.plot(xb, hi, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
+        ax.plot(xb, lo, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
+        ax.plot(xb, mean, color="#08519c", linewidth=0.8, drawstyle="steps-post", label="mean per bin")
+        ax.legend(loc="upper right", fontsize=7)  # "best" costs ~80 ms per plot
+    else:
+        ax.plot(x, y, color="#08519c", linewidth=0.9, marker="." if len(y) <= 200 else None, markersize=3)
+    ax.set_xlabel("frame id")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(f"{s.label or s.name}{' (main result)' if main else ''}", fontsize=9)
+    ax.grid(alpha=0.3)
+    if finite.any():
+        axh.hist(y[finite], bins=min(50, max(5, int(np.sqrt(finite.sum())))), orientation="horizontal",
+                 color="#6baed6")
+    axh.set_xlabel("frames")
+    axh.set_title(f"{int(finite.sum())} values", fontsize=8)
+    axh.tick_params(labelleft=False)
+    fig.savefig(out)
+
+
+def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path) -> None:
+    fig = _figure(height=1.8, left=0.14, bottom=0.26, top=0.85)
+    ax = fig.subplots()
+    if len(codes) > MAX_POINTS:
+        xb, _, hi, _ = _envelope(x.astype(np.float64), codes.astype(np.float64))
+        ax.plot(xb, hi, drawstyle="steps-post", color="#444444", linewidth=0.9)
+    else:
+        ax.plot(x, codes, drawstyle="steps-post", color="#444444", linewidth=0.9)
+    ax.set_yticks(range(len(VERDICTS)), VERDICTS, fontsize=7)
+    ax.set_ylim(-0.5, len(VERDICTS) - 0.5)
+    ax.set_xlabel("frame id")
+    ax.set_title("per-frame verdict (worst per bin)" if len(codes) > MAX_POINTS else "per-frame verdict", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.savefig(out)
+
+
+def _plot_curves(title: str, curves: list[tuple[str, np.ndarray]], ylabel: str, out: Path,
+                 x: np.ndarray | None = None, step: bool = False) -> None:
+    fig = _figure(6.0, 2.8, left=0.13, bottom=0.17)
+    ax = fig.subplots()
+    for label, y in curves:
+        if x is not None and len(x) == len(y) + 1:  # histogram bin edges
+            ax.stairs(y, x, label=label, linewidth=0.9)
+            continue
+        xs = np.arange(len(y)) if x is None or len(x) != len(y) else x
+        ax.plot(xs, y, label=label, linewidth=0.9, drawstyle="steps-mid" if step else "default")
+    ax.set_xlabel("channel" if x is None else "bin position")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.savefig(out)
+
+
+def _plot_image(title: str, image: np.ndarray, out: Path) -> None:
+    img = np.asarray(image, dtype=np.float64)
+    fig = _figure(5.0, 4.2, left=0.12, right=0.97, bottom=0.11, top=0.92)
+    ax = fig.subplots()
+    finite = img[np.isfinite(img)]
+    vmin = vmax = None
+    if finite.size:
+        vmin, vmax = np.percentile(finite, [0.5, 99.5])
+        if vmax <= vmin:
+            vmin, vmax = float(finite.min()), float(finite.max()) or 1.0
+    im = ax.imshow(img, origin="upper", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax,
+                   aspect="equal" if max(img.shape) <= 4 * min(img.shape) else "auto")
+    fig.colorbar(im, ax=ax, shrink=0.85)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    fig.savefig(out)
+
+
+# ---- the report page ------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;color:#222;max-width:1400px}
+h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{font-weight:bold;padding:.1em .5em;border-radius:.3em;color:#fff}
+.mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
+.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0}
+figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em}
+.muted{color:#777}
+"""
+
+
+def _verdict_html(verdict: Any) -> str:
+    v = str(verdict or "")
+    if not v:
+        return '<span class="muted">none</span>'
+    colour = VERDICT_COLOURS.get(v.upper(), "#444444")
+    return f'<span class="verdict" style="background:{colour}">{_esc(v)}</span>'
+
+
+def _mark_html(info: dict[str, Any]) -> str:
+    mark = info.get("mark") or ""
+    if not mark:
+        return '<span class="muted">not marked</span>'
+    cls = f"mark-{mark}" if mark in MARKS else ""
+    extra = f": {_esc(info.get('mark_reason'))}" if info.get("mark_reason") else ""
+    when = f' <span class="muted">({_esc(info.get("mark_time"))})</span>' if info.get("mark_time") else ""
+    return f'<span class="{cls}">{_esc(mark)}</span>{extra}{when}'
+
+
+def _status(info: dict[str, Any]) -> str:
+    if info.get("error"):
+        return "unreadable"
+    if info.get("complete"):
+        return "complete"
+    if info.get("running"):
+        return "running"
+    if info.get("recovered"):
+        return "incomplete (writer stopped; recovered)"
+    return "incomplete (writer stopped)"
+
+
+def _rows(pairs: Sequence[tuple[str, str]], raw: bool = False) -> str:
+    return "\n".join(f"<tr><th>{_esc(k)}</th><td>{v if raw else _esc(v)}</td></tr>" for k, v in pairs)
+
+
+def _duration(start: str, end: str) -> str:
+    try:
+        d = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
+    except (TypeError, ValueError):
+        return ""
+    return f"{d.total_seconds():.1f} s"
+
+
+def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path."""
+    h5_path = Path(h5_path).resolve()
+    data = _read(h5_path)
+    out = Path(out_dir).resolve() if out_dir is not None else h5_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = safe_name(h5_path.stem)
+    plots_name = f"{stem}_plots"
+    plots = out / plots_name
+    plots.mkdir(exist_ok=True)
+    for old in plots.glob("*.png"):
+        old.unlink()
+    info, x = data.info, data.frame_id
+    figures: dict[str, list[tuple[str, str]]] = {"trends": [], "spectra": [], "histograms": [], "images": []}
+
+    def add(section: str, file: str, caption: str, draw) -> None:
+        try:
+            draw(plots / file)
+        except Exception as exc:  # noqa: BLE001 - one bad plot must not lose the page
+            log.warning("report %s: plot %s failed: %s", stem, file, exc)
+            return
+        figures[section].append((f"{plots_name}/{file}", caption))
+
+    if data.verdict is not None and len(x):
+        add("trends", "00_verdict.png", "per-frame verdict", lambda p: _plot_verdicts(x, data.verdict, p))
+    for i, s in enumerate(data.scalars[:MAX_TRENDS]):
+        if len(x):
+            add("trends", f"{i + 1:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
+                lambda p, s=s: _plot_trend(s, x, p, s.name == data.main))
+    for i, (mean, last) in enumerate(data.spectra):
+        add("spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png", f"{mean.name}: run mean and last frame",
+            lambda p, mean=mean, last=last: _plot_curves(mean.label or mean.name,
+                                                         [("run mean", mean.values), ("last frame", last)],
+                                                         mean.unit or "value", p))
+    for i, (name, image, caption) in enumerate(data.images):
+        add("images", f"image_{i:02d}_{safe_name(name)}.png", caption,
+            lambda p, name=name, image=image, caption=caption: _plot_image(caption, image, p))
+    for i, (name, value) in enumerate(sorted(data.summary.items())):
+        if not isinstance(value, np.ndarray) or value.size < 2:
+            continue
+        if value.ndim == 2 and min(value.shape) > 1:
+            add("images", f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
+                lambda p, name=name, value=value: _plot_image(f"run summary: {name}", value, p))
+        elif value.ndim == 1 and not name.endswith(_AXIS_SUFFIXES):
+            x_axis = _matching_axis(name, value, data.summary)
+            section = "histograms" if "hist" in name.lower() or x_axis is not None else "spectra"
+            add(section, f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
+                lambda p, name=name, value=value, x_axis=x_axis, hist=section == "histograms": _plot_curves(
+                    f"run summary: {name}", [(name, value)], "value", p, x=x_axis, step=hist))
+
+    body = _page_body(data, stem, h5_path, out, figures)
+    page = out / f"{stem}.html"
+    tmp = out / f".{stem}.html.tmp"
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, page)  # a browser never sees half a page
+    return page
+
+
+_AXIS_SUFFIXES = ("_edges", "_bins", "_centers", "_centres")
+
+
+def _matching_axis(name: str, value: np.ndarray, summary: dict[str, Any]) -> np.ndarray | None:
+    """Bin positions for a 1-D summary array: the ``*_edges`` (n+1) or ``*_centers`` (n) array
+    sharing the longest name prefix with it (``hist_run_counts`` <- ``hist_edges``)."""
+    best, best_len = None, 0
+    for other, axis in summary.items():
+        if not (isinstance(axis, np.ndarray) and axis.ndim == 1 and other.endswith(_AXIS_SUFFIXES)):
+            continue
+        if len(axis) not in (len(value), len(value) + 1):
+            continue
+        prefix = len(os.path.commonprefix([name, other]))
+        if prefix > best_len:
+            best, best_len = axis, prefix
+    return best
+
+
+def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list]) -> str:
+    info = data.info
+    n = len(data.frame_id)
+    c = data.counters
+    key = [
+        ("scan id", _esc(info["scan_id"])),
+        ("verdict", _verdict_html(info.get("verdict"))),
+        ("flag status", _mark_html(info)),
+        ("status", _esc(_status(info) + (f" ({info['end_reason']})" if info.get("end_reason") else ""))),
+        ("start", _esc(info.get("start_time"))),
+        ("end", _esc(info.get("end_time") or "—")),
+        ("duration", _esc(_duration(info.get("start_time", ""), info.get("end_time", "")))),
+        ("frames stored", _esc(n)),
+        ("frame ids", _esc(f"{int(data.frame_id[0])} … {int(data.frame_id[-1])}" if n else "—")),
+    ]
+    for name in ("total", "completed", "dropped", "bad", "expected"):
+        if name in c:
+            key.append((f"{name} events", _esc(_fmt(c[name]))))
+    if data.verdict is not None and n:
+        counts = np.bincount(data.verdict.astype(np.int64), minlength=len(VERDICTS))
+        key.append(("frames per verdict", _esc(", ".join(
+            f"{VERDICTS[i] if i < len(VERDICTS) else i}: {k}" for i, k in enumerate(counts) if k))))
+    if data.main:
+        key.append(("main result", _esc(data.main)))
+    rel_h5 = os.path.relpath(h5_path, out)
+    key.append(("results file", f'<a href="{_href(rel_h5)}">{_esc(h5_path.name)}</a>'))
+
+    stats_rows = []
+    for s in data.scalars:
+        v = s.values
+        fin = v[np.isfinite(v)]
+        last = v[-1] if len(v) else float("nan")
+        cells = [len(fin), *(f(fin) if fin.size else float("nan") for f in (np.mean, np.std, np.min, np.max)), last]
+        stats_rows.append(f"<tr><th>{_esc(s.name)}</th><td>{_esc(s.unit)}</td>"
+                          + "".join(f'<td class="num">{_esc(_fmt(x))}</td>' for x in cells) + "</tr>")
+
+    summary_rows = [(k, _fmt(v)) for k, v in sorted(data.summary.items())
+                    if not isinstance(v, np.ndarray) and k not in ("verdict", "end_reason", "frame_verdict_counts_json")]
+    summary_rows += [(k, f"array {list(v.shape)} {v.dtype}") for k, v in sorted(data.summary.items())
+                     if isinstance(v, np.ndarray)]
+
+    def gallery(items: list[tuple[str, str]]) -> str:
+        if not items:
+            return '<p class="muted">none</p>'
+        return '<div class="plots">' + "".join(
+            f'<figure><img src="{_href(src)}" alt="{_esc(cap)}"><figcaption>{_esc(cap)}</figcaption></figure>'
+            for src, cap in items) + "</div>"
+
+    prov = data.provenance
+    prov_html = []
+    params = prov.get("parameters_json")
+    if params:
+        try:
+            pdict = json.loads(params)
+            prov_html.append("<h3>Parameters</h3><table>" + _rows([(k, json.dumps(v)) for k, v in pdict.items()])
+                             + "</table>")
+        except (TypeError, ValueError):
+            pass
+    for name in sorted(prov):
+        if name in ("parameters_json", "json", "results_declared_json"):
+            continue
+        value = prov[name]
+        if name.endswith("_json"):
+            try:
+                value = json.dumps(json.loads(value), indent=1, sort_keys=True)
+            except (TypeError, ValueError):
+                pass
+        elif isinstance(value, list):
+            value = "\n".join(str(v) for v in value)
+        elif isinstance(value, np.ndarray):
+            value = json.dumps(value.tolist())
+        prov_html.append(f"<h3>{_esc(name)}</h3><pre>{_esc(value)}</pre>")
+
+    generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    title = f"tango-dqm report: {info['scan_id']}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{_esc(title)}</h1>
+<p><a href="{_href(os.path.relpath(_run_list_root(h5_path) / 'index.html', out))}">run list</a></p>
+<h2>Summary</h2>
+<table>
+{_rows(key, raw=True)}
+</table>
+<h2>Results per frame</h2>
+<table><tr><th>result</th><th>unit</th><th>frames</th><th>mean</th><th>std</th><th>min</th><th>max</th>
+<th>last</th></tr>
+{"".join(stats_rows) or '<tr><td colspan="8" class="muted">no scalar results</td></tr>'}
+</table>
+<h2>Trends</h2>
+{gallery(figures["trends"])}
+<h2>Projections and spectra</h2>
+{gallery(figures["spectra"])}
+<h2>Histograms</h2>
+{gallery(figures["histograms"])}
+<h2>Images</h2>
+{gallery(figures["images"])}
+<h2>Run summary values</h2>
+<table>
+{_rows(summary_rows) or '<tr><td class="muted">none</td></tr>'}
+</table>
+<h2>Provenance</h2>
+{"".join(prov_html) or '<p class="muted">none</p>'}
+<p class="muted">Generated {_esc(generated)} by tango-dqm from {_esc(h5_path.name)}.</p>
+</body></html>
+"""
+
+
+def _run_list_root(h5_path: Path) -> Path:
+    """The output root a results file belongs to (its directory, or the parent of flagged/ or archive/)."""
+    parent = h5_path.parent
+    return parent.parent if parent.name in MARKS.values() else parent
+
+
+# ---- the run list ----------------------------------------------------------------------------
+
+_INFO_CACHE: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+_INFO_LOCK = threading.Lock()
+
+
+def _cached_info(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return {"path": str(path), "scan_id": path.stem, "error": str(exc)}
+    key = (st.st_mtime_ns, st.st_size)
+    with _INFO_LOCK:
+        hit = _INFO_CACHE.get(str(path))
+        if hit and hit[0] == key:
+            return hit[1]
+    info = read_scan_info(path)
+    if info.get("complete") and not info.get("error"):  # only finished files are stable
+        with _INFO_LOCK:
+            _INFO_CACHE[str(path)] = (key, info)
+    return info
+
+
+def write_run_list(root: str | os.PathLike) -> Path:
+    """Write ``root/index.html``: every scan under root (and flagged/, archive/) with a link to its report."""
+    root = Path(root).resolve()
+    rows = []
+    for path in scan_files(root):
+        info = _cached_info(path)
+        report = path.with_name(safe_name(path.stem) + ".html")
+        rel_dir = path.parent.relative_to(root).as_posix()
+        rows.append((info, path, report if report.is_file() else None, rel_dir if rel_dir != "." else ""))
+    rows.sort(key=lambda r: (str(r[0].get("start_time") or ""), r[1].name), reverse=True)
+    verdicts: dict[str, int] = {}
+    for info, *_ in rows:
+        v = str(info.get("verdict") or "none")
+        verdicts[v] = verdicts.get(v, 0) + 1
+    body_rows = []
+    for info, path, report, rel_dir in rows:
+        scan = _esc(info.get("scan_id") or path.stem)
+        link = f'<a href="{_href(report.relative_to(root).as_posix())}">{scan}</a>' if report else scan
+        h5_link = f'<a href="{_href(path.relative_to(root).as_posix())}">{_esc(path.name)}</a>'
+        status = _status(info) + (f": {info['error']}" if info.get("error") else "")
+        body_rows.append(
+            f"<tr><td>{link}</td><td>{_esc(info.get('start_time'))}</td><td>{_esc(info.get('end_time'))}</td>"
+            f'<td class="num">{_esc(info.get("frames", ""))}</td><td>{_verdict_html(info.get("verdict"))}</td>'
+            f"<td>{_mark_html(info)}</td><td>{_esc(status)}</td><td>{_esc(rel_dir or '.')}</td>"
+            f"<td>{h5_link}</td><td>{'' if report else '<span class=muted>no report</span>'}</td></tr>")
+    counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
+    generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tango-dqm run list</title><style>{_CSS}</style></head>
+<body>
+<h1>tango-dqm run list</h1>
+<p>{len(rows)} scans in {_esc(root)} ({counts or 'none'}).</p>
+<table>
+<tr><th>scan</th><th>start</th><th>end</th><th>frames</th><th>verdict</th><th>flag status</th><th>status</th>
+<th>folder</th><th>results file</th><th></th></tr>
+{"".join(body_rows) or '<tr><td colspan="10" class="muted">no scans yet</td></tr>'}
+</table>
+<p class="muted">Generated {_esc(generated)} by tango-dqm.</p>
+</body></html>
+"""
+    out = root / "index.html"
+    tmp = root / ".index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+# ---- background worker ---------------------------------------------------------------------
+
+
+class ReportWorker:
+    """Writes reports and refreshes the run list in a background thread.
+
+    ``submit`` returns at once. The run list is rewritten whenever the queue runs empty
+    (several quick submissions give one refresh). ``root`` is the output directory whose
+    ``index.html`` is refreshed; by default the one each submitted file belongs to.
+    Errors are logged and kept in ``errors``; the thread keeps going.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, name: str = "dqm-report"):
+        self.root = Path(root).resolve() if root is not None else None
+        self._q: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self._dirty_roots: set[Path] = set()
+        self.errors: deque[str] = deque(maxlen=50)
+        self.reports: deque[Path] = deque(maxlen=200)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def last_error(self) -> str:
+        return self.errors[-1] if self.errors else ""
+
+    def submit(self, h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> None:
+        """Queue a report for ``h5_path`` (and a run-list refresh)."""
+        self._put(("report", Path(h5_path), out_dir))
+
+    def refresh_run_list(self, root: str | os.PathLike | None = None) -> None:
+        """Queue a run-list refresh only."""
+        target = Path(root) if root is not None else self.root
+        if target is None:
+            raise ValueError("no root given and the worker has none")
+        self._put(("runlist", target, None))
+
+    def _put(self, item: tuple) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("ReportWorker is closed")
+            self._pending += 1
+        self._q.put(item)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job is done; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish queued jobs, then stop the thread (waits at most ``timeout`` seconds)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        self._q.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                self._refresh_dirty()
+                return
+            kind, path, out_dir = item
+            try:
+                if kind == "report":
+                    t0 = time.perf_counter()
+                    page = write_report(path, out_dir)
+                    self.reports.append(page)
+                    log.info("report %s written in %.2f s", page, time.perf_counter() - t0)
+                    self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
+                else:
+                    self._dirty_roots.add(Path(path).resolve())
+            except Exception as exc:  # noqa: BLE001 - a bad file must not stop the worker
+                msg = f"report for {path} failed: {type(exc).__name__}: {exc}"
+                log.error("%s", msg)
+                self.errors.append(msg)
+                if kind == "report" and Path(path).parent.is_dir():
+                    self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
+            if self._q.empty():
+                self._refresh_dirty()
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def _refresh_dirty(self) -> None:
+        while self._dirty_roots:
+            root = self._dirty_roots.pop()
+            try:
+                write_run_list(root)
+            except Exception as exc:  # noqa: BLE001
+                msg = f"run list in {root} failed: {type(exc).__name__}: {exc}"
+                log.error("%s", msg)
+                self.errors.append(msg)
+
+    def __enter__(self) -> "ReportWorker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tango-dqm report FILE.h5|DIR ... [-o OUT] [--no-run-list]``: regenerate reports offline."""
+    parser = argparse.ArgumentParser(
+        prog="tango-dqm report",
+        description="Write the HTML run report (with PNG plots) of tango-dqm results files, and the run list. "
+                    "A directory stands for every results file in it and in its flagged/ and archive/.")
+    parser.add_argument("paths", nargs="+", type=Path, help="results files (.h5) or output directories")
+    parser.add_argument("-o", "--out-dir", type=Path, default=None,
+                        help="write reports here instead of next to each results file")
+    parser.add_argument("--no-run-list", action="store_true", help="do not rewrite the run list (index.html)")
+    args = parser.parse_args(argv)
+    failed = 0
+    roots: set[Path] = set()
+    for p in args.paths:
+        if p.is_dir():
+            files, root = scan_files(p), p.resolve()
+            roots.add(root)
+            if not files:
+                print(f"{p}: no results files", file=sys.stderr)
+        elif p.is_file():
+            files = [p]
+            roots.add(_run_list_root(p.resolve()))
+        else:
+            print(f"{p}: no such file or directory", file=sys.stderr)
+            failed += 1
+            continue
+        for f in files:
+            try:
+                print(write_report(f, args.out_dir))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                print(f"{f}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed += 1
+    if not args.no_run_list and args.out_dir is None:
+        for root in sorted(roots):
+            try:
+                print(write_run_list(root))
+            except Exception as exc:  # noqa: BLE001
+                print(f"run list in {root}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failed += 1
+    return 1 if failed else 0
+
+
+__all__ = ["ReportWorker", "main", "write_report", "write_run_list"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
