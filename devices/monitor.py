@@ -76,7 +76,7 @@ class DataQualityMonitor(Device):
             self.engine = Engine(
                 EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
                              checks=[line for line in self.QualityChecks if line.strip()],
-                             stale_timeout=self.StaleTimeout),
+                             stale_timeout=self.StaleTimeout, output_directory=self.OutputDirectory),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError) as exc:
             self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
@@ -344,6 +344,28 @@ class DataQualityMonitor(Device):
             _throw("DQM_CommandNotAllowed", str(exc), "Reset")
         self.set_state(_STATES[engine.state.value])
 
+    @command(dtype_in=str, doc_in="why the scan is bad", doc_out="new path of the results file")
+    def Flag(self, reason: str) -> str:
+        """Mark the finished scan bad: recorded in its file, moved to OutputDirectory/flagged/."""
+        return self._mark("flagged", reason)
+
+    @command(doc_out="new path of the results file")
+    def Archive(self) -> str:
+        """Mark the finished scan good: recorded in its file, moved to OutputDirectory/archive/."""
+        return self._mark("archived", "")
+
+    def _mark(self, mark: str, reason: str) -> str:
+        origin = "Flag" if mark == "flagged" else "Archive"
+        engine = self._require_engine(origin)
+        if mark == "flagged" and not reason.strip():
+            _throw("DQM_InvalidValue", "Flag needs a reason (why is the scan bad?)", origin)
+        try:
+            path = engine.mark(mark, reason)
+        except EngineError as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), origin)
+        self.info_stream(f"{origin}: {path} {reason}")
+        return path
+
     @command(doc_out="reference version")
     def TakeReference(self) -> int:
         """Store the accumulated spectra and maps of the finished scan as the new reference version."""
@@ -426,6 +448,10 @@ class DataQualityMonitor(Device):
                doc="fraction of the run's frames (incl. dropped and bad) on which the verdict was evaluated")
     def verdictCoverage(self) -> float:
         return self.engine.snapshot().coverage if self.engine else 0.0
+
+    @attribute(dtype=str, doc="results file (HDF5) of the current or last scan")
+    def outputFile(self) -> str:
+        return self.engine.output_file if self.engine else ""
 
     @attribute(dtype=int, doc="version of the reference in use (0: none)")
     def referenceVersion(self) -> int:

@@ -26,7 +26,9 @@ from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, PluginError, Result, load_analysis
 from .publisher import Listener, Publisher
 from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .products import ScanProducts
 from .references import ReferenceInfo, ReferenceStore
+from .versions import deployed_versions
 from .sources import Source, SourceError, open_source
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ class EngineConfig:
     stale_timeout: float = 0.0
     #: how often accumulated results are judged against references during a run (s)
     reference_interval: float = 1.0
+    #: where scan results files and reports go ("" : none are written)
+    output_directory: str = ""
+    #: scalar result plotted by default in the results file (NXdata signal)
+    main_result: str = "net_signal"
 
 
 @dataclass
@@ -124,6 +130,8 @@ class Engine:
         self.params = ParameterStore(declarations)
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
+        self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
+        self.output_file = ""
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
         hints = [open_source(entry).image_shape for entry in self._source_entries]
@@ -174,6 +182,15 @@ class Engine:
             self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
             self._live = live
             self.quality.start(time.monotonic())
+            if self.products is not None:
+                try:
+                    self.output_file = str(self.products.begin(self._scan_id, self.result_decl, self.provenance()))
+                except Exception as exc:  # noqa: BLE001 - storage failures are FAULTs with the reason
+                    for s in sources:
+                        s.close()
+                    self._enter_fault(f"cannot create the results file in {self.products.root}: "
+                                      f"{type(exc).__name__}: {exc}. Check OutputDirectory, then run Reset")
+                    raise EngineError(str(exc)) from None
             expected = [s.expected_frames for s in sources]
             if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
@@ -215,6 +232,37 @@ class Engine:
         """Stop everything (device shutdown). Does not wait for threads."""
         self._stop.set()
         self.publisher.close()
+        if self.products is not None:
+            self.products.close()
+
+    def mark(self, mark: str, reason: str = "") -> str:
+        """Flag ("flagged", bad) or Archive ("archived", good) the finished scan; allowed in CLOSE."""
+        with self._lock:
+            if self._state is not EngineState.CLOSE:
+                raise EngineError(f"{'Flag' if mark == 'flagged' else 'Archive'} is allowed in CLOSE, "
+                                  f"not in {self._state.value}")
+        if self.products is None:
+            raise EngineError("no results file: set the OutputDirectory property, then run Init")
+        try:
+            path = self.products.mark(mark, reason)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise EngineError(str(exc)) from None
+        self.output_file = str(path)
+        return self.output_file
+
+    def provenance(self) -> dict[str, Any]:
+        """What a results file records about how its results were made."""
+        ref = self.reference
+        return {
+            "sources": list(self._source_entries),
+            "analyses": [f"{type(a).__module__}:{type(a).__qualname__}" for a in self.analyses],
+            "parameters": self.params.plain(),
+            "rois": {n: v for n, v in self.params.plain().items()
+                     if self.params.declarations[n].type.value == "roi"},
+            "thresholds": self.quality.config(),
+            "reference": {"version": ref.version, "scan_id": ref.scan_id} if ref else {"version": 0},
+            "versions": deployed_versions(self.analyses),
+        }
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -268,6 +316,8 @@ class Engine:
             self._stop.set()
             self.quality.stop()
             self._set_state(EngineState.FAULT)
+        if self.products is not None:
+            self.products.abort()
         log.error("FAULT: %s", why)
 
     # ---- quality -----------------------------------------------------------------------
@@ -419,7 +469,15 @@ class Engine:
                 if c.expected is not None and c.completed + c.dropped >= c.expected:
                     self._end_reason = self._end_reason or "all expected events completed"
                     stop.set()
-            self.quality.update(frame.frame_id, merged, now)
+            flag = self.quality.update(frame.frame_id, merged, now)
+            if self.products is not None:
+                try:
+                    self.products.append(frame.frame_id, frame.timestamp, merged, flag)
+                except Exception as exc:  # noqa: BLE001
+                    self._enter_fault(f"writing the results file failed on frame {frame.frame_id}: "
+                                      f"{type(exc).__name__}: {exc}. Check the disk and OutputDirectory, "
+                                      "then run Reset")
+                    return
             self.publisher.results(merged, frame.frame_id)
             if self.quality.has_accumulated_checks and now >= next_reference_check:
                 next_reference_check = now + self.config.reference_interval
@@ -474,6 +532,20 @@ class Engine:
             self._counters.event_rate = 0.0
             self.quality.evaluate_references(summary)
             self.quality.stop()
+            counters = Counters(**vars(self._counters))
+            end_reason = self._end_reason
+        if self.products is not None:
+            try:
+                self.products.end(summary, counters, self.quality.verdict().name, end_reason,
+                                  {"parameter_changes": [vars(c) for c in self.params.changes],
+                                   "quality_report": self.quality.report()})
+            except Exception as exc:  # noqa: BLE001
+                self._enter_fault(f"finishing the results file failed: {type(exc).__name__}: {exc}. "
+                                  "Check the disk and OutputDirectory, then run Reset")
+                return
+        with self._lock:
+            if generation != self._generation or self._state is not EngineState.RUNNING:
+                return
             self._set_state(EngineState.CLOSE)
 
 

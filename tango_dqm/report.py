@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,6 +652,13 @@ class ReportWorker:
             raise ValueError("no root given and the worker has none")
         self._put(("runlist", target, None))
 
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the worker thread, in order with the reports (so nothing else
+        has the file open); returns a Future with its result."""
+        future: Future = Future()
+        self._put(("call", (fn, args, future), None))
+        return future
+
     def _put(self, item: tuple) -> None:
         with self._cond:
             if self._closed:
@@ -681,7 +689,14 @@ class ReportWorker:
                 return
             kind, path, out_dir = item
             try:
-                if kind == "report":
+                if kind == "call":
+                    fn, args, future = path
+                    try:
+                        future.set_result(fn(*args))
+                    except Exception as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                        future.set_exception(exc)
+                        log.error("%s failed: %s: %s", getattr(fn, "__name__", fn), type(exc).__name__, exc)
+                elif kind == "report":
                     t0 = time.perf_counter()
                     page = write_report(path, out_dir)
                     self.reports.append(page)

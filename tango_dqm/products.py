@@ -1,0 +1,101 @@
+"""What a scan leaves behind: its HDF5 results file, its report, the run list, its mark.
+
+One :class:`ScanProducts` per engine, rooted at the ``OutputDirectory``. The engine
+thread calls ``begin``/``append``/``end``; reports are written by a background worker so
+closing a scan is never slowed; ``mark`` (Flag/Archive) moves files only under the root.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from concurrent.futures import Future
+from typing import Any, Mapping
+
+from .report import ReportWorker
+from .storage import MARKS, ScanWriter, confined_path, mark_scan, scan_file_name
+
+log = logging.getLogger(__name__)
+
+AUTO_ARCHIVE_REASON = "not marked before the next Start: archived automatically"
+
+
+class ScanProducts:
+    """The results file of the current scan and the marks of finished ones."""
+
+    def __init__(self, root: str | Path, main_result: str | None = None, flush_interval: float = 1.0):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.main_result = main_result
+        self.flush_interval = flush_interval
+        self.worker = ReportWorker(self.root)
+        self._writer: ScanWriter | None = None
+        self.current: Path | None = None  # results file of the current or last scan
+        self.mark_of_current: str | None = None
+        self.pending: Future | None = None  # the last mark being carried out
+
+    def begin(self, scan_id: str, results: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
+        """Create the results file of a new scan (after archiving an unmarked previous one)."""
+        self.auto_archive()
+        path = confined_path(self.root, scan_file_name(scan_id))
+        main = self.main_result if self.main_result in results else None
+        self._writer = ScanWriter(path, scan_id, results, provenance, root=self.root,
+                                  flush_interval=self.flush_interval, main_result=main)
+        self.current, self.mark_of_current = path, None
+        return path
+
+    def append(self, frame_id: int, timestamp: float, results: Mapping[str, Any], verdict: int) -> None:
+        if self._writer is not None:
+            self._writer.append(frame_id, timestamp, results, verdict)
+
+    def end(self, summary: Mapping[str, Any], counters: Any, verdict: str, end_reason: str,
+            provenance: Mapping[str, Any]) -> Path | None:
+        """Finish the results file and queue its report."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return None
+        path = writer.finish(summary, counters, verdict, end_reason=end_reason, provenance=provenance)
+        self.worker.submit(path)
+        return path
+
+    def abort(self) -> None:
+        """Close the results file of a failed scan, keeping every frame written so far."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - already failing; keep the first error
+                log.exception("closing %s failed", writer.path)
+            self.worker.submit(writer.path)
+
+    def mark(self, mark: str, reason: str) -> Path:
+        """Flag ("flagged") or archive ("archived") the last finished scan; returns its new path.
+
+        Checked here, carried out on the report worker's thread, in order with the reports
+        (so no report holds the file open while it moves); a late failure is logged.
+        """
+        if self.current is None:
+            raise ValueError("no finished scan to mark")
+        if self.mark_of_current is not None:
+            raise ValueError(f"{self.current.name} is already {self.mark_of_current}")
+        if mark not in MARKS:
+            raise ValueError(f"mark must be one of {sorted(MARKS)}, got {mark!r}")
+        dest = confined_path(self.root, Path(MARKS[mark]) / self.current.name)
+        if dest.exists():
+            raise FileExistsError(f"{dest} already exists; not overwriting it")
+        self.pending = self.worker.call(mark_scan, self.root, self.current, mark, reason)
+        self.worker.submit(dest)
+        self.current, self.mark_of_current = dest, mark
+        return dest
+
+    def auto_archive(self) -> None:
+        """Archive the last scan if nobody flagged or archived it (as operators expect)."""
+        if self.current is not None and self.mark_of_current is None and self._writer is None \
+                and self.current.exists():
+            try:
+                self.mark("archived", AUTO_ARCHIVE_REASON)
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning("automatic archive of %s failed: %s", self.current, exc)
+
+    def close(self) -> None:
+        self.abort()
+        self.worker.close()

@@ -1,0 +1,136 @@
+"""Scan products through a real device: live HDF5 results, report, Flag and Archive."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tango
+
+from tests.tango.test_monitor import context, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+READER = """
+import sys, time, h5py
+path, want = sys.argv[1], int(sys.argv[2])
+seen = []
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        with h5py.File(path, "r", swmr=True, locking=False) as f:
+            n = f["entry/results/frame_id"].shape[0]
+    except (OSError, KeyError):
+        n = -1
+    if n >= 0 and (not seen or n != seen[-1]):
+        seen.append(n)
+    if n >= want:
+        break
+    time.sleep(0.1)
+print(",".join(map(str, seen)))
+"""
+
+
+def test_results_file_read_live_and_complete_with_provenance(tmp_path):
+    out = tmp_path / "out"
+    with context(["sim://?frames=150&shape=64x64&rate=50"], OutputDirectory=str(out)) as p:
+        p.roi_signal = [10, 20, 10, 20]
+        p.Start()
+        path = p.outputFile
+        assert path.endswith(".h5") and Path(path).parent == out.resolve()
+        reader = tmp_path / "reader.py"
+        reader.write_text(READER)
+        seen = subprocess.run([sys.executable, str(reader), path, "150"], capture_output=True, text=True,
+                              timeout=90).stdout.strip().split(",")
+        counts = [int(n) for n in seen if n]
+        wait_for(p, tango.DevState.CLOSE)
+        assert len([n for n in counts if 0 < n < 150]) >= 2, counts  # grew while the scan ran
+        assert counts == sorted(counts)
+        signal_sum = p.signal_sum
+    with h5py.File(path, "r") as f:
+        ids = f["entry/results/frame_id"][...]
+        assert ids.tolist() == list(range(150))
+        assert f["entry/results/signal_sum"][-1] == signal_sum
+        assert f["entry/summary/frames"][()] == 150
+        prov = f["entry/provenance"]
+        assert json.loads(prov["parameters_json"][()])["roi_signal"] == [10, 20, 10, 20]
+        assert "sim://" in prov["sources"][0].decode()
+        assert json.loads(prov["versions_json"][()])["analyses"]["roi"]["version"] == "1"
+        assert f["entry"].attrs["dqm_complete"]
+
+
+def wait_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} not there after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_flag_archive_states_moves_log_and_auto_archive(tmp_path):
+    out = tmp_path / "out"
+    with context(["sim://?frames=5&shape=16x16"], OutputDirectory=str(out)) as p:
+        with pytest.raises(tango.DevFailed, match="allowed in CLOSE"):
+            p.Archive()
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        first = Path(p.outputFile)
+        with pytest.raises(tango.DevFailed, match="needs a reason"):
+            p.Flag("")
+        flagged = Path(p.Flag("beam dump during the scan"))
+        assert flagged.parent == out.resolve() / "flagged" and p.outputFile == str(flagged)
+        wait_file(flagged)  # moved by the report worker, in order with the reports
+        assert not first.exists()
+        with h5py.File(flagged, "r") as f:
+            assert f["entry"].attrs["dqm_mark"] == "flagged"
+            assert f["entry"].attrs["dqm_mark_reason"] == "beam dump during the scan"
+        with pytest.raises(tango.DevFailed, match="already flagged"):
+            p.Archive()
+        # an unmarked scan is archived automatically at the next Start
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        second = Path(p.outputFile)
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        archived = out.resolve() / "archive" / second.name
+        wait_file(archived)
+        assert not second.exists()
+        deadline = time.monotonic() + 10
+        while len((out / "marks.log").read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the log line follows the move
+        log = [json.loads(line) for line in (out / "marks.log").read_text().splitlines()]
+        assert [entry["mark"] for entry in log] == ["flagged", "archived"]
+        assert "automatically" in log[1]["reason"]
+        deadline = time.monotonic() + 30
+        while not (out / "index.html").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "index.html").exists()
+
+
+def test_killed_server_leaves_readable_file(tmp_path):
+    from tango_dqm.devices.controlsystem import ControlSystem
+
+    out = tmp_path / "out"
+    config = {"servers": {"DataQualityMonitor": {"kill": {"DataQualityMonitor": {"test/dqm/kill": {"properties": {
+        "Sources": ["sim://?frames=0&shape=64x64&rate=200"], "Analyses": ["roi"],
+        "OutputDirectory": [str(out)]}}}}}}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    with ControlSystem(tmp_path / "cs") as cs:
+        cs.apply_config(tmp_path / "c.json")
+        proc = cs.start_server("DataQualityMonitor", "kill", ["test/dqm/kill"])
+        dev = cs.proxy("test/dqm/kill")
+        dev.Live()
+        time.sleep(2.5)  # > flush interval: at least one flush happened
+        done = dev.completedEvents
+        path = dev.outputFile
+        proc.kill()
+        proc.wait(10)
+    with h5py.File(path, "r", swmr=True) as f:
+        ids = f["entry/results/frame_id"][...]
+        assert ids.size > 0 and ids.size <= done + 500
+        assert np.array_equal(ids, np.arange(ids.size))
+        assert np.isfinite(f["entry/results/frame_max"][: ids.size]).all()
