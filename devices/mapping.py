@@ -76,7 +76,9 @@ def memorized_value(param: Parameter, raw: str) -> Any:
 def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
     """A read-only attribute for a result, with change (and for scalars archive) events pushed."""
     kind = result.dtype.kind
-    if kind in "iu":
+    if kind in "US":
+        dtype = tango.CmdArgType.DevString
+    elif kind in "iu":
         dtype = tango.CmdArgType.DevLong64 if result.kind == "scalar" else _array_int_type(result.dtype)
     elif kind == "b":
         dtype = tango.CmdArgType.DevBoolean
@@ -119,8 +121,11 @@ def _array_int_type(dtype: np.dtype) -> tango.CmdArgType:
 def result_value(result: Result, value: Any) -> tuple[Any, tango.AttrQuality]:
     """The value to give Tango, and INVALID quality when there is none (disabled ROI, no frame yet)."""
     if value is None:
-        return (0 if result.kind == "scalar" else np.zeros((0,) if result.kind == "spectrum" else (0, 0))), \
-            tango.AttrQuality.ATTR_INVALID
+        if result.kind == "scalar":
+            return ("" if result.dtype.kind in "US" else 0), tango.AttrQuality.ATTR_INVALID
+        return np.zeros((0,) if result.kind == "spectrum" else (0, 0)), tango.AttrQuality.ATTR_INVALID
+    if result.dtype.kind in "US":
+        return str(value), tango.AttrQuality.ATTR_VALID
     if result.kind == "scalar":
         if isinstance(value, float) and math.isnan(value):
             return value, tango.AttrQuality.ATTR_INVALID

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import tango
 from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
@@ -145,7 +146,9 @@ class DataQualityMonitor(Device):
     def _read_result(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
         _, result = self.engine.result_decl[name]
-        value, quality = self._result_value(name, result, self.engine.snapshot().results.get(name))
+        snap = self.engine.snapshot()
+        raw = snap.summary.get(name) if result.run_summary else snap.results.get(name)
+        value, quality = self._result_value(name, result, raw)
         attr.set_value_date_quality(value, time.time(), quality)
 
     def _result_value(self, name: str, result, raw: Any):
@@ -249,7 +252,7 @@ class DataQualityMonitor(Device):
         self.push_change_event("Status", status)
         if state in ("CLOSE", "FAULT", "ON") and self.engine is not None:
             snap = self.engine.snapshot()  # final values, including rate-limited images
-            self._push_results(snap.results, all_arrays=True)
+            self._push_results({**snap.results, **self._run_summary_results(snap)}, all_arrays=True)
             self._push_counters(snap)
             self._push_verdict(snap)
 
@@ -278,6 +281,10 @@ class DataQualityMonitor(Device):
             self.push_change_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
             self.push_archive_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
         self.push_change_event("verdictReport", snap.verdict_report)
+
+    def _run_summary_results(self, snap) -> dict[str, Any]:
+        decl = self.engine.result_decl
+        return {n: snap.summary.get(n) for n, (_, r) in decl.items() if r.run_summary}
 
     def _push_results(self, results: dict[str, Any], all_arrays: bool = False) -> None:
         now = time.time()
@@ -462,13 +469,22 @@ class DataQualityMonitor(Device):
     def runSummary(self) -> str:
         if self.engine is None:
             return "{}"
-        return json.dumps(self.engine.snapshot().summary, allow_nan=True)
+        return json.dumps(self.engine.snapshot().summary, allow_nan=True, default=_json_small)
 
     @attribute(dtype=str, doc="JSON: parameter changes and the frame id where each applied")
     def parameterLog(self) -> str:
         if self.engine is None:
             return "[]"
         return json.dumps([vars(c) for c in self.engine.params.changes])
+
+
+def _json_small(value: Any) -> Any:
+    """JSON for numpy values in the run summary; large arrays (maps) are in the results file."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 4096 else f"<{value.dtype} array {value.shape}: see outputFile>"
+    return str(value)
 
 
 def _range(lo: str, hi: str) -> tuple[float | None, float | None] | None:

@@ -446,6 +446,8 @@ class Engine:
             merged: dict[str, Any] = {}
             for r in results:
                 merged.update(r)
+            # keys starting with "_" hand data from process to accumulate only
+            merged = {k: v for k, v in merged.items() if not k.startswith("_")}
             now = time.monotonic()
             with self._lock:
                 if generation != self._generation:
@@ -531,6 +533,8 @@ class Engine:
                 self._end_reason = "series end" if series_ended else "source ended"
             self._counters.event_rate = 0.0
             self.quality.evaluate_references(summary)
+            self.quality.judge_summary({k: v for k, v in summary.items()
+                                        if k in self.result_decl and self.result_decl[k][1].run_summary})
             self.quality.stop()
             counters = Counters(**vars(self._counters))
             end_reason = self._end_reason

@@ -27,9 +27,11 @@ class PluginError(RuntimeError):
 class Result:
     """A declared analysis result.
 
-    ``kind`` is ``"scalar"``, ``"spectrum"`` (1-D) or ``"image"`` (2-D). ``warning``
-    and ``alarm`` are default ``(min, max)`` ranges (``None`` for an open side) that
-    the device maps onto Tango's attribute alarm properties.
+    ``kind`` is ``"scalar"``, ``"spectrum"`` (1-D) or ``"image"`` (2-D); ``dtype`` may be
+    ``str`` for a status text. ``warning`` and ``alarm`` are default ``(min, max)`` ranges
+    (``None`` for an open side) that the device maps onto Tango's attribute alarm
+    properties. ``run_summary=True`` marks a result that ``finish`` gives once per run
+    rather than ``process`` per frame.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Result:
     archive: bool = True
     warning: tuple[float | None, float | None] | None = None
     alarm: tuple[float | None, float | None] | None = None
+    run_summary: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("scalar", "spectrum", "image"):

@@ -983,6 +983,15 @@ class QualityMonitor:
                 self._acc_results.update({r.name: r for r in out})
         return tuple(out)
 
+    def judge_summary(self, summary: Mapping[str, Any]) -> None:
+        """Judge range checks on run-summary values (results ``finish`` gives once per run):
+        each such check holds exactly that one value."""
+        with self._lock:
+            for c in self._range:
+                if c.result in summary and c.judge(summary[c.result]) is not None:
+                    c.reset()
+                    c.update(-1, summary[c.result])
+
     # ---- reading (any thread) --------------------------------------------------------------
 
     def snapshot(self, now: float | None = None) -> QualitySnapshot:

@@ -417,6 +417,8 @@ class ScanWriter:
                                    flag_meanings=" ".join(VERDICTS))
         self._result_cols: dict[str, _Column] = {}
         for name, (owner, r) in self.decl.items():
+            if r.run_summary:  # given once by finish(): stored under /entry/summary
+                continue
             meta = {"units": r.unit, "long_name": r.label or name, "description": r.description,
                     "analysis": owner, "kind": r.kind, "declared_dtype": str(r.dtype)}
             if r.kind == "scalar":

@@ -1,0 +1,301 @@
+"""Intensity histogram of a ROI, per frame and accumulated over the run.
+
+| parameter     | type  | default | meaning                                                          |
+|---------------|-------|---------|------------------------------------------------------------------|
+| roi_histogram | roi   | []      | region [offset_x, size_x, offset_y, size_y]; [] = the full frame  |
+| hist_bins     | int   | 1024    | number of equal-width bins (1 .. 65535)                           |
+| hist_min      | float | 0       | lower edge of the first bin                                       |
+| hist_max      | float | 65536   | upper edge of the last bin (must be > hist_min)                   |
+
+| result              | when   | kind     | type    | meaning                                          |
+|---------------------|--------|----------|---------|--------------------------------------------------|
+| hist_counts         | frame  | spectrum | int64   | counts per bin                                   |
+| hist_underflow      | frame  | scalar   | int     | values < hist_min                                |
+| hist_overflow       | frame  | scalar   | int     | values > hist_max                                |
+| hist_mean           | frame  | scalar   | float   | exact mean of the values inside [hist_min, hist_max] |
+| hist_run_counts     | finish | spectrum | int64   | counts per bin summed over the run               |
+| hist_edges          | finish | spectrum | float64 | the hist_bins + 1 bin edges                      |
+| hist_run_underflow  | finish | scalar   | int     | underflow summed over the run                    |
+| hist_run_overflow   | finish | scalar   | int     | overflow summed over the run                     |
+| hist_run_mean       | finish | scalar   | float   | exact mean of all in-range values of the run     |
+| hist_run_frames     | finish | scalar   | int     | frames in the run histogram                      |
+
+Binning is exactly ``numpy.histogram(values, bins=hist_bins, range=(hist_min, hist_max))``:
+edges ``linspace(hist_min, hist_max, hist_bins + 1)``, bin i holds ``edges[i] <= v < edges[i+1]``,
+the last bin also holds ``v == hist_max``. NaN values are in no bin and in neither
+underflow nor overflow.
+
+Integer frames are counted by value, never with ``numpy.histogram``: 8- and 16-bit data
+with a numba equivalent of ``numpy.bincount`` over the whole value range (one pass, no
+copy even for a ROI, GIL released; measured 2x faster than ``np.bincount``, which first
+copies the data to intp), wider integers with ``np.bincount`` after clipping to the
+range. The value counts are then folded into the bins through their cumulative sum at
+the integer bin boundaries ``ceil(edge)``, which is exact.
+
+Float frames use numpy's uniform-bin index computation, vectorised over cache-sized
+blocks, followed by ``bincount``; they are binned in float64 (numpy itself bins
+float32 data in float32, which can put a value within float32 rounding of an edge
+into the neighbouring bin).
+
+If ``hist_max <= hist_min`` (e.g. while both are being edited) the frame is not
+histogrammed: ``hist_counts`` is empty, ``hist_mean`` is NaN, under- and overflow are
+None (no value) and the frame is not accumulated. The run histogram is kept per binning; if the binning changes during a
+run, finish reports the binning of the most recent frame. Accumulators merge by addition.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from tango_dqm import Analysis, Frame, Parameter, Params, Result
+
+_NAN = float("nan")
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_values(a, offset, size):  # pragma: no cover - compiled
+    """``np.bincount(a.ravel() + offset, minlength=size)`` for 8/16-bit data, in one pass.
+
+    Four interleaved count tables break the store-to-load dependency when neighbouring
+    pixels have the same value (the usual case), which makes this ~2x faster than
+    np.bincount (which also first copies the data to intp); works on strided ROI views
+    without a copy and releases the GIL.
+    """
+    c0 = np.zeros(size, np.int32)  # int32 keeps the 4 tables in L2; a table sees < 2**31 values
+    c1 = np.zeros(size, np.int32)
+    c2 = np.zeros(size, np.int32)
+    c3 = np.zeros(size, np.int32)
+    for i in range(a.shape[0]):
+        row = a[i]
+        n = row.shape[0]
+        j = 0
+        while j + 4 <= n:
+            c0[np.int64(row[j]) + offset] += 1
+            c1[np.int64(row[j + 1]) + offset] += 1
+            c2[np.int64(row[j + 2]) + offset] += 1
+            c3[np.int64(row[j + 3]) + offset] += 1
+            j += 4
+        while j < n:
+            c0[np.int64(row[j]) + offset] += 1
+            j += 1
+    out = np.empty(size, np.int64)
+    for k in range(size):
+        out[k] = np.int64(c0[k]) + c1[k] + c2[k] + c3[k]
+    return out
+
+
+def _as_2d(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 2:
+        return a
+    if a.ndim == 1:
+        return a.reshape(1, -1)
+    return a.reshape(-1, a.shape[-1])
+
+
+def bin_edges(bins: int, lo: float, hi: float) -> np.ndarray:
+    """The bin edges numpy.histogram uses for ``bins`` equal bins over ``(lo, hi)``."""
+    return np.linspace(lo, hi, bins + 1, endpoint=True, dtype=np.float64)
+
+
+def _fold_value_counts(counts: np.ndarray, base: int, edges: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """Bin counts, underflow, overflow and in-range sum from counts of integer values.
+
+    ``counts[k]`` is the number of values equal to ``base + k``. An integer v is in bin i
+    iff ``edges[i] <= v < edges[i+1]`` iff ``ceil(edges[i]) <= v < ceil(edges[i+1])``
+    (the last bin ends at ``floor(edges[-1]) + 1``, as it is closed).
+    """
+    n = counts.size
+    cum = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=cum[1:])
+    bounds = np.ceil(edges)
+    bounds[-1] = math.floor(edges[-1]) + 1
+    idx = np.clip(bounds - base, 0, n).astype(np.int64)
+    at = cum[idx]
+    binned = np.diff(at)
+    under = int(at[0])
+    over = int(cum[-1] - at[-1])
+    lo_i, hi_i = int(idx[0]), int(idx[-1])
+    values = np.arange(base + lo_i, base + hi_i, dtype=np.int64)
+    in_sum = int(np.dot(counts[lo_i:hi_i].astype(np.int64), values)) if hi_i > lo_i else 0
+    return binned, under, over, in_sum
+
+
+def int_histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.ndarray, int, int, int]:
+    """(counts, underflow, overflow, sum of in-range values) of integer data, by value counting.
+
+    8/16-bit data: a count of every possible value (numba bincount). Wider integers:
+    np.bincount of the values clipped to the range plus two sentinel slots.
+    """
+    edges = bin_edges(bins, lo, hi)
+    if data.dtype.itemsize <= 2:  # count every possible value, then fold into bins
+        size = 1 << (8 * data.dtype.itemsize)
+        base = -(size // 2) if data.dtype.kind == "i" else 0
+        counts = _count_values(_as_2d(data), -base, size)
+        return _fold_value_counts(counts, base, edges)
+    flat = data.ravel()
+    # wider integers: values outside [ceil(lo), floor(hi)] go to two sentinel slots
+    first = math.ceil(lo)
+    last = math.floor(hi)
+    span = last - first + 1
+    if span <= 0 or span > (1 << 26):
+        return float_histogram(data, bins, lo, hi)
+    shifted = np.clip(flat.astype(np.int64) - first, -1, span) + 1
+    counts = np.bincount(shifted, minlength=span + 2)
+    binned, _, _, in_sum = _fold_value_counts(counts[1:-1], first, edges)
+    return binned, int(counts[0]), int(counts[-1]), in_sum
+
+
+def float_histogram(data: np.ndarray, bins: int, lo: float, hi: float,
+                    block: int = 1 << 18) -> tuple[np.ndarray, int, int, float]:
+    """(counts, underflow, overflow, sum of in-range values) in float64.
+
+    numpy's uniform-bin algorithm, vectorised over cache-sized blocks: index estimate
+    from the scaled value, then one correction step against the edges.
+    """
+    edges = bin_edges(bins, lo, hi)
+    flat = data.ravel()
+    counts = np.zeros(bins, np.int64)
+    under = over = 0
+    total = 0.0
+    for start in range(0, flat.size, block):  # blocks of 256 Ki values, not pixels
+        a = flat[start:start + block].astype(np.float64, copy=False)
+        under += int(np.count_nonzero(a < lo))
+        over += int(np.count_nonzero(a > hi))
+        v = a[(a >= lo) & (a <= hi)]
+        idx = ((v - lo) / (hi - lo) * bins).astype(np.intp)
+        idx[idx == bins] -= 1
+        idx[v < edges[idx]] -= 1
+        idx[(v >= edges[idx + 1]) & (idx != bins - 1)] += 1
+        counts += np.bincount(idx, minlength=bins)
+        total += float(v.sum())
+    return counts, under, over, total
+
+
+def histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.ndarray, int, int, int | float]:
+    """(counts int64, underflow, overflow, in-range sum) of any numeric array."""
+    if data.dtype.kind == "b":
+        data = data.view(np.uint8)
+    if data.dtype.kind in "iu":
+        counts, under, over, s = int_histogram(data, bins, lo, hi)
+    else:
+        counts, under, over, s = float_histogram(data, bins, lo, hi)
+    return counts.astype(np.int64, copy=False), under, over, s
+
+
+class _Run:
+    """Run histogram of one binning."""
+
+    __slots__ = ("frames", "counts", "under", "over", "sum")
+
+    def __init__(self, frames, counts, under, over, s):
+        self.frames, self.counts, self.under, self.over, self.sum = frames, counts, under, over, s
+
+    def copy(self) -> "_Run":
+        return _Run(self.frames, self.counts.copy(), self.under, self.over, self.sum)
+
+    def add(self, other: "_Run") -> None:
+        self.frames += other.frames
+        self.counts += other.counts
+        self.under += other.under
+        self.over += other.over
+        self.sum += other.sum
+
+
+class Histogram(Analysis):
+    """Intensity histogram of a ROI: per frame and summed over the run."""
+
+    name = "histogram"
+    version = "1"
+    parameters = [
+        Parameter("roi_histogram", "roi", [], label="Histogram ROI",
+                  description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
+        Parameter("hist_bins", int, 1024, label="Histogram bins", min=1, max=65535),
+        Parameter("hist_min", float, 0.0, unit="counts", label="Histogram minimum",
+                  description="lower edge of the first bin; smaller values are underflow"),
+        Parameter("hist_max", float, 65536.0, unit="counts", label="Histogram maximum",
+                  description="upper edge of the last bin; larger values are overflow"),
+    ]
+    results = [
+        Result("hist_counts", np.int64, kind="spectrum", label="Histogram", archive=False),
+        Result("hist_underflow", int, label="Histogram underflow"),
+        Result("hist_overflow", int, label="Histogram overflow"),
+        Result("hist_mean", float, unit="counts", label="Histogram mean",
+               description="mean of the values inside [hist_min, hist_max]"),
+        Result("hist_run_counts", np.int64, kind="spectrum", label="Run histogram",
+               description="run summary", archive=False, run_summary=True),
+        Result("hist_edges", np.float64, kind="spectrum", unit="counts", label="Histogram bin edges",
+               description="run summary", archive=False, run_summary=True),
+        Result("hist_run_underflow", int, label="Run histogram underflow", description="run summary", run_summary=True),
+        Result("hist_run_overflow", int, label="Run histogram overflow", description="run summary", run_summary=True),
+        Result("hist_run_mean", float, unit="counts", label="Run histogram mean", description="run summary", run_summary=True),
+        Result("hist_run_frames", int, label="Frames in run histogram", description="run summary", run_summary=True),
+    ]
+
+    def _input(self, frame: Frame, params: Params) -> np.ndarray:
+        """The values to histogram: the one place where a dark frame would be subtracted
+        and a mask applied (``region[~mask]``, a 1-D selection) once those parameters exist."""
+        image = frame.data
+        roi = params.roi_histogram
+        if roi is None:
+            return image
+        image = _as_2d(image)
+        roi.check_fits(image.shape, "roi_histogram")  # RoiError names the rule
+        return image[roi.slices()]
+
+    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+        bins, lo, hi = params.hist_bins, params.hist_min, params.hist_max
+        if not hi > lo:
+            return {"hist_counts": np.zeros(0, np.int64), "hist_underflow": None, "hist_overflow": None,
+                    "hist_mean": _NAN, "_hist": None}
+        counts, under, over, s = histogram(self._input(frame, params), bins, lo, hi)
+        n = int(counts.sum())
+        return {"hist_counts": counts, "hist_underflow": under, "hist_overflow": over,
+                "hist_mean": s / n if n else _NAN,
+                # not a result: the binning and the exact in-range sum, for accumulate()
+                "_hist": ((bins, lo, hi), s)}
+
+    # Accumulator: {"runs": {(bins, lo, hi): _Run}, "last": binning or None}
+
+    def new_accumulator(self) -> dict[str, Any]:
+        return {"runs": {}, "last": None}
+
+    def accumulate(self, acc: dict[str, Any], frame_results: dict[str, Any]) -> dict[str, Any]:
+        extra = frame_results["_hist"]
+        if extra is None:
+            return acc
+        key, s = extra
+        this = _Run(1, frame_results["hist_counts"], frame_results["hist_underflow"],
+                    frame_results["hist_overflow"], s)
+        run = acc["runs"].get(key)
+        if run is None:
+            acc["runs"][key] = this.copy()  # the frame's counts are published: never modify them
+        else:
+            run.add(this)
+        acc["last"] = key
+        return acc
+
+    def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        runs = {k: r.copy() for k, r in a["runs"].items()}
+        for k, r in b["runs"].items():
+            if k in runs:
+                runs[k].add(r)
+            else:
+                runs[k] = r.copy()
+        return {"runs": runs, "last": b["last"] if b["last"] is not None else a["last"]}
+
+    def finish(self, acc: dict[str, Any]) -> dict[str, Any]:
+        key = acc["last"]
+        if key is None:
+            return {"hist_run_counts": np.zeros(0, np.int64), "hist_edges": np.zeros(0), "hist_run_underflow": 0,
+                    "hist_run_overflow": 0, "hist_run_mean": _NAN, "hist_run_frames": 0}
+        run = acc["runs"][key]
+        n = int(run.counts.sum())
+        return {"hist_run_counts": run.counts.copy(), "hist_edges": bin_edges(*key),
+                "hist_run_underflow": int(run.under), "hist_run_overflow": int(run.over),
+                "hist_run_mean": run.sum / n if n else _NAN, "hist_run_frames": run.frames}
+
+
+__all__ = ["Histogram", "bin_edges", "float_histogram", "histogram", "int_histogram"]

@@ -1,0 +1,181 @@
+"""The pixels analysis: known hot, dead and saturated pixels are found exactly."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tango_dqm import Frame, Params, load_analysis
+from tango_dqm.engine import Engine, EngineConfig, EngineState
+
+SPEC = "tango_dqm.analysis.pixels:Pixels"
+SHAPE = (96, 128)
+HOT = [(5, 7), (40, 64), (41, 64), (95, 127), (0, 0)]  # includes a 2-pixel cluster and corners
+DEAD = [(10, 100), (60, 3)]
+SATURATED = (50, 20)  # saturates in one frame only
+ZINGER = (70, 30)  # one cosmic-ray hit in one frame: not hot
+BEAM = (48, 70)  # a smooth beam spot must not be "hot" with the local reference
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return load_analysis(SPEC)()
+
+
+def params(analysis, **values) -> Params:
+    return Params({p.name: p.validate(values.get(p.name, p.default)) for p in analysis.parameters})
+
+
+def make_frames(n=30, seed=0, beam=True, dtype=np.uint16):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    base = 1000.0 + (3000.0 * np.exp(-0.5 * (((x - BEAM[1]) / 20) ** 2 + ((y - BEAM[0]) / 20) ** 2)) if beam else 0.0)
+    frames = []
+    for i in range(n):
+        f = base + rng.normal(0, 20, SHAPE)
+        for p in HOT:
+            f[p] += 400
+        for p in DEAD:
+            f[p] = 0
+        if i == 3:
+            f[SATURATED] = 65535  # one saturating event: not a hot pixel
+        if i == 7:
+            f[ZINGER] += 20000
+        frames.append(np.rint(np.clip(f, 0, 65535)).astype(dtype))
+    return frames
+
+
+def run(analysis, frames, p):
+    acc = analysis.new_accumulator()
+    for i, f in enumerate(frames):
+        acc = analysis.accumulate(acc, analysis.process(Frame(f, i), p))
+    return acc
+
+
+def positions(mask) -> set[tuple[int, int]]:
+    return {tuple(int(v) for v in ij) for ij in np.argwhere(mask)}
+
+
+def test_saturation_parameter_is_shared_with_roi(analysis):
+    from tango_dqm.analysis.roi import RoiStats  # the test may look; the plugin may not import it
+
+    mine = next(p for p in analysis.parameters if p.name == "saturation_level")
+    theirs = next(p for p in RoiStats.parameters if p.name == "saturation_level")
+    assert mine == theirs
+
+
+def test_saturated_per_frame(analysis):
+    frames = make_frames(5)
+    for level in (65535, 1500, 1):
+        for f in frames:
+            r = analysis.process(Frame(f, 0), params(analysis, saturation_level=level))
+            assert r["pixels_saturated"] == int(np.count_nonzero(f >= level))
+
+
+def test_hot_dead_saturated_found_exactly(analysis):
+    frames = make_frames()
+    out = analysis.finish(run(analysis, frames, params(analysis)))
+    pmap = out["pixels_map"]
+    assert pmap.dtype == np.uint8 and pmap.shape == SHAPE
+    assert positions(pmap == 1) == set(HOT)
+    assert positions(pmap == 2) == set(DEAD)
+    assert positions(pmap == 3) == {SATURATED}
+    assert pmap[ZINGER] == 0 and pmap[BEAM] == 0
+    assert out["pixels_hot"] == len(HOT) and out["pixels_dead"] == len(DEAD)
+    assert out["pixels_saturated_run"] == 1
+    assert out["pixels_status"] == "OK" and out["pixels_frames"] == 30
+    stack = np.stack(frames).astype(np.float64)
+    np.testing.assert_allclose(out["pixels_mean_map"], stack.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out["pixels_std_map"], stack.std(axis=0), rtol=1e-5, atol=1e-3)
+
+
+def test_global_reference_flags_the_beam_local_does_not(analysis):
+    frames = make_frames()
+    glob = analysis.finish(run(analysis, frames, params(analysis, pixels_hot_reference="global")))
+    assert BEAM in positions(glob["pixels_map"] == 1)  # why "local" is the default
+    dark = make_frames(beam=False, seed=4)
+    for ref in ("global", "local", "either"):
+        out = analysis.finish(run(analysis, dark, params(analysis, pixels_hot_reference=ref)))
+        assert positions(out["pixels_map"] == 1) == set(HOT), ref
+
+
+def test_hot_sigma_and_dead_threshold(analysis):
+    frames = make_frames()
+    out = analysis.finish(run(analysis, frames, params(analysis, hot_sigma=1000.0, dead_threshold=500.0)))
+    assert out["pixels_hot"] == 0
+    assert positions(out["pixels_map"] == 2) == set(DEAD)  # the rest never stays below 500
+    out = analysis.finish(run(analysis, frames, params(analysis, dead_threshold=70000.0)))
+    assert out["pixels_dead"] == SHAPE[0] * SHAPE[1]
+
+
+def test_insufficient_below_min_frames(analysis):
+    frames = make_frames(5)
+    out = analysis.finish(run(analysis, frames, params(analysis)))
+    assert out["pixels_status"] == "INSUFFICIENT" and out["pixels_frames"] == 5
+    assert out["pixels_hot"] is None and out["pixels_map"] is None
+    out = analysis.finish(run(analysis, frames, params(analysis, pixels_min_frames=5)))
+    assert out["pixels_status"] == "OK"
+    empty = analysis.finish(analysis.new_accumulator())
+    assert empty["pixels_status"] == "INSUFFICIENT" and empty["pixels_frames"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_merge_equals_single_accumulator(analysis, dtype):
+    frames = make_frames(24, dtype=dtype)
+    p = params(analysis)
+    whole = analysis.finish(run(analysis, frames, p))
+    a, b, c = run(analysis, frames[:5], p), run(analysis, frames[5:17], p), run(analysis, frames[17:], p)
+    for merged in (analysis.merge(analysis.merge(a, b), c), analysis.merge(a, analysis.merge(b, c)),
+                   analysis.merge(analysis.new_accumulator(), analysis.merge(analysis.merge(a, b), c))):
+        out = analysis.finish(merged)
+        assert out.keys() == whole.keys()
+        for k, v in whole.items():
+            np.testing.assert_array_equal(out[k], v, err_msg=k)
+    assert positions(whole["pixels_map"] == 1) == set(HOT)
+    assert a.n == 5  # merge left its inputs alone
+
+
+def test_shape_change_is_an_error_that_names_it(analysis):
+    p = params(analysis)
+    acc = run(analysis, make_frames(2), p)
+    with pytest.raises(ValueError, match="shape changed"):
+        analysis.accumulate(acc, analysis.process(Frame(np.zeros((4, 4), np.uint16), 9), p))
+
+
+def test_accumulate_does_not_copy_or_modify_the_frame(analysis):
+    f = make_frames(1)[0]
+    before = f.copy()
+    r = analysis.process(Frame(f, 0), params(analysis))
+    assert np.shares_memory(r["_pixels"][0], f)  # the hand-over is a view, not a copy
+    analysis.accumulate(analysis.new_accumulator(), r)
+    np.testing.assert_array_equal(f, before)
+
+
+def test_declared_results_cover_what_is_published(analysis):
+    declared = {r.name for r in analysis.results}
+    p = params(analysis)
+    r = analysis.process(Frame(make_frames(1)[0], 0), p)
+    assert {k for k in r if not k.startswith("_")} <= declared
+    assert set(analysis.finish(run(analysis, make_frames(10), p))) <= declared
+    assert all(n.startswith("pixels_") for n in declared)
+
+
+def test_runs_in_the_engine_beside_roi():
+    uri = "sim://?frames=20&shape=256x256&hot_pixels=5&dead_pixels=3"
+    engine = Engine(EngineConfig(sources=[uri], analyses=["roi", SPEC]))
+    try:
+        assert list(engine.params.declarations).count("saturation_level") == 1  # one shared parameter
+        engine.start()
+        deadline = time.monotonic() + 60
+        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        snap = engine.snapshot()
+    finally:
+        engine.close()
+    assert snap.state is EngineState.CLOSE, snap.status
+    assert snap.results["pixels_saturated"] == snap.results["saturated_pixels"] == 5  # sim hot = dtype max
+    s = snap.summary
+    assert s["pixels_status"] == "OK" and s["pixels_frames"] == 20
+    assert s["pixels_hot"] == 5 and s["pixels_dead"] == 3 and s["pixels_saturated_run"] == 5
+    assert s["pixels_map"].shape == (256, 256)
