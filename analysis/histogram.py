@@ -51,6 +51,7 @@ import numba
 import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
+from tango_dqm.corrections import DARK, MASK, region_values
 
 _NAN = float("nan")
 
@@ -217,6 +218,8 @@ class Histogram(Analysis):
                   description="lower edge of the first bin; smaller values are underflow"),
         Parameter("hist_max", float, 65536.0, unit="counts", label="Histogram maximum",
                   description="upper edge of the last bin; larger values are overflow"),
+        MASK,
+        DARK,
     ]
     results = [
         Result("hist_counts", np.int64, kind="spectrum", label="Histogram", archive=False),
@@ -235,15 +238,13 @@ class Histogram(Analysis):
     ]
 
     def _input(self, frame: Frame, params: Params) -> np.ndarray:
-        """The values to histogram: the one place where a dark frame would be subtracted
-        and a mask applied (``region[~mask]``, a 1-D selection) once those parameters exist."""
-        image = frame.data
+        """The values to histogram: dark-subtracted, masked pixels left out."""
+        image = _as_2d(frame.data)
         roi = params.roi_histogram
         if roi is None:
-            return image
-        image = _as_2d(image)
+            return region_values(image, params)
         roi.check_fits(image.shape, "roi_histogram")  # RoiError names the rule
-        return image[roi.slices()]
+        return region_values(image, params, roi.slices())
 
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:
         bins, lo, hi = params.hist_bins, params.hist_min, params.hist_max

@@ -52,6 +52,7 @@ import numba
 import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
+from tango_dqm.corrections import DARK, MASK, corrected
 
 _NAN = float("nan")
 _AXES = ("x", "y")
@@ -210,6 +211,8 @@ class Profile(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("profile_fit", bool, False, label="Profile Gaussian fit",
                   description="fit a Gaussian + offset to each projection (costs ~1 ms per frame)"),
+        MASK,
+        DARK,
     ]
     results = [
         Result("profile_x", np.float64, kind="spectrum", unit="counts", label="Projection on x",
@@ -230,17 +233,15 @@ class Profile(Analysis):
     ]
 
     def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The region to analyse and its (offset_x, size_x, offset_y, size_y) in the frame.
-
-        The one place where a dark frame would be subtracted and a mask applied
-        (masked pixels set to 0 after dark subtraction) once those parameters exist.
-        """
+        """The region to analyse (dark-subtracted, masked pixels 0) and its
+        (offset_x, size_x, offset_y, size_y) in the frame."""
         image = _as_2d(frame.data)
         roi = params.roi_profile
         if roi is None:
-            return image, (0, image.shape[1], 0, image.shape[0])
+            return corrected(image, params, masked_value=0), (0, image.shape[1], 0, image.shape[0])
         roi.check_fits(image.shape, "roi_profile")  # RoiError names the rule
-        return image[roi.slices()], (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
+        return corrected(image, params, roi.slices(), masked_value=0), \
+            (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
 
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:
         region, key = self._input(frame, params)

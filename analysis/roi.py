@@ -5,6 +5,8 @@
 | roi_signal         | roi  | []      | signal region [offset_x, size_x, offset_y, size_y]; [] disables |
 | roi_background     | roi  | []      | background region, same format                 |
 | saturation_level   | int  | 65535   | pixels >= this count as saturated              |
+| mask               | file | ""      | pixels to exclude from the ROI statistics (shared) |
+| dark               | file | ""      | image subtracted before the ROI statistics (shared) |
 
 Results (scalars): ``signal_{sum,mean,std,min,max}``, ``background_{...}``,
 ``net_signal`` = signal_sum - background_mean * signal area (signal_sum when the
@@ -17,6 +19,7 @@ from typing import Any
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
 from tango_dqm.accumulators import ScalarSeries
+from tango_dqm.corrections import DARK, MASK, region_values
 from tango_dqm.kernels import region_stats, min_max_count_above
 
 _STATS = ("sum", "mean", "std", "min", "max")
@@ -39,6 +42,8 @@ class RoiStats(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] disables"),
         Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
                   description="pixels at or above this value count as saturated", min=0),
+        MASK,
+        DARK,
     ]
     results = [
         *_region_results("signal", "Signal"),
@@ -53,8 +58,8 @@ class RoiStats(Analysis):
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:
         image = frame.data
         out: dict[str, Any] = {}
-        signal = self._region(image, params.roi_signal, "roi_signal", "signal", out)
-        background = self._region(image, params.roi_background, "roi_background", "background", out)
+        signal = self._region(image, params, params.roi_signal, "roi_signal", "signal", out)
+        background = self._region(image, params, params.roi_background, "roi_background", "background", out)
         if signal is None:
             out["net_signal"] = _NAN
         elif background is None:
@@ -66,12 +71,12 @@ class RoiStats(Analysis):
         return out
 
     @staticmethod
-    def _region(image, roi, param_name: str, prefix: str, out: dict[str, Any]):
+    def _region(image, params: Params, roi, param_name: str, prefix: str, out: dict[str, Any]):
         if roi is None:
             out.update({f"{prefix}_{s}": _NAN for s in _STATS})
             return None
         roi.check_fits(image.shape, param_name)  # RoiError names the rule
-        stats = region_stats(image[roi.slices()])
+        stats = region_stats(region_values(image, params, roi.slices()))  # dark-subtracted, unmasked pixels
         out.update({f"{prefix}_{s}": getattr(stats, s) for s in _STATS})
         return stats
 

@@ -22,6 +22,7 @@ _PARAM_TYPES = {
     ParamType.INT_ARRAY: (tango.CmdArgType.DevLong64, True),
     ParamType.FLOAT_ARRAY: (tango.CmdArgType.DevDouble, True),
     ParamType.ROI: (tango.CmdArgType.DevLong, True),
+    ParamType.FILE: (tango.CmdArgType.DevString, False),
 }
 
 
@@ -68,6 +69,8 @@ def memorized_value(param: Parameter, raw: str) -> Any:
         return raw.strip().lower() in ("1", "true")
     if param.type in (ParamType.INT, ParamType.ENUM):
         return int(float(raw))
+    if param.type is ParamType.FILE:
+        return raw.strip()
     if param.type is ParamType.FLOAT:
         return float(raw)
     return raw

@@ -17,7 +17,7 @@ from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
 
 from tango_dqm.engine import Engine, EngineConfig, EngineError
-from tango_dqm.params import ParameterError
+from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import Verdict, range_verdict
 from tango_dqm.references import ReferenceStore, ReferenceStoreError
@@ -56,6 +56,10 @@ class DataQualityMonitor(Device):
                                     doc="quality checks, one JSON object per line (see docs/quality.md)")
     StaleTimeout = device_property(dtype=float, default_value=0.0,
                                    doc="verdict STALE after this many seconds without a frame while RUNNING (0: off)")
+    ParameterFileDirectories = device_property(dtype=(str,), default_value=[],
+                                               doc="directories file parameters (mask, dark ...) may be read from")
+    MaxParameterFileSize = device_property(dtype=int, default_value=64 * 1024 * 1024,
+                                           doc="largest parameter file accepted, in bytes")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
 
@@ -77,7 +81,9 @@ class DataQualityMonitor(Device):
             self.engine = Engine(
                 EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
                              checks=[line for line in self.QualityChecks if line.strip()],
-                             stale_timeout=self.StaleTimeout, output_directory=self.OutputDirectory),
+                             stale_timeout=self.StaleTimeout, output_directory=self.OutputDirectory,
+                             file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
+                             max_file_bytes=self.MaxParameterFileSize),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError) as exc:
             self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
@@ -130,6 +136,9 @@ class DataQualityMonitor(Device):
     def _read_parameter(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
         param = self.engine.params.declarations[name]
+        if param.type is ParamType.FILE:  # the path it was set with, not the content
+            attr.set_value(self.engine.params.file_paths.get(name, ""))
+            return
         attr.set_value(parameter_value(param, self.engine.params.get(name)))
 
     def _write_parameter(self, attr: tango.WAttribute) -> None:
@@ -187,8 +196,11 @@ class DataQualityMonitor(Device):
 
     # ---- references ---------------------------------------------------------------------
 
+    def _reference_folder(self) -> str:
+        return self.ReferenceDirectory or (f"{self.OutputDirectory}/references" if self.OutputDirectory else "")
+
     def _reference_store(self, create: bool = False) -> ReferenceStore | None:
-        folder = self.ReferenceDirectory or (f"{self.OutputDirectory}/references" if self.OutputDirectory else "")
+        folder = self._reference_folder()
         if not folder:
             return None
         try:
@@ -386,6 +398,25 @@ class DataQualityMonitor(Device):
         except (EngineError, ReferenceStoreError) as exc:
             _throw("DQM_CommandNotAllowed", str(exc), "TakeReference")
         self.info_stream(f"reference version {info.version} taken from {info.scan_id}")
+        return info.version
+
+    @command(doc_out="background version")
+    def TakeBackground(self) -> int:
+        """Store the mean image of the finished (dark) scan as the next background version and
+        use it as the dark image of every analysis from the next frame on."""
+        engine = self._require_engine("TakeBackground")
+        store = self._reference_store(create=True)
+        if store is None:
+            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
+                   "property, then run Init", "TakeBackground")
+        try:
+            info = engine.take_background(store)
+        except (EngineError, ReferenceStoreError, ParameterError) as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), "TakeBackground")
+        # as if written by a client: the memorized value survives a restart
+        self._database().put_device_attribute_property(
+            self.get_name(), {"dark": {"__value": [engine.params.file_paths["dark"]]}})
+        self.info_stream(f"background version {info.version} taken from {info.scan_id}")
         return info.version
 
     def _require_engine(self, origin: str) -> Engine:

@@ -17,17 +17,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .files import FileAccess
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, PluginError, Result, load_analysis
 from .publisher import Listener, Publisher
 from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
-from .references import ReferenceInfo, ReferenceStore
+from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
 from .sources import Source, SourceError, open_source
 
@@ -65,6 +67,9 @@ class EngineConfig:
     output_directory: str = ""
     #: scalar result plotted by default in the results file (NXdata signal)
     main_result: str = "net_signal"
+    #: directories that file parameters (mask, dark ...) may be read from, and their size limit
+    file_roots: Sequence[str] = ()
+    max_file_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -127,7 +132,8 @@ class Engine:
                                       f"and {a.name!r}")
                 owners[p.name] = a.name
                 declarations.append(p)
-        self.params = ParameterStore(declarations)
+        self.params = ParameterStore(declarations, FileAccess([Path(r) for r in config.file_roots if r],
+                                                              config.max_file_bytes))
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
@@ -366,6 +372,23 @@ class Engine:
             raise EngineError("the last scan has no accumulated spectra or maps to use as a reference")
         info = store.save(name, arrays, scan_id=scan_id)
         self.use_reference(info, arrays)
+        return info
+
+    def take_background(self, store: ReferenceStore, source: str = "pixels_mean_map") -> ReferenceInfo:
+        """Store the mean image of the finished scan as the next dark-image version and use it
+        as the ``dark`` parameter from the next frame on."""
+        with self._lock:
+            if self._state is not EngineState.CLOSE:
+                raise EngineError(f"TakeBackground needs a finished scan (CLOSE), not {self._state.value}")
+            image = self._summary.get(source)
+            scan_id = self._scan_id
+        if "dark" not in self.params.declarations:
+            raise EngineError("no configured analysis has a dark parameter (roi, profile, histogram have)")
+        if not isinstance(image, np.ndarray) or image.ndim != 2:
+            raise EngineError(f"the last scan has no mean image ({source}): add the pixels analysis, "
+                              "run a dark scan, then TakeBackground")
+        info = store.save_background("dark", image, scan_id=scan_id)
+        self.params.set("dark", f"{info.path}#/{BACKGROUND_ARRAY}")
         return info
 
     def use_reference(self, info: ReferenceInfo, arrays: dict[str, np.ndarray]) -> None:

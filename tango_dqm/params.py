@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import FileAccess, FileParameterError
 from .roi import Roi, RoiError, parse_roi
 
 
@@ -29,6 +30,7 @@ class ParamType(str, enum.Enum):
     INT_ARRAY = "int[]"
     FLOAT_ARRAY = "float[]"
     ROI = "roi"
+    FILE = "file"
 
 
 _PY_TYPES = {int: ParamType.INT, float: ParamType.FLOAT, bool: ParamType.BOOL, str: ParamType.STR}
@@ -40,7 +42,10 @@ class Parameter:
 
     ``type`` is ``int``, ``float``, ``bool``, ``str`` or a :class:`ParamType`
     (``"enum"`` with ``choices``, ``"int[]"``/``"float[]"`` with optional ``length``,
-    ``"roi"``). ``min``/``max`` bound scalars and every array element.
+    ``"roi"``, ``"file"``). ``min``/``max`` bound scalars and every array element.
+    A ``"file"`` parameter is set with a path (``""`` unsets it); its value in
+    :class:`Params` is the parsed content (``file_format``: ``"array"`` for .npy or an
+    HDF5 dataset, ``"json"`` or ``"yaml"``), or None when unset.
     """
 
     name: str
@@ -53,6 +58,7 @@ class Parameter:
     max: float | None = None
     choices: tuple[str, ...] = ()
     length: int | None = None
+    file_format: str = "array"
 
     def __post_init__(self) -> None:
         ptype = _PY_TYPES.get(self.type) or ParamType(self.type)
@@ -60,10 +66,12 @@ class Parameter:
         object.__setattr__(self, "choices", tuple(self.choices))
         if ptype is ParamType.ENUM and not self.choices:
             raise ValueError(f"parameter {self.name}: an enum needs choices")
+        if ptype is ParamType.FILE and (self.file_format not in ("array", "json", "yaml") or self.default):
+            raise ValueError(f"parameter {self.name}: file_format must be array, json or yaml, default ''")
         if self.default is None:
             defaults = {ParamType.INT: 0, ParamType.FLOAT: 0.0, ParamType.BOOL: False,
                         ParamType.STR: "", ParamType.INT_ARRAY: [], ParamType.FLOAT_ARRAY: [],
-                        ParamType.ROI: []}
+                        ParamType.ROI: [], ParamType.FILE: ""}
             default = self.choices[0] if ptype is ParamType.ENUM else defaults[ptype]
             object.__setattr__(self, "default", default)
         # A declaration whose own default is invalid is a programming error: fail loudly.
@@ -73,9 +81,25 @@ class Parameter:
     def is_array(self) -> bool:
         return self.type in (ParamType.INT_ARRAY, ParamType.FLOAT_ARRAY, ParamType.ROI)
 
-    def validate(self, value: Any, image_shape: Sequence[int] | None = None) -> Any:
+    def validate(self, value: Any, image_shape: Sequence[int] | None = None,
+                 files: FileAccess | None = None) -> Any:
         """Return the canonical value, or raise ParameterError naming the broken rule."""
         t = self.type
+        if t is ParamType.FILE:
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise ParameterError(f"{self.name}: must be a file path (string), got {value!r}")
+            if not value.strip():
+                return None
+            try:
+                data = (files or FileAccess()).load(self.name, value.strip(), self.file_format)
+            except FileParameterError as exc:
+                raise ParameterError(str(exc)) from None
+            if self.file_format == "array" and image_shape is not None and data.shape != tuple(image_shape):
+                raise ParameterError(f"{self.name}: array shape {data.shape} does not match the image "
+                                     f"shape {tuple(image_shape)}")
+            return data
         if t is ParamType.ROI:
             try:
                 return parse_roi(value, image_shape, self.name)
@@ -186,7 +210,9 @@ class ParameterStore:
     a consistent set per frame without locking: a write applies from the next frame.
     """
 
-    def __init__(self, declarations: Sequence[Parameter]):
+    def __init__(self, declarations: Sequence[Parameter], files: FileAccess | None = None):
+        self.files = files or FileAccess()
+        self.file_paths: dict[str, str] = {}  # file parameters: the path each value came from
         self._decl: dict[str, Parameter] = {}
         for p in declarations:
             if p.name in self._decl:
@@ -218,15 +244,19 @@ class ParameterStore:
             decl = self._decl[name]
         except KeyError:
             raise ParameterError(f"unknown parameter {name!r}") from None
-        canonical = decl.validate(value, self.image_shape)
+        canonical = decl.validate(value, self.image_shape, self.files)
         with self._lock:
+            if decl.type is ParamType.FILE:
+                self.file_paths[name] = value.strip() if canonical is not None else ""
             values = dict(self._snapshot)
             values[name] = canonical
             self.version += 1
             self._snapshot = Params(values)
-            self.changes.append(ParameterChange(name, decl.to_plain(canonical), self.version))
+            plain = self.file_paths[name] if decl.type is ParamType.FILE else decl.to_plain(canonical)
+            self.changes.append(ParameterChange(name, plain, self.version))
         return canonical
 
     def plain(self) -> dict[str, Any]:
         """All values in JSON-friendly form (for provenance and parameter files)."""
-        return {n: self._decl[n].to_plain(v) for n, v in self._snapshot.items()}
+        return {n: self.file_paths.get(n, "") if self._decl[n].type is ParamType.FILE else self._decl[n].to_plain(v)
+                for n, v in self._snapshot.items()}

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from .base import Source, SourceError, SourceItem, SourceSpec
+from .bsread_source import BsreadSource
+from .hdf5_replay import Hdf5ReplaySource
 from .sim import SimSource
+from .watch_dir import WatchDirSource
 from .zmq_stins import ZmqStinsSource
 
-SCHEMES: dict[str, type[Source]] = {cls.scheme: cls for cls in (SimSource, ZmqStinsSource)}
+SCHEMES: dict[str, type[Source]] = {cls.scheme: cls for cls in (SimSource, ZmqStinsSource, BsreadSource,
+                                                                Hdf5ReplaySource, WatchDirSource)}
 
 
 def open_source(entry: str) -> Source:

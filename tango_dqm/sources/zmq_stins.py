@@ -5,7 +5,13 @@ Messages (multipart):
   ``{"htype": "image", "frame": n, "shape": [rows, cols], "type": "uint16",
     "compression": "none"}`` + one raw C-order part           one frame
   ``{"htype": "series_end"}``                                end of the series
-Image data is wrapped zero-copy (``np.frombuffer`` over the ZeroMQ buffer).
+Uncompressed image data is wrapped zero-copy (``np.frombuffer`` over the ZeroMQ buffer).
+
+``"compression"`` may also be ``"bslz4"`` (bitshuffle + LZ4 as Dectris/STINS send it: the
+12-byte header, uint64 BE size and uint32 BE block size in bytes, then the
+``bitshuffle.compress_lz4`` blocks) or ``"lz4"`` (one LZ4 block, no header); see
+:mod:`tango_dqm.compression`. A corrupt compressed part gives
+``BadInput("corrupt_compressed")``; an unknown compression ``"unsupported_compression"``.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from .. import compression as _compression
 from ..frames import BadInput, Frame, SeriesEnd
 from .base import Source, SourceError, SourceItem, SourceSpec
 
@@ -54,16 +61,24 @@ def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
         return BadInput("bad_shape", f"frame {frame_id}: shape must be 1-3 positive integers, got {shape!r}", stream)
-    compression = msg.get("compression", "none")
-    if compression not in ("none", None):
-        return BadInput("unsupported_compression", f"frame {frame_id}: compression {compression!r}", stream)
+    try:
+        compression = _compression.canonical(msg.get("compression", "none"))
+    except _compression.UnsupportedCompression:
+        return BadInput("unsupported_compression", f"frame {frame_id}: compression {msg.get('compression')!r}; "
+                        f"supported: none, bslz4, lz4", stream)
     buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if buf.nbytes != expected:
-        return BadInput("size_mismatch",
-                        f"frame {frame_id}: {buf.nbytes} bytes for shape {shape} {dtype.name}, expected {expected}",
-                        stream)
-    data = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    if compression == "none":
+        expected = int(np.prod(shape)) * dtype.itemsize
+        if buf.nbytes != expected:
+            return BadInput("size_mismatch",
+                            f"frame {frame_id}: {buf.nbytes} bytes for shape {shape} {dtype.name}, expected {expected}",
+                            stream)
+        data = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    else:
+        try:
+            data = _compression.decode(buf, compression, shape, dtype)
+        except _compression.CompressionError as exc:
+            return BadInput("corrupt_compressed", f"frame {frame_id}: {exc}", stream)
     return Frame(data, frame_id, float(msg.get("timestamp", time.time())), stream, series)
 
 

@@ -49,3 +49,39 @@ def test_parameter_written_during_scan_changes_results_from_then_on():
         log = json.loads(p.parameterLog)
         change = [c for c in log if c["name"] == "scale" and c["value"] == 3.0][-1]
         assert change["applied_at_frame"] is not None and change["applied_at_frame"] >= 5
+
+
+def test_file_parameter_mask_and_take_background(tmp_path):
+    import numpy as np
+
+    from tango_dqm.simulation import FrameGenerator, Scene
+
+    files = tmp_path / "params"
+    files.mkdir()
+    mask = np.zeros((16, 16), np.uint8)
+    mask[0:4, 0:2] = 1  # 8 pixels of the signal ROI excluded
+    np.save(files / "mask.npy", mask)
+    np.save(tmp_path / "outside.npy", mask)
+    sim = "sim://?frames=4&shape=16x16&amplitude=0&background=100&noise=3"
+    with context([sim], ["roi", "pixels"], ParameterFileDirectories=[str(files)],
+                 OutputDirectory=str(tmp_path / "out")) as p:
+        p.roi_signal = [0, 8, 0, 8]
+        cfg = p.get_attribute_config("mask")
+        assert cfg.data_type == tango.CmdArgType.DevString
+        with pytest.raises(tango.DevFailed, match="outside the parameter file directories"):
+            p.mask = str(tmp_path / "outside.npy")
+        assert p.mask == ""
+        p.mask = "mask.npy"
+        assert p.mask == "mask.npy"
+        p.pixels_min_frames = 2
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        frame = FrameGenerator(Scene(shape=(16, 16), amplitude=0, background=100, noise=3)).render(3)
+        kept = frame[0:8, 0:8][mask[0:8, 0:8] == 0].astype(float)
+        assert p.signal_sum == kept.sum() and p.signal_mean == pytest.approx(kept.mean())
+        # the mean image of this (dark) scan becomes the dark image of every analysis
+        assert p.TakeBackground() == 1
+        assert p.dark.endswith("v000001.h5#/background")
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        assert abs(p.signal_mean) < 5  # dark-subtracted: noise around 0
