@@ -7,10 +7,12 @@
 | saturation_level   | int  | 65535   | pixels >= this count as saturated              |
 | mask               | file | ""      | pixels to exclude from the ROI statistics (shared) |
 | dark               | file | ""      | image subtracted before the ROI statistics (shared) |
+| roi_normalisation  | str  | ""      | `i0` (a stream of the event) or `meta:NAME` (a channel of the frame) |
 
 Results (scalars): ``signal_{sum,mean,std,min,max}``, ``background_{...}``,
 ``net_signal`` = signal_sum - background_mean * signal area (signal_sum when the
-background ROI is disabled), ``frame_min``, ``frame_max``, ``saturated_pixels``.
+background ROI is disabled), ``net_signal_normalised`` (net_signal divided by the
+normalisation value), ``frame_min``, ``frame_max``, ``saturated_pixels``.
 A disabled ROI gives NaN for its results.
 """
 from __future__ import annotations
@@ -30,6 +32,23 @@ def _region_results(prefix: str, label: str) -> list[Result]:
     return [Result(f"{prefix}_{s}", float, unit="counts", label=f"{label} {s}") for s in _STATS]
 
 
+def normaliser(frame: Frame, spec: str) -> float | None:
+    """The value to divide by: ``meta:NAME`` (a scalar channel travelling with the frame, as
+    bsread sends them) or the first value of stream ``spec`` in this event (an I0 monitor)."""
+    if not spec:
+        return None
+    if spec.startswith("meta:"):
+        value = frame.meta.get(spec[5:])
+    else:
+        partner = frame.stream_frame(spec)
+        value = None if partner is None else partner.data.reshape(-1)[0]
+    try:
+        value = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and value != 0.0 else None
+
+
 class RoiStats(Analysis):
     """Signal/background ROI statistics, net signal and saturation on every frame."""
 
@@ -42,6 +61,9 @@ class RoiStats(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] disables"),
         Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
                   description="pixels at or above this value count as saturated", min=0),
+        Parameter("roi_normalisation", str, "", label="Normalisation",
+                  description="divide net_signal by: a stream of the event (e.g. i0) or a scalar channel "
+                              "of the frame (meta:NAME); empty: off"),
         MASK,
         DARK,
     ]
@@ -50,6 +72,8 @@ class RoiStats(Analysis):
         *_region_results("background", "Background"),
         Result("net_signal", float, unit="counts", label="Net signal",
                description="signal_sum - background_mean * signal area"),
+        Result("net_signal_normalised", float, label="Normalised net signal",
+               description="net_signal / the roi_normalisation value (NaN when off or missing)"),
         Result("frame_min", float, unit="counts", label="Frame minimum"),
         Result("frame_max", float, unit="counts", label="Frame maximum"),
         Result("saturated_pixels", int, unit="pixels", label="Saturated pixels"),
@@ -66,6 +90,8 @@ class RoiStats(Analysis):
             out["net_signal"] = signal.sum
         else:
             out["net_signal"] = signal.sum - background.mean * signal.count
+        norm = normaliser(frame, params.roi_normalisation)
+        out["net_signal_normalised"] = out["net_signal"] / norm if norm else _NAN
         mn, mx, nsat = min_max_count_above(image, params.saturation_level)
         out["frame_min"], out["frame_max"], out["saturated_pixels"] = mn, mx, nsat
         return out

@@ -312,7 +312,7 @@ class DataQualityMonitor(Device):
 
     def _push_counters(self, snap) -> None:
         c = snap.counters
-        for name, value in zip(_COUNTERS, (c.total, c.completed, c.dropped, c.bad)):
+        for name, value in zip(_COUNTERS, (c.total, c.completed, c.dropped + c.orphaned, c.bad)):
             self.push_change_event(name, value)
 
     # ---- state and status ---------------------------------------------------------------
@@ -441,15 +441,21 @@ class DataQualityMonitor(Device):
         c = self._counters()
         return c.completed if c else 0
 
-    @attribute(dtype="DevLong64", doc="events lost: queue overflow in live mode or frame-id gaps")
+    @attribute(dtype="DevLong64", doc="events lost: queue overflow in live mode, frame-id gaps, "
+                                        "events whose primary frame never arrived")
     def droppedEvents(self) -> int:
         c = self._counters()
-        return c.dropped if c else 0
+        return c.dropped + c.orphaned if c else 0
 
     @attribute(dtype="DevLong64", doc="malformed messages, counted and skipped")
     def badEvents(self) -> int:
         c = self._counters()
         return c.bad if c else 0
+
+    @attribute(dtype="DevLong64", doc="events analysed with a partner stream missing (several Sources)")
+    def partialEvents(self) -> int:
+        c = self._counters()
+        return c.partial if c else 0
 
     @attribute(dtype=float, unit="Hz", doc="events analysed per second over the last second")
     def eventRate(self) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .events import BuiltEvent, EventBuilder
 from .files import FileAccess
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
@@ -61,6 +62,8 @@ class EngineConfig:
     checks: Sequence[Any] = ()
     #: STALE after this many seconds without a frame while RUNNING (0: no staleness check)
     stale_timeout: float = 0.0
+    #: with several streams: how long an event waits for its partners (s)
+    event_timeout: float = 1.0
     #: how often accumulated results are judged against references during a run (s)
     reference_interval: float = 1.0
     #: where scan results files and reports go ("" : none are written)
@@ -80,6 +83,10 @@ class Counters:
     completed: int = 0
     dropped: int = 0
     bad: int = 0
+    #: events analysed with a partner stream missing (several streams only)
+    partial: int = 0
+    #: events never analysed because their primary frame did not arrive (several streams only)
+    orphaned: int = 0
     expected: int | None = None
     event_rate: float = 0.0
     latency_ms: float = 0.0
@@ -140,7 +147,12 @@ class Engine:
         self.output_file = ""
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
-        hints = [open_source(entry).image_shape for entry in self._source_entries]
+        probes = [open_source(entry) for entry in self._source_entries]
+        self._specs = [p.spec for p in probes]
+        if len({sp.name for sp in self._specs}) != len(self._specs):
+            raise EngineError(f"two sources have the same stream name: {[sp.name for sp in self._specs]}; "
+                              "name them, e.g. det=zmq://... i0=zmq://...")
+        hints = [p.image_shape for p in probes]
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
         self._lock = threading.RLock()
@@ -298,6 +310,8 @@ class Engine:
         c = self._counters
         where = ", ".join(self._source_entries)
         counts = (f"{c.completed}/{c.total} events completed, {c.dropped} dropped, {c.bad} bad")
+        if len(self._specs) > 1:
+            counts += f", {c.partial} partial, {c.orphaned} without {self._specs[0].name}"
         s = self._state
         if s is EngineState.ON:
             return f"ON: ready; source {where}; analyses {', '.join(a.name for a in self.analyses)}"
@@ -411,14 +425,15 @@ class Engine:
                         with self._lock:
                             self._counters.dropped += 1
                     continue
-                while True:  # scan mode: back-pressure, but stay responsive to Stop
+                queued = False
+                while not queued:  # scan mode: back-pressure, but stay responsive to Stop
                     try:
                         q.put(entry, timeout=0.1)
-                        break
+                        queued = True
                     except queue.Full:
                         if stop.is_set():
                             break
-                if stop.is_set():
+                if not queued:  # a queued item is consumed: the source (e.g. a watcher) counts it read
                     break
         except Exception as exc:  # noqa: BLE001 - any source failure is a FAULT with its reason
             self._enter_fault(f"source {source.name!r} ({source.spec.uri}) failed: {type(exc).__name__}: {exc}. "
@@ -428,91 +443,114 @@ class Engine:
             q.put((time.monotonic(), _DONE))
 
     def _engine_loop(self, q: queue.Queue, n_sources: int, stop: threading.Event, generation: int) -> None:
-        accs = [a.new_accumulator() for a in self.analyses]
-        last_ids: dict[str, int] = {}
+        run = _Run([a.new_accumulator() for a in self.analyses], stop, generation,
+                   time.monotonic() + self.config.reference_interval)
+        builder = (EventBuilder([s.name for s in self._specs], self.config.event_timeout, self._live)
+                   if n_sources > 1 else None)
         done = 0
-        series_ended = 0
-        param_version = -1
-        rate_window: deque[tuple[float, int]] = deque()
-        next_reference_check = time.monotonic() + self.config.reference_interval
         while done < n_sources:
-            t_recv, item = q.get()
-            if generation != self._generation:  # reset while draining: discard
-                if item is _DONE:
-                    done += 1
+            try:
+                t_recv, item = q.get(timeout=0.1)
+            except queue.Empty:
+                if builder is not None and not self._handle_events(run, builder.expire(time.monotonic()), builder):
+                    return
                 continue
             if item is _DONE:
                 done += 1
+                continue
+            if generation != self._generation:  # reset while draining: discard
                 continue
             if isinstance(item, BadInput):
                 self._count_bad(item)
                 continue
             if isinstance(item, SeriesEnd):
-                series_ended += 1
+                run.series_ended += 1
                 continue
-            frame: Frame = item
-            params, version = self.params.snapshot_with_version()
-            if version != param_version:
-                self._mark_params_applied(frame.frame_id)
-                param_version = version
-            try:
-                results = self._process(frame, params)
-            except _AnalysisFailure as exc:
-                self._enter_fault(str(exc))
-                return
-            try:
-                accs = [a.accumulate(acc, r) for a, acc, r in zip(self.analyses, accs, results)]
-            except Exception as exc:  # noqa: BLE001
-                self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
-                                  f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
-                return
-            merged: dict[str, Any] = {}
-            for r in results:
-                merged.update(r)
-            # keys starting with "_" hand data from process to accumulate only
-            merged = {k: v for k, v in merged.items() if not k.startswith("_")}
-            now = time.monotonic()
-            with self._lock:
-                if generation != self._generation:
-                    continue
-                c = self._counters
-                prev = last_ids.get(frame.stream)
-                if prev is not None and frame.frame_id > prev + 1:
-                    c.dropped += frame.frame_id - prev - 1  # ids skipped by the sender or the network
-                last_ids[frame.stream] = frame.frame_id
-                c.completed += 1
-                if c.expected is None:
-                    c.total = c.completed + c.dropped
-                rate_window.append((now, c.completed))
-                while rate_window and now - rate_window[0][0] > 1.0:
-                    rate_window.popleft()
-                if len(rate_window) > 1 and now > rate_window[0][0]:
-                    c.event_rate = (c.completed - rate_window[0][1]) / (now - rate_window[0][0])
-                c.latency_ms = (now - t_recv) * 1e3
-                self._results = merged
-                self._frame_id = frame.frame_id
-                if c.expected is not None and c.completed + c.dropped >= c.expected:
-                    self._end_reason = self._end_reason or "all expected events completed"
-                    stop.set()
-            flag = self.quality.update(frame.frame_id, merged, now)
-            if self.products is not None:
-                try:
-                    self.products.append(frame.frame_id, frame.timestamp, merged, flag)
-                except Exception as exc:  # noqa: BLE001
-                    self._enter_fault(f"writing the results file failed on frame {frame.frame_id}: "
-                                      f"{type(exc).__name__}: {exc}. Check the disk and OutputDirectory, "
-                                      "then run Reset")
+            if builder is None:
+                if not self._handle_frame(run, item, t_recv):
                     return
-            self.publisher.results(merged, frame.frame_id)
-            if self.quality.has_accumulated_checks and now >= next_reference_check:
-                next_reference_check = now + self.config.reference_interval
-                self._judge_accumulated(accs)
-        self._finish(accs, generation, series_ended)
+            elif not self._handle_events(run, builder.add(item, t_recv, time.monotonic()), builder):
+                return
+        if builder is not None and not self._handle_events(run, builder.flush(), builder):
+            return
+        self._finish(run.accs, generation, run.series_ended)
+
+    def _handle_events(self, run: "_Run", events: list[BuiltEvent], builder: EventBuilder) -> bool:
+        for event in events:
+            if not self._handle_frame(run, event.frame, event.t_recv):
+                return False
+        with self._lock:
+            self._counters.partial = builder.partial
+            self._counters.orphaned = builder.orphaned
+        return True
+
+    def _handle_frame(self, run: "_Run", frame: Frame, t_recv: float) -> bool:
+        """Analyse one event (its primary frame); False when the engine went to FAULT."""
+        params, version = self.params.snapshot_with_version()
+        if version != run.param_version:
+            self._mark_params_applied(frame.frame_id)
+            run.param_version = version
+        try:
+            results = self._process(frame, params)
+        except _AnalysisFailure as exc:
+            self._enter_fault(str(exc))
+            return False
+        try:
+            run.accs = [a.accumulate(acc, r) for a, acc, r in zip(self.analyses, run.accs, results)]
+        except Exception as exc:  # noqa: BLE001
+            self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
+                              f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
+            return False
+        merged: dict[str, Any] = {}
+        for r in results:
+            merged.update(r)
+        # keys starting with "_" hand data from process to accumulate only
+        merged = {k: v for k, v in merged.items() if not k.startswith("_")}
+        now = time.monotonic()
+        with self._lock:
+            if run.generation != self._generation:
+                return True
+            c = self._counters
+            prev = run.last_ids.get(frame.stream)
+            if prev is None:  # frames a SUB stream lost before we joined (slow joiner)
+                c.dropped += int(frame.meta.get("dropped_before", 0) or 0)
+            elif frame.frame_id > prev + 1:
+                c.dropped += frame.frame_id - prev - 1  # ids skipped by the sender or the network
+            run.last_ids[frame.stream] = frame.frame_id
+            c.completed += 1
+            lost = c.dropped + c.orphaned
+            if c.expected is None:
+                c.total = c.completed + lost
+            run.rate_window.append((now, c.completed))
+            while run.rate_window and now - run.rate_window[0][0] > 1.0:
+                run.rate_window.popleft()
+            if len(run.rate_window) > 1 and now > run.rate_window[0][0]:
+                c.event_rate = (c.completed - run.rate_window[0][1]) / (now - run.rate_window[0][0])
+            c.latency_ms = (now - t_recv) * 1e3
+            self._results = merged
+            self._frame_id = frame.frame_id
+            if c.expected is not None and c.completed + lost >= c.expected:
+                self._end_reason = self._end_reason or "all expected events completed"
+                run.stop.set()
+        flag = self.quality.update(frame.frame_id, merged, now)
+        if self.products is not None:
+            try:
+                self.products.append(frame.frame_id, frame.timestamp, merged, flag)
+            except Exception as exc:  # noqa: BLE001
+                self._enter_fault(f"writing the results file failed on frame {frame.frame_id}: "
+                                  f"{type(exc).__name__}: {exc}. Check the disk and OutputDirectory, "
+                                  "then run Reset")
+                return False
+        self.publisher.results(merged, frame.frame_id)
+        if self.quality.has_accumulated_checks and now >= run.next_reference_check:
+            run.next_reference_check = now + self.config.reference_interval
+            self._judge_accumulated(run.accs)
+        return True
 
     def _process(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
         out = []
-        if self.params.image_shape is None and frame.data.ndim >= 2:
-            self.params.image_shape = tuple(frame.data.shape[-2:])
+        if frame.data.ndim >= 2 and self.params.image_shape != frame.data.shape[-2:]:
+            self.params.image_shape = tuple(frame.data.shape[-2:])  # a new detector header may change it
         for a in self.analyses:
             try:
                 r = a.process(frame, params)
@@ -578,6 +616,20 @@ class Engine:
 
 class _AnalysisFailure(Exception):
     pass
+
+
+@dataclass
+class _Run:
+    """State of the engine thread for one scan."""
+
+    accs: list[Any]
+    stop: threading.Event
+    generation: int
+    next_reference_check: float
+    series_ended: int = 0
+    param_version: int = -1
+    last_ids: dict[str, int] = field(default_factory=dict)
+    rate_window: deque = field(default_factory=deque)
 
 
 __all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]

@@ -22,6 +22,14 @@ class Frame:
     stream: str = "default"
     series: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    #: with several streams: every frame of this event by stream name (this one included)
+    event: dict[str, "Frame"] = field(default_factory=dict)
+
+    def stream_frame(self, name: str) -> "Frame | None":
+        """The frame of stream ``name`` in this event (None if it did not arrive in time)."""
+        if name == self.stream:
+            return self
+        return self.event.get(name)
 
 
 @dataclass(slots=True)

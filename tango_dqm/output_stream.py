@@ -142,6 +142,7 @@ class ResultStream:
         self._header: bytes = b""
         self._hash = ""
         self._lock = threading.Lock()
+        self._send_warned = False
 
     @property
     def address(self) -> str:
@@ -166,12 +167,16 @@ class ResultStream:
                             mode=PUSH if self.mode == "push" else PUB, block=False)
             for ch in self.channels:
                 sender.add_channel(ch.name, metadata=ch.metadata())
-            sender.open()  # binds f"tcp://{host}:{port}", builds the data header and its hash
+            try:
+                sender.open()  # binds f"tcp://{host}:{port}", builds the data header and its hash
+            except RuntimeError as exc:
+                raise RuntimeError(f"result stream: cannot bind {self.address}: {exc.__cause__ or exc} "
+                                   "(port taken, or host not an address of this machine)") from exc
             sock = sender.stream.socket
             sock.setsockopt(zmq.LINGER, self.linger_ms)
             self._sender, self._socket = sender, sock
             self._load_header()
-            self._zmq_again = zmq.Again
+            self._zmq_again, self._zmq_error = zmq.Again, zmq.ZMQError
             self._flags = zmq.NOBLOCK
         log.info("result stream (%s) on %s: %d channels; not streamed: %s", self.mode, self.address,
                  len(self.channels), ", ".join(self.skipped) or "none")
@@ -210,12 +215,14 @@ class ResultStream:
         """Publish one frame's results; True if ZeroMQ took the message, False if it was dropped.
 
         Missing results and ``None`` go out as bsread's "no value" (empty parts); NaN is sent
-        as is. Never blocks; a message the socket refuses is counted in ``dropped``.
+        as is. ``timestamp`` (epoch seconds; 0 or None: now) is the message's global timestamp.
+        Never blocks and never raises for a value or a refused send: a message the socket
+        refuses is counted in ``dropped``, a value that does not convert in ``errors``.
         """
         with self._lock:
             if self._socket is None:
                 return False
-            if timestamp is None:
+            if not timestamp or not np.isfinite(timestamp):  # Frame.timestamp is 0.0 when unknown
                 timestamp = time.time()
             sec = int(timestamp)
             ns = int((timestamp - sec) * 1e9)
@@ -251,8 +258,11 @@ class ResultStream:
                 parts.append(ts if data else b"")
             try:
                 self._socket.send_multipart(parts, self._flags, copy=True)
-            except self._zmq_again:
+            except self._zmq_error as exc:
                 self.dropped += 1
+                if not isinstance(exc, self._zmq_again) and not self._send_warned:
+                    self._send_warned = True  # e.g. the context was terminated; keep the engine going
+                    log.warning("result stream on %s: send failed: %s (counted as dropped)", self.address, exc)
                 return False
             self.sent += 1
             return True

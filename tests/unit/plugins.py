@@ -1,4 +1,6 @@
 """Test plugins, loaded by ``module:Class`` like a user's own analysis."""
+import hashlib
+
 import numpy as np
 
 from tango_dqm import Analysis, Parameter, Result
@@ -63,3 +65,27 @@ class IntensityHistogram(Analysis):
 
     def finish(self, acc):
         return {"test_hist_counts": acc}
+
+
+class FrameRecorder(Analysis):
+    """Records every frame's id and content digest (test-only analysis)."""
+
+    name = "recorder"
+    results = [Result("rec_frame_id", int), Result("rec_digest", str)]
+
+    def process(self, frame, params):
+        return {"rec_frame_id": int(frame.frame_id),
+                "rec_digest": hashlib.sha1(np.ascontiguousarray(frame.data).tobytes()).hexdigest()}
+
+    def new_accumulator(self):
+        return []
+
+    def accumulate(self, acc, r):
+        acc.append((r["rec_frame_id"], r["rec_digest"]))
+        return acc
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        return {"recorded": list(acc)}

@@ -23,7 +23,7 @@ from tango_dqm.sources import SourceError, open_source
 from tests.helpers import frames_for_test, free_port
 
 ROI = [30, 15, 10, 10]
-REC = "tests.unit.test_source_zmq_compressed:FrameRecorder"
+REC = "tests.unit.plugins:FrameRecorder"
 
 pytestmark = pytest.mark.timeout(60)
 

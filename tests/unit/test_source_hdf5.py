@@ -17,7 +17,7 @@ from tango_dqm.sources.hdf5_replay import block_frames
 from tests.helpers import frames_for_test
 
 ROI = [30, 15, 10, 10]
-REC = "tests.unit.test_source_zmq_compressed:FrameRecorder"
+REC = "tests.unit.plugins:FrameRecorder"
 DATA = "/entry/data/data"
 
 

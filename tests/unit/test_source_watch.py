@@ -26,7 +26,7 @@ SHAPE = (24, 32)
 DATA = "/entry/data/data"
 IDS = "/entry/data/frame_id"
 ROI = [4, 10, 2, 8]
-REC = "tests.unit.test_source_zmq_compressed:FrameRecorder"
+REC = "tests.unit.plugins:FrameRecorder"
 N_A, N_B, N_C = 30, 12, 5  # frames in a.h5 (SWMR, with ids), b.h5 (reopen to append), c.h5 (late)
 
 WRITER = r'''

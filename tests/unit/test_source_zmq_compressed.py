@@ -42,36 +42,12 @@ def send_compressed(sender: StinsSender, frame_id: int, frame: np.ndarray, part:
     sender.raw(json.dumps(msg).encode(), part)
 
 
-class FrameRecorder(Analysis):
-    """Records every frame's id and content digest (test-only analysis)."""
-
-    name = "recorder"
-    results = [Result("rec_frame_id", int), Result("rec_digest", str)]
-
-    def process(self, frame, params):
-        return {"rec_frame_id": int(frame.frame_id),
-                "rec_digest": hashlib.sha1(np.ascontiguousarray(frame.data).tobytes()).hexdigest()}
-
-    def new_accumulator(self):
-        return []
-
-    def accumulate(self, acc, r):
-        acc.append((r["rec_frame_id"], r["rec_digest"]))
-        return acc
-
-    def merge(self, a, b):
-        return a + b
-
-    def finish(self, acc):
-        return {"recorded": list(acc)}
-
-
 def digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def run_engine(uri: str, send, timeout: float = 20.0):
-    engine = Engine(EngineConfig(sources=[uri], analyses=["roi", f"{__name__}:FrameRecorder"]))
+    engine = Engine(EngineConfig(sources=[uri], analyses=["roi", "tests.unit.plugins:FrameRecorder"]))
     engine.set_parameter("roi_signal", ROI)
     engine.start()
     thread = threading.Thread(target=send, daemon=True)

@@ -1,0 +1,79 @@
+"""Several streams: frames with the same id form one event; partial events are counted."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tango_dqm.events import EventBuilder
+from tango_dqm.frames import Frame
+from tests.helpers import StinsSender, free_port, frames_for_test
+from tests.unit.test_engine import wait_state
+
+
+def f(stream: str, fid: int, value: float = 0.0) -> Frame:
+    return Frame(np.full((2, 2), value), fid, stream=stream)
+
+
+def test_complete_partial_and_orphaned_events():
+    b = EventBuilder(["det", "i0"], timeout=1.0)
+    assert b.add(f("det", 0), 0.0, 0.0) == []
+    [e] = b.add(f("i0", 0, 5.0), 0.1, 0.1)
+    assert e.complete and e.frame.stream == "det" and e.frame.stream_frame("i0").data[0, 0] == 5.0
+    assert b.add(f("det", 1), 0.2, 0.2) == []          # i0 frame 1 never comes
+    assert b.add(f("i0", 2), 0.3, 0.3) == []           # det frame 2 never comes
+    [late] = b.expire(1.25)                             # frame 1 waited > 1 s
+    assert late.frame.frame_id == 1 and not late.complete and late.frame.stream_frame("i0") is None
+    assert b.flush() == [] and (b.partial, b.orphaned) == (1, 1)
+
+
+def test_live_mode_takes_latest_partner():
+    b = EventBuilder(["det", "i0"], live=True)
+    assert b.add(f("i0", 7, 2.0), 0, 0) == []
+    [e] = b.add(f("det", 100), 0, 0)
+    assert e.frame.stream_frame("i0").frame_id == 7
+
+
+def test_duplicate_stream_names_refused():
+    with pytest.raises(ValueError, match="unique"):
+        EventBuilder(["a", "a"])
+
+
+@pytest.mark.timeout(60)
+def test_two_zmq_streams_normalised_net_signal_and_partial_events(tmp_path):
+    det_port, i0_port = free_port(), free_port()
+    frames = frames_for_test(12)
+    i0 = [float(10 + i) for i in range(12)]
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["roi"], event_timeout=0.3, output_directory=str(tmp_path)))
+    e.set_parameter("roi_signal", [30, 15, 10, 10])
+    e.set_parameter("roi_normalisation", "i0")
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    try:
+        e.start()
+        for i, frame in enumerate(frames):
+            det.image(i, frame)
+            if i != 5:  # the monitor misses frame 5
+                mon.image(i, np.array([i0[i]], dtype=np.float64))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert snap.counters.completed == 12 and snap.counters.partial == 1 and snap.counters.orphaned == 0
+    # the partial event (frame 5) is analysed last, once its wait is over: NaN, nothing to divide by
+    assert snap.frame_id == 5 and np.isnan(snap.results["net_signal_normalised"])
+    assert snap.results["net_signal"] == frames[5][10:20, 30:45].astype(float).sum()
+    # every event's results, in the results file
+    with h5py.File(e.output_file, "r") as h5:
+        ids = h5["entry/results/frame_id"][...].tolist()
+        normalised = dict(zip(ids, h5["entry/results/net_signal_normalised"][...].tolist()))
+    assert sorted(ids) == list(range(12))
+    for i in range(12):
+        want = frames[i][10:20, 30:45].astype(float).sum() / i0[i]
+        assert np.isnan(normalised[i]) if i == 5 else normalised[i] == pytest.approx(want)
+    assert "1 partial" in snap.status
+    e.close()
