@@ -56,6 +56,8 @@ class DataQualityMonitor(Device):
                                     doc="quality checks, one JSON object per line (see docs/quality.md)")
     StaleTimeout = device_property(dtype=float, default_value=0.0,
                                    doc="verdict STALE after this many seconds without a frame while RUNNING (0: off)")
+    Output = device_property(dtype=str, default_value="",
+                             doc="per-frame results as a bsread stream: bsread://127.0.0.1:PORT?mode=pub|push")
     ParameterFileDirectories = device_property(dtype=(str,), default_value=[],
                                                doc="directories file parameters (mask, dark ...) may be read from")
     MaxParameterFileSize = device_property(dtype=int, default_value=64 * 1024 * 1024,
@@ -83,7 +85,7 @@ class DataQualityMonitor(Device):
                              checks=[line for line in self.QualityChecks if line.strip()],
                              stale_timeout=self.StaleTimeout, output_directory=self.OutputDirectory,
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
-                             max_file_bytes=self.MaxParameterFileSize),
+                             max_file_bytes=self.MaxParameterFileSize, output=self.Output),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError) as exc:
             self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "

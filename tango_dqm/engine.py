@@ -32,7 +32,8 @@ from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck
 from .products import ScanProducts
 from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
-from .sources import Source, SourceError, open_source
+from .output_stream import ResultStream
+from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class EngineConfig:
     output_directory: str = ""
     #: scalar result plotted by default in the results file (NXdata signal)
     main_result: str = "net_signal"
+    #: per-frame results published as a bsread stream: "bsread://127.0.0.1:PORT?mode=pub|push" ("" : off)
+    output: str = ""
     #: directories that file parameters (mask, dark ...) may be read from, and their size limit
     file_roots: Sequence[str] = ()
     max_file_bytes: int = 64 * 1024 * 1024
@@ -144,6 +147,7 @@ class Engine:
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
+        self.output_stream = self._open_output(config.output) if config.output else None
         self.output_file = ""
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
@@ -252,6 +256,8 @@ class Engine:
         self.publisher.close()
         if self.products is not None:
             self.products.close()
+        if self.output_stream is not None:
+            self.output_stream.close()
 
     def mark(self, mark: str, reason: str = "") -> str:
         """Flag ("flagged", bad) or Archive ("archived", good) the finished scan; allowed in CLOSE."""
@@ -362,6 +368,16 @@ class Engine:
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         return monitor
+
+    def _open_output(self, uri: str) -> ResultStream:
+        spec = SourceSpec.parse(uri)
+        if spec.scheme != "bsread" or spec.port is None:
+            raise EngineError(f"output {uri!r}: expected bsread://127.0.0.1:PORT?mode=pub (or push)")
+        try:
+            return ResultStream(spec.port, self.result_decl, mode=spec.q("mode", "pub"),
+                                host=spec.host or "127.0.0.1").open()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EngineError(f"output {uri!r}: {exc}") from None
 
     def _judge_accumulated(self, accs: list[Any]) -> None:
         """Judge run-accumulated results (reference and channel checks) during the run."""
@@ -542,6 +558,8 @@ class Engine:
                                   "then run Reset")
                 return False
         self.publisher.results(merged, frame.frame_id)
+        if self.output_stream is not None:
+            self.output_stream.send(frame.frame_id, merged, frame.timestamp)  # never blocks, counts drops
         if self.quality.has_accumulated_checks and now >= run.next_reference_check:
             run.next_reference_check = now + self.config.reference_interval
             self._judge_accumulated(run.accs)

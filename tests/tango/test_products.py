@@ -134,3 +134,27 @@ def test_killed_server_leaves_readable_file(tmp_path):
         assert ids.size > 0 and ids.size <= done + 500
         assert np.array_equal(ids, np.arange(ids.size))
         assert np.isfinite(f["entry/results/frame_max"][: ids.size]).all()
+
+
+def test_output_stream_received_by_bsread_source():
+    from bsread import PULL, Source
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    with context(["sim://?frames=40&shape=32x32&rate=100"], Output=f"bsread://127.0.0.1:{port}?mode=push") as p:
+        p.roi_signal = [4, 8, 4, 8]
+        with Source(host="127.0.0.1", port=port, mode=PULL, receive_timeout=200) as src:
+            p.Start()
+            got = {}
+            deadline = time.monotonic() + 30
+            while len(got) < 40 and time.monotonic() < deadline:
+                message = src.receive()
+                if message is not None:
+                    data = message.data
+                    got[data.pulse_id] = {k: v.value for k, v in data.data.items()}
+        wait_for(p, tango.DevState.CLOSE)
+        assert sorted(got) == list(range(40))  # pulse id = frame id, every frame
+        last = got[39]
+        for name in ("signal_sum", "signal_std", "frame_max", "saturated_pixels"):
+            assert last[name] == p.read_attribute(name).value, name
