@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m tango_dqm.devices.demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	deploy/install-test-deps.sh   # Debian's Chromium for the report test; a no-op when present
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
