@@ -69,6 +69,8 @@ class EngineConfig:
     reference_interval: float = 1.0
     #: where scan results files and reports go ("" : none are written)
     output_directory: str = ""
+    #: name of the results file in output_directory ("" : <scan_id>.h5)
+    output_name: str = ""
     #: scalar result plotted by default in the results file (NXdata signal)
     main_result: str = "net_signal"
     #: per-frame results published as a bsread stream: "bsread://127.0.0.1:PORT?mode=pub|push" ("" : off)
@@ -206,7 +208,8 @@ class Engine:
             self.quality.start(time.monotonic())
             if self.products is not None:
                 try:
-                    self.output_file = str(self.products.begin(self._scan_id, self.result_decl, self.provenance()))
+                    self.output_file = str(self.products.begin(self._scan_id, self.result_decl, self.provenance(),
+                                                               self.config.output_name or None))
                 except Exception as exc:  # noqa: BLE001 - storage failures are FAULTs with the reason
                     for s in sources:
                         s.close()

@@ -33,10 +33,11 @@ class ScanProducts:
         self.mark_of_current: str | None = None
         self.pending: Future | None = None  # the last mark being carried out
 
-    def begin(self, scan_id: str, results: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
+    def begin(self, scan_id: str, results: Mapping[str, Any], provenance: Mapping[str, Any],
+              name: str | None = None) -> Path:
         """Create the results file of a new scan (after archiving an unmarked previous one)."""
         self.auto_archive()
-        path = confined_path(self.root, scan_file_name(scan_id))
+        path = confined_path(self.root, name or scan_file_name(scan_id))
         main = self.main_result if self.main_result in results else None
         self._writer = ScanWriter(path, scan_id, results, provenance, root=self.root,
                                   flush_interval=self.flush_interval, main_result=main)
