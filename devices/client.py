@@ -240,6 +240,10 @@ class MonitorClient:
         """Store the finished scan's accumulated spectra and maps as the new reference; returns its version."""
         return int(self._command("TakeReference"))
 
+    def take_background(self) -> int:
+        """Store the finished (dark) scan's mean image as the new background version; returns its version."""
+        return int(self._command("TakeBackground"))
+
     # ---- parameters ------------------------------------------------------------------
 
     def set_roi(self, name: str, roi: Sequence[int] | None) -> list[int]:

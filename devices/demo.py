@@ -1,9 +1,11 @@
-"""``make demo``: a Tango control system on this machine, a monitored scan, results on screen and disk.
+"""``make demo``: a Tango control system on this machine, a monitored scan and a live period.
 
 Starts the embedded sqlite Tango database, loads ``config/demo.json`` with dsconfig,
-starts the DataQualityMonitor server as Starter would, runs a scan of simulated
-1024x1024 frames through ``DeviceProxy`` with a progress line, prints the results
-and stops everything. ``--keep`` leaves the system up for Jive or itango.
+starts the DetectorSimulator and DataQualityMonitor servers as Starter would, runs a
+scan of 300 simulated 1024x1024 frames through ``DeviceProxy`` with a progress line,
+prints the verdict and results, runs a live period in which the beam moves and the
+centroid follows, lists the files written and stops everything. ``--keep`` leaves the
+system up for Jive or itango.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import tango
 from .controlsystem import ControlSystem
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVICE = "dqm/monitor/demo"
-RESULTS = ("signal_sum", "signal_mean", "signal_std", "signal_min", "signal_max",
-           "background_mean", "background_std", "net_signal", "frame_min", "frame_max", "saturated_pixels")
+MONITOR, SIMULATOR = "dqm/monitor/demo", "dqm/sim/demo"
+RESULTS = ("signal_sum", "signal_mean", "signal_std", "background_mean", "net_signal", "frame_max",
+           "saturated_pixels", "profile_centroid_x", "profile_centroid_y", "profile_fwhm_x", "profile_fwhm_y")
+VERDICTS = ("OK", "INSUFFICIENT", "WARNING", "ERROR", "STALE")
 
 
 def find_config() -> Path:
@@ -30,19 +33,24 @@ def find_config() -> Path:
     raise SystemExit("config/demo.json not found: run the demo from the project folder (make demo)")
 
 
-def progress(dev: tango.DeviceProxy) -> str:
-    total, done = dev.totalEvents, dev.completedEvents
+def value(dev: tango.DeviceProxy, name: str) -> str:
+    attr = dev.read_attribute(name)
+    if attr.quality == tango.AttrQuality.ATTR_INVALID or attr.value is None:
+        return "-"
+    return f"{attr.value:,.1f}" if isinstance(attr.value, float) else str(attr.value)
+
+
+def progress(dev: tango.DeviceProxy, extra: str = "signal_sum") -> str:
+    total, done, rate, dropped, bad, verdict = (a.value for a in dev.read_attributes(
+        ["totalEvents", "completedEvents", "eventRate", "droppedEvents", "badEvents", "verdict"]))
     width = 30
-    filled = int(width * done / total) if total else 0
-    value = dev.read_attribute("signal_sum")
-    shown = f"{value.value:,.0f}" if value.quality != tango.AttrQuality.ATTR_INVALID else "-"
-    return (f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, "
-            f"{dev.eventRate:6.1f} Hz, dropped {dev.droppedEvents}, bad {dev.badEvents}, signal_sum {shown}   ")
+    filled = min(width, int(width * done / total)) if total else 0
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}" if total else f"{done}"
+    return (f"\r  {bar} events, {rate:6.1f} Hz, dropped {dropped}, bad {bad}, "
+            f"{extra} {value(dev, extra)}, verdict {VERDICTS[verdict]}   ")
 
 
-def run_scan(dev: tango.DeviceProxy, timeout: float = 120.0) -> None:
-    scan_id = dev.Start()
-    print(f"Start -> {dev.state()} ({scan_id})")
+def wait_running_ends(dev: tango.DeviceProxy, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while dev.state() == tango.DevState.RUNNING:
         print(progress(dev), end="", flush=True)
@@ -51,32 +59,54 @@ def run_scan(dev: tango.DeviceProxy, timeout: float = 120.0) -> None:
             raise SystemExit(f"\nscan did not finish in {timeout:.0f} s: {dev.status()}")
         time.sleep(0.25)
     print(progress(dev))
-    print(f"State {dev.state()}. Status: {dev.status()}")
 
 
-def show_results(dev: tango.DeviceProxy, out_dir: Path) -> Path:
+def run_scan(mon: tango.DeviceProxy, sim: tango.DeviceProxy) -> None:
+    print("Scan: monitor Start, then the detector sends a series of 300 frames")
+    scan_id = mon.Start()
+    sim.Start()
+    print(f"  {scan_id}: monitor {mon.state()}, detector {sim.state()}")
+    wait_running_ends(mon, 120)
+    print(f"  Status: {mon.status()}")
+
+
+def show_results(mon: tango.DeviceProxy) -> None:
     print("\nResults of the last frame:")
-    values = {}
     for name in RESULTS:
-        attr = dev.read_attribute(name)
-        unit = dev.get_attribute_config(name).unit
-        values[name] = attr.value
-        quality = "" if attr.quality == tango.AttrQuality.ATTR_VALID else f"  [{attr.quality}]"
-        print(f"  {name:18s} {attr.value:>16,.3f} {unit}{quality}")
-    summary = json.loads(dev.runSummary)
-    print("\nRun summary (mean ± std over the scan):")
-    for name in ("signal_sum", "net_signal", "background_mean", "saturated_pixels"):
-        mean, std = summary.get(f"run_{name}_mean"), summary.get(f"run_{name}_std")
-        if mean is not None:
-            print(f"  {name:18s} {mean:>16,.3f} ± {std:,.3f}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{dev.scanId}.json"
-    path.write_text(json.dumps({"scan_id": dev.scanId, "device": DEVICE, "status": dev.status(),
-                                "counters": {c: int(dev.read_attribute(c).value) for c in
-                                             ("totalEvents", "completedEvents", "droppedEvents", "badEvents")},
-                                "last_frame": values, "run_summary": summary,
-                                "versions": json.loads(dev.deployedVersions)}, indent=2, allow_nan=True))
-    return path
+        attr = mon.read_attribute(name)
+        unit = mon.get_attribute_config(name).unit
+        flag = "" if attr.quality == tango.AttrQuality.ATTR_VALID else f"  [{attr.quality}]"
+        print(f"  {name:20s} {value(mon, name):>16} {unit}{flag}")
+    print(f"  {'pixels hot/dead':20s} {value(mon, 'pixels_hot'):>16} / {value(mon, 'pixels_dead')}")
+    verdict = mon.read_attribute("verdict")
+    print(f"\nVerdict: {VERDICTS[verdict.value]} (attribute quality {verdict.quality}), "
+          f"coverage {mon.verdictCoverage:.0%}")
+    for line in mon.verdictReport.splitlines()[1:]:
+        print(f"  {line}")
+
+
+def live_period(mon: tango.DeviceProxy, sim: tango.DeviceProxy, seconds: float = 4.0) -> None:
+    print(f"\nLive: monitor Live starts the detector too (live_det = {mon.live_det}); the beam moves")
+    sim.rate = 50.0
+    mon.Live()
+    t0 = time.monotonic()
+    moved = False
+    while time.monotonic() - t0 < seconds:
+        if not moved and time.monotonic() - t0 > seconds / 2:
+            sim.spot_x = 600.0
+            moved = True
+            print(f"\n  detector: spot_x 512 -> 600")
+        print(progress(mon, "profile_centroid_x"), end="", flush=True)
+        time.sleep(0.25)
+    mon.Stop()
+    deadline = time.monotonic() + 10
+    while mon.state() == tango.DevState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(progress(mon, "profile_centroid_x"))
+    print(f"  Stop: monitor {mon.state()}, detector {sim.state()}; centroid x now "
+          f"{mon.profile_centroid_x:.1f} (spot at 600)")
+    sim.spot_x = 512.0
+    sim.rate = 150.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,27 +118,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tango-dqm demo: control system in {folder}")
     with ControlSystem(folder) as cs:
         print(f"  Tango database (pytango-db, sqlite) on TANGO_HOST={cs.tango_host}")
-        cs.apply_config(find_config())
-        print(f"  loaded {find_config()} with dsconfig (json2tango)")
-        cs.start_server("DataQualityMonitor", "demo", [DEVICE])
-        dev = cs.proxy(DEVICE)
-        print(f"  DataQualityMonitor demo started; {DEVICE}: {dev.state()}")
-        print(f"  Sources: {list(dev.get_property('Sources')['Sources'])}")
-        print(f"  roi_signal={dev.roi_signal.tolist()} roi_background={dev.roi_background.tolist()}\n")
-        run_scan(dev)
-        path = show_results(dev, folder / "output")
-        print(f"\nResults written to {path}")
-        print(f"Server log: {folder / 'DataQualityMonitor_demo.log'}")
+        config = find_config()
+        cs.apply_config(config)
+        print(f"  loaded {config} with dsconfig (json2tango)")
+        cs.start_server("DetectorSimulator", "demo", [SIMULATOR])
+        cs.start_server("DataQualityMonitor", "demo", [MONITOR])
+        mon, sim = cs.proxy(MONITOR), cs.proxy(SIMULATOR)
+        print(f"  started DetectorSimulator demo ({SIMULATOR}: {sim.state()}, {sim.endpoint}) and "
+              f"DataQualityMonitor demo ({MONITOR}: {mon.state()})")
+        print(f"  Sources {list(mon.get_property('Sources')['Sources'])}, "
+              f"Analyses {list(mon.get_property('Analyses')['Analyses'])}")
+        print(f"  roi_signal={mon.roi_signal.tolist()} roi_background={mon.roi_background.tolist()}\n")
+        run_scan(mon, sim)
+        show_results(mon)
+        results_file = Path(mon.outputFile)
+        live_period(mon, sim)
+        mon.Reset()
+        out = folder / "output"
+        deadline = time.monotonic() + 30
+        while not (out / "index.html").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print("\nFiles written:")
+        print(f"  results (HDF5, NeXus): {results_file}")
+        print(f"  run report:            {results_file.with_suffix('.html')}")
+        print(f"  run list:              {out / 'index.html'}")
+        print(f"  server logs:           {folder / 'DataQualityMonitor_demo.log'}, "
+              f"{folder / 'DetectorSimulator_demo.log'}")
+        summary = {"scan_file": str(results_file), "verdict": VERDICTS[mon.verdict],
+                   "versions": json.loads(mon.deployedVersions)}
+        (folder / "last_demo.json").write_text(json.dumps(summary, indent=2))
         if args.keep:
             print(f"\nThe system stays up. In another shell:\n  export TANGO_HOST={cs.tango_host}\n"
-                  f"  .venv/bin/itango   # then: dev = Device('{DEVICE}')\n"
-                  f"  jive               # if Jive is installed\nCtrl-C stops everything.")
+                  f"  .venv/bin/itango        # then: mon = Device('{MONITOR}')  (pip install itango)\n"
+                  f"  jive                    # if Jive is installed\nCtrl-C stops everything.")
             try:
                 while True:
                     time.sleep(1)
             except KeyboardInterrupt:
                 print()
-        print("Stopping servers and database ...")
+        print("\nStopping servers and database ...")
     print("demo finished")
     return 0
 

@@ -49,6 +49,8 @@ class DataQualityMonitor(Device):
     Analyses = device_property(dtype=(str,), default_value=["roi"],
                                doc="analysis plugin names or module:Class")
     OutputDirectory = device_property(dtype=str, default_value="", doc="where scan products are written")
+    detectors = device_property(dtype=str, default_value="{}",
+                                doc='JSON {"stream": "detector/device/name"}: Live/Stop drive these detectors')
     ArrayEventInterval = device_property(dtype=float, default_value=0.5,
                                          doc="minimum seconds between spectrum/image change events")
     QueueSize = device_property(dtype=int, default_value=64, doc="frames buffered between source and analysis")
@@ -78,6 +80,9 @@ class DataQualityMonitor(Device):
             self.set_change_event(name, True, False)
         self.set_archive_event("verdict", True, False)
         self._limits: dict[str, tuple] = {}
+        self._detectors: dict[str, str] = {}
+        self._live_flags: dict[str, bool] = {}
+        self._live_detectors: list[tango.DeviceProxy] = []
         self._last_verdict: tuple[int, str] | None = None
         try:
             self.engine = Engine(
@@ -95,6 +100,15 @@ class DataQualityMonitor(Device):
             return
         self._restore_parameters()
         self._load_reference()
+        try:
+            self._detectors = self._parse_detectors()
+        except ValueError as exc:
+            self._config_error = f"configuration error: {exc}. Fix the detectors property, then run Init"
+            self.engine.close()
+            self.engine = None
+            self.set_state(DevState.FAULT)
+            return
+        self._live_flags = self._restore_live_flags()
         if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
             self._build_dynamic_attributes()
         self.set_state(DevState.ON)
@@ -129,6 +143,15 @@ class DataQualityMonitor(Device):
         for param in self.engine.params.declarations.values():
             self.add_attribute(parameter_attr(param), self._read_parameter, self._write_parameter)
             self._dynamic_names.append(param.name)
+        for stream in self._detectors:
+            attr = tango.Attr(f"live_{stream}", tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
+            props = tango.UserDefaultAttrProp()
+            props.set_description(f"Live and Stop also drive the detector {self._detectors[stream]}")
+            attr.set_default_properties(props)
+            attr.set_memorized()
+            attr.set_memorized_init(False)  # restored by init_device, like the parameters
+            self.add_attribute(attr, self._read_live_flag, self._write_live_flag)
+            self._dynamic_names.append(f"live_{stream}")
         limits = self.engine.quality.range_limits()
         for name, (_, result) in self.engine.result_decl.items():
             self.add_attribute(result_attr(result, *limits.get(name, (None, None))), self._read_result)
@@ -342,18 +365,96 @@ class DataQualityMonitor(Device):
         return self._start(live=True)
 
     def _start(self, live: bool) -> str:
-        engine = self._require_engine("Live" if live else "Start")
+        origin = "Live" if live else "Start"
+        engine = self._require_engine(origin)
+        detectors = self._selected_detectors() if live else {}
+        proxies = self._reach(detectors, origin)  # all reachable, or nothing is started
         try:
             scan_id = engine.start(live=live)
         except EngineError as exc:
-            _throw("DQM_CommandNotAllowed", str(exc), "Live" if live else "Start")
+            _throw("DQM_CommandNotAllowed", str(exc), origin)
+        started = []
+        for stream, proxy in proxies.items():
+            try:
+                proxy.command_inout("Live")
+                started.append(proxy)
+            except tango.DevFailed as exc:
+                for other in started:  # no half-started state: undo what was started
+                    self._stop_detector(other)
+                engine.stop()
+                _throw("DQM_DetectorFailed", f"Live on detector {detectors[stream]} (stream {stream}) failed: "
+                       f"{exc.args[0].desc}. Nothing was started; check the detector, then Live again", origin)
+        self._live_detectors = started
         self.set_state(_STATES[engine.state.value])
         return scan_id
 
+    # ---- detectors (Live mode) ----------------------------------------------------------
+
+    def _parse_detectors(self) -> dict[str, str]:
+        try:
+            mapping = json.loads(self.detectors or "{}")
+        except ValueError as exc:
+            raise ValueError(f"detectors must be JSON like {{\"det\": \"dqm/sim/1\"}}: {exc}") from None
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in mapping.items()):
+            raise ValueError('detectors must be a JSON object {"stream": "device/name"}')
+        streams = set(self.engine.streams)
+        unknown = sorted(set(mapping) - streams)
+        if unknown:
+            raise ValueError(f"detectors names streams {unknown} that are not in Sources ({sorted(streams)})")
+        return mapping
+
+    def _restore_live_flags(self) -> dict[str, bool]:
+        flags = {stream: True for stream in self._detectors}
+        names = [f"live_{s}" for s in self._detectors]
+        if names:
+            try:
+                stored = self._database().get_device_attribute_property(self.get_name(), names)
+            except tango.DevFailed:
+                stored = {}
+            for stream in self._detectors:
+                raw = list(stored.get(f"live_{stream}", {}).get("__value", []))
+                if raw:
+                    flags[stream] = raw[0].strip().lower() in ("1", "true")
+        return flags
+
+    def _read_live_flag(self, attr: tango.Attribute) -> None:
+        attr.set_value(self._live_flags[attr.get_name()[len("live_"):]])
+
+    def _write_live_flag(self, attr: tango.WAttribute) -> None:
+        self._live_flags[attr.get_name()[len("live_"):]] = bool(attr.get_write_value())
+
+    def _selected_detectors(self) -> dict[str, str]:
+        return {s: d for s, d in self._detectors.items() if self._live_flags.get(s)}
+
+    def _reach(self, detectors: dict[str, str], origin: str) -> dict[str, tango.DeviceProxy]:
+        proxies = {}
+        for stream, name in detectors.items():
+            try:
+                proxy = tango.DeviceProxy(name)
+                proxy.set_timeout_millis(3000)
+                proxy.ping()
+            except tango.DevFailed as exc:
+                _throw("DQM_DetectorUnreachable", f"detector {name} (stream {stream}) is unreachable: "
+                       f"{exc.args[-1].desc.strip()}. Nothing was started; start its server (Astor) or "
+                       f"write live_{stream} = False, then Live again", origin)
+            proxies[stream] = proxy
+        return proxies
+
+    def _stop_detector(self, proxy: tango.DeviceProxy) -> None:
+        try:
+            proxy.command_inout("Stop")
+        except tango.DevFailed as exc:
+            self.warn_stream(f"Stop on detector {proxy.dev_name()} failed: {exc.args[0].desc}")
+
     @command
     def Stop(self) -> None:
-        """Stop the scan: the engine drains queued frames, then goes to CLOSE."""
+        """Stop the scan (and the detectors a Live started): the engine drains queued frames,
+        then goes to CLOSE."""
         self._require_engine("Stop").stop()
+        for proxy in self._live_detectors:
+            self._stop_detector(proxy)
+        self._live_detectors = []
 
     @command
     def Reset(self) -> None:

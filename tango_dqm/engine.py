@@ -66,7 +66,7 @@ class EngineConfig:
     #: with several streams: how long an event waits for its partners (s)
     event_timeout: float = 1.0
     #: how often accumulated results are judged against references during a run (s)
-    reference_interval: float = 1.0
+    reference_interval: float = 5.0
     #: where scan results files and reports go ("" : none are written)
     output_directory: str = ""
     #: name of the results file in output_directory ("" : <scan_id>.h5)
@@ -292,6 +292,11 @@ class Engine:
         }
 
     # ---- queries ---------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[str]:
+        """Stream names of the sources, the primary (event-defining) one first."""
+        return [sp.name for sp in self._specs]
 
     @property
     def state(self) -> EngineState:
