@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  roi_signal={mon.roi_signal.tolist()} roi_background={mon.roi_background.tolist()}\n")
         run_scan(mon, sim)
         show_results(mon)
-        results_file = Path(mon.outputFile)
+        results_file = Path(mon.Archive())
+        print(f"\nArchive: the operator marks the scan good; its files move to {results_file.parent}")
         live_period(mon, sim)
         mon.Reset()
         out = folder / "output"
-        deadline = time.monotonic() + 30
-        while not (out / "index.html").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60  # reports are written in the background
+        while not (results_file.with_suffix(".html").exists() and (out / "index.html").exists()) \
+                and time.monotonic() < deadline:
             time.sleep(0.2)
         print("\nFiles written:")
         print(f"  results (HDF5, NeXus): {results_file}")

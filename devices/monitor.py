@@ -83,6 +83,7 @@ class DataQualityMonitor(Device):
         self._detectors: dict[str, str] = {}
         self._live_flags: dict[str, bool] = {}
         self._live_detectors: list[tango.DeviceProxy] = []
+        self._note = ""  # why the last command was refused, shown in Status until one succeeds
         self._last_verdict: tuple[int, str] | None = None
         try:
             self.engine = Engine(
@@ -350,7 +351,8 @@ class DataQualityMonitor(Device):
     def dev_status(self) -> str:
         if self.engine is None:
             return f"FAULT: {self._config_error}"
-        return self.engine.status()
+        status = self.engine.status()
+        return f"{status}. {self._note}" if self._note else status
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -382,9 +384,11 @@ class DataQualityMonitor(Device):
                 for other in started:  # no half-started state: undo what was started
                     self._stop_detector(other)
                 engine.stop()
-                _throw("DQM_DetectorFailed", f"Live on detector {detectors[stream]} (stream {stream}) failed: "
-                       f"{exc.args[0].desc}. Nothing was started; check the detector, then Live again", origin)
+                self._note = (f"Live on detector {detectors[stream]} (stream {stream}) failed: "
+                              f"{' '.join(exc.args[0].desc.split())}; check the detector, then Live again")
+                _throw("DQM_DetectorFailed", f"{self._note}. Nothing was started", origin)
         self._live_detectors = started
+        self._note = "" 
         self.set_state(_STATES[engine.state.value])
         return scan_id
 
@@ -435,9 +439,10 @@ class DataQualityMonitor(Device):
                 proxy.set_timeout_millis(3000)
                 proxy.ping()
             except tango.DevFailed as exc:
-                _throw("DQM_DetectorUnreachable", f"detector {name} (stream {stream}) is unreachable: "
-                       f"{exc.args[-1].desc.strip()}. Nothing was started; start its server (Astor) or "
-                       f"write live_{stream} = False, then Live again", origin)
+                why = " ".join(exc.args[0].desc.split())
+                self._note = (f"{origin} refused: detector {name} (stream {stream}) is unreachable ({why}); "
+                              f"start its server (Astor) or write live_{stream} = False, then {origin} again")
+                _throw("DQM_DetectorUnreachable", f"{self._note}. Nothing was started", origin)
             proxies[stream] = proxy
         return proxies
 

@@ -81,15 +81,58 @@ def test_dsconfig_init_rebuild_and_persistence_across_restart(control_system, tm
     assert "scale" not in set(dev.get_attribute_list())
 
 
+def test_demo_config_both_servers_live_follows_the_beam(control_system):
+    cs = control_system
+    cs.apply_config(ROOT / "config" / "demo.json")
+    cs.start_server("DetectorSimulator", "demo", ["dqm/sim/demo"])
+    cs.start_server("DataQualityMonitor", "demo", ["dqm/monitor/demo"])
+    mon, sim = cs.proxy("dqm/monitor/demo"), cs.proxy("dqm/sim/demo")
+    assert sim.frame_width == 1024 and sim.nframes == 300  # memorized values from the dsconfig file
+    assert mon.live_det is True
+    sim.frame_width, sim.frame_height, sim.rate = 256, 256, 50.0
+    sim.spot_x, sim.spot_y, sim.spot_sigma = 100.0, 128.0, 8.0
+    sim.hot_pixels = sim.dead_pixels = 0  # saturated pixels would pull the centroid
+    mon.roi_signal, mon.roi_background, mon.roi_profile = [0, 64, 0, 64], [], []
+    mon.Live()
+    assert mon.state() == tango.DevState.RUNNING and sim.state() == tango.DevState.RUNNING
+    deadline = time.monotonic() + 20
+    while not (mon.completedEvents > 10 and abs(mon.profile_centroid_x - 100) < 3):
+        assert time.monotonic() < deadline, mon.status()
+        time.sleep(0.1)
+    sim.spot_x = 160.0  # the beam moves: the centroid follows
+    deadline = time.monotonic() + 20
+    while abs(mon.profile_centroid_x - 160) > 3:
+        assert time.monotonic() < deadline, (mon.profile_centroid_x, mon.status())
+        time.sleep(0.1)
+    mon.Stop()
+    wait_state(mon, tango.DevState.CLOSE)
+    wait_state(sim, tango.DevState.ON)
+
+    # an unreachable detector: clear error and Status, nothing half-started
+    cs.stop_server("DetectorSimulator/demo")
+    mon.Reset()
+    with pytest.raises(tango.DevFailed, match="dqm/sim/demo .*unreachable.*live_det"):
+        mon.Live()
+    assert mon.state() == tango.DevState.ON
+    assert "Live refused: detector dqm/sim/demo (stream det) is unreachable" in mon.status()
+    mon.live_det = False  # monitor without driving the detector: allowed
+    mon.Live()
+    assert mon.state() == tango.DevState.RUNNING and "refused" not in mon.status()
+    mon.Stop()
+    wait_state(mon, tango.DevState.CLOSE)
+
+
 def test_demo_runs_to_completion_and_leaves_no_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tango_dqm.devices.demo", "--folder", str(tmp_path / "demo")],
                             cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "300/300 events" in out and "State CLOSE" in out and "demo finished" in out
-    written = list((tmp_path / "demo" / "output").glob("scan_*.json"))
-    assert len(written) == 1
-    data = json.loads(written[0].read_text())
-    assert data["counters"]["completedEvents"] == 300 and data["last_frame"]["signal_sum"] > 0
+    assert "300/300 events" in out and "Verdict:" in out and "demo finished" in out
+    assert "centroid x now" in out
+    summary = json.loads((tmp_path / "demo" / "last_demo.json").read_text())
+    import h5py
+    with h5py.File(summary["scan_file"], "r") as f:
+        assert f["entry/results/frame_id"].shape[0] == 300
+    assert (tmp_path / "demo" / "output" / "index.html").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
