@@ -148,9 +148,6 @@ class Engine:
                                                               config.max_file_bytes))
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
-        self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
-        self.output_stream = self._open_output(config.output) if config.output else None
-        self.output_file = ""
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
         probes = [open_source(entry) for entry in self._source_entries]
@@ -161,6 +158,15 @@ class Engine:
         hints = [p.image_shape for p in probes]
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        # Threads and sockets last: nothing to clean up when the configuration is refused above.
+        self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
+        try:
+            self.output_stream = self._open_output(config.output) if config.output else None
+        except EngineError:
+            if self.products is not None:
+                self.products.close()
+            raise
+        self.output_file = ""
         self._lock = threading.RLock()
         self._state = EngineState.ON
         self._fault = ""
