@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -127,12 +128,14 @@ def test_demo_runs_to_completion_and_leaves_no_process(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "300/300 events" in out and "Verdict:" in out and "demo finished" in out
-    assert "centroid x now" in out
+    assert "Verdict:" in out and "centroid x now" in out and "demo finished" in out
+    # at 150 Hz a loaded machine may miss frames: the detector skips them, the monitor counts them
+    completed, dropped = map(int, re.search(r"(\d+)/300 events completed, (\d+) dropped", out).groups())
+    assert completed + dropped == 300 and completed > 100
     summary = json.loads((tmp_path / "demo" / "last_demo.json").read_text())
     import h5py
     with h5py.File(summary["scan_file"], "r") as f:
-        assert f["entry/results/frame_id"].shape[0] == 300
+        assert f["entry/results/frame_id"].shape[0] == completed
     assert (tmp_path / "demo" / "output" / "index.html").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
