@@ -624,7 +624,11 @@ class Engine:
             self._summary = summary
             if not self._end_reason:
                 self._end_reason = "series end" if series_ended else "source ended"
-            self._counters.event_rate = 0.0
+            c = self._counters
+            if series_ended and c.expected is not None and self._end_reason != "stopped":
+                # announced by the header but never received (e.g. the last frames): lost, so counted
+                c.dropped += max(0, c.expected - c.completed - c.dropped - c.orphaned)
+            c.event_rate = 0.0
             self.quality.evaluate_references(summary)
             self.quality.judge_summary({k: v for k, v in summary.items()
                                         if k in self.result_decl and self.result_decl[k][1].run_summary})

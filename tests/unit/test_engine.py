@@ -225,3 +225,17 @@ def test_nan_for_disabled_roi():
     assert math.isnan(r["signal_sum"]) and math.isnan(r["net_signal"])
     assert r["frame_max"] >= r["frame_min"]
     e.close()
+
+
+def test_frames_announced_but_never_sent_are_dropped(stins_sender, stins_port):
+    frames = frames_for_test(5, shape=(16, 16))
+    e = Engine(EngineConfig([f"zmq://127.0.0.1:{stins_port}"]))
+    e.start()
+    stins_sender.header(nimages=8)
+    for i, f in enumerate(frames):  # frames 5, 6, 7 never come
+        stins_sender.image(i, f)
+    stins_sender.series_end()
+    wait_state(e, EngineState.CLOSE)
+    c = e.snapshot().counters
+    assert (c.total, c.completed, c.dropped) == (8, 5, 3)
+    e.close()
