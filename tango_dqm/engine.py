@@ -180,6 +180,8 @@ class Engine:
         self._scan_id = ""
         self._stop = threading.Event()
         self._generation = 0
+        self._sources: list[Source] = []
+        self._live = False
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
 
@@ -225,6 +227,7 @@ class Engine:
             expected = [s.expected_frames for s in sources]
             if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
+            self._sources = sources  # a header may announce the frame count later (expected_frames)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
             self._set_state(EngineState.RUNNING)
             for s in sources:
@@ -541,6 +544,9 @@ class Engine:
             if run.generation != self._generation:
                 return True
             c = self._counters
+            if c.expected is None and not self._live and len(self._sources) == 1 \
+                    and self._sources[0].expected_frames is not None:
+                c.expected = int(self._sources[0].expected_frames)
             prev = run.last_ids.get(frame.stream)
             if prev is None:  # frames a SUB stream lost before we joined (slow joiner)
                 c.dropped += int(frame.meta.get("dropped_before", 0) or 0)
@@ -549,8 +555,7 @@ class Engine:
             run.last_ids[frame.stream] = frame.frame_id
             c.completed += 1
             lost = c.dropped + c.orphaned
-            if c.expected is None:
-                c.total = c.completed + lost
+            c.total = c.completed + lost if c.expected is None else c.expected
             run.rate_window.append((now, c.completed))
             while run.rate_window and now - run.rate_window[0][0] > 1.0:
                 run.rate_window.popleft()

@@ -170,7 +170,7 @@ def test_zmq_scan_equals_numpy_and_series_end_closes(stins_sender, stins_port):
     e.set_parameter("roi_signal", SIG)
     e.set_parameter("roi_background", BKG)
     e.start()
-    stins_sender.header(series="42", nimages=len(frames))
+    stins_sender.header(series="42")  # no frame count announced: only series_end can close
     seen = []
     for i, f in enumerate(frames):
         stins_sender.image(i, f)
