@@ -52,3 +52,21 @@ def frames_for_test(n: int, shape=(64, 80), seed: int = 1, dtype=np.uint16) -> l
         f[10:20, 30:45] += np.asarray(1000 + 10 * i, dtype=dtype)
         out.append(f)
     return out
+
+
+def run_scan(engine, params: dict | None = None, timeout: float = 60.0):
+    """Set ``params``, start a scan, wait until it leaves RUNNING, close the engine; the final snapshot."""
+    import time
+
+    from tango_dqm.engine import EngineState
+
+    try:
+        for name, value in (params or {}).items():
+            engine.set_parameter(name, value)
+        engine.start()
+        deadline = time.monotonic() + timeout
+        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return engine.snapshot()
+    finally:
+        engine.close()

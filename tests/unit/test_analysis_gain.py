@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.gain:Gain"
 BASELINE = 200  # per sample
@@ -147,15 +147,7 @@ def test_declared_results_cover_what_is_published(analysis):
 
 def test_runs_in_the_engine():
     engine = Engine(EngineConfig(sources=["sim://?frames=20&shape=256x256"], analyses=[SPEC]))
-    try:
-        engine.set_parameter("roi_gain", [100, 50, 100, 50])
-        engine.start()
-        deadline = time.monotonic() + 60
-        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
-            time.sleep(0.02)
-        snap = engine.snapshot()
-    finally:
-        engine.close()
+    snap = run_scan(engine, {"roi_gain": [100, 50, 100, 50]})
     assert snap.state is EngineState.CLOSE, snap.status
     assert snap.results["gain_charge"] > 0
     s = snap.summary

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.histogram:Histogram"
 
@@ -148,16 +148,7 @@ def test_declared_results_cover_what_is_published(analysis):
 
 def test_runs_in_the_engine():
     engine = Engine(EngineConfig(sources=["sim://?frames=20&shape=256x256"], analyses=[SPEC]))
-    try:
-        engine.set_parameter("hist_bins", 100)
-        engine.set_parameter("hist_max", 200.0)
-        engine.start()
-        deadline = time.monotonic() + 60
-        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
-            time.sleep(0.02)
-        snap = engine.snapshot()
-    finally:
-        engine.close()
+    snap = run_scan(engine, {"hist_bins": 100, "hist_max": 200.0})
     assert snap.state is EngineState.CLOSE, snap.status
     r, s = snap.results, snap.summary
     assert r["hist_counts"].shape == (100,)

@@ -1,13 +1,13 @@
 """The pixels analysis: known hot, dead and saturated pixels are found exactly."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.pixels:Pixels"
 SHAPE = (96, 128)
@@ -164,15 +164,8 @@ def test_declared_results_cover_what_is_published(analysis):
 def test_runs_in_the_engine_beside_roi():
     uri = "sim://?frames=20&shape=256x256&hot_pixels=5&dead_pixels=3"
     engine = Engine(EngineConfig(sources=[uri], analyses=["roi", SPEC]))
-    try:
-        assert list(engine.params.declarations).count("saturation_level") == 1  # one shared parameter
-        engine.start()
-        deadline = time.monotonic() + 60
-        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
-            time.sleep(0.02)
-        snap = engine.snapshot()
-    finally:
-        engine.close()
+    assert list(engine.params.declarations).count("saturation_level") == 1  # one shared parameter
+    snap = run_scan(engine)
     assert snap.state is EngineState.CLOSE, snap.status
     assert snap.results["pixels_saturated"] == snap.results["saturated_pixels"] == 5  # sim hot = dtype max
     s = snap.summary

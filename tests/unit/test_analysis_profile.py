@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.profile:Profile"
 FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))  # 2.3548
@@ -179,15 +179,7 @@ def test_declared_results_cover_what_is_published(analysis):
 
 
 def run_engine(analyses, uri="sim://?frames=20&shape=256x256", timeout=60.0):
-    engine = Engine(EngineConfig(sources=[uri], analyses=analyses))
-    try:
-        engine.start()
-        deadline = time.monotonic() + timeout
-        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
-            time.sleep(0.02)
-        snap = engine.snapshot()
-    finally:
-        engine.close()
+    snap = run_scan(Engine(EngineConfig(sources=[uri], analyses=analyses)), timeout=timeout)
     assert snap.state is EngineState.CLOSE, snap.status
     return snap
 
