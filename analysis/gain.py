@@ -66,18 +66,10 @@ from typing import Any
 import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.kernels import region_stats
+from tango_dqm.kernels import as_2d, region_stats
 
 _NAN = float("nan")
 OK, INSUFFICIENT, FIT_FAILED = "OK", "INSUFFICIENT", "FIT_FAILED"
-
-
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
-        return a
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a.reshape(-1, a.shape[-1])
 
 
 # ---- spectrum and fit (finish only) ----------------------------------------------------
@@ -276,7 +268,7 @@ class Gain(Analysis):
         roi = params.roi_gain
         if roi is None:
             return frame.data
-        image = _as_2d(frame.data)
+        image = as_2d(frame.data)
         roi.check_fits(image.shape, "roi_gain")  # RoiError names the rule
         return image[roi.slices()]
 

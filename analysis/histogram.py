@@ -52,6 +52,7 @@ import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
 from tango_dqm.corrections import DARK, MASK, region_values
+from tango_dqm.kernels import as_2d
 
 _NAN = float("nan")
 
@@ -86,14 +87,6 @@ def _count_values(a, offset, size):  # pragma: no cover - compiled
     for k in range(size):
         out[k] = np.int64(c0[k]) + c1[k] + c2[k] + c3[k]
     return out
-
-
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
-        return a
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a.reshape(-1, a.shape[-1])
 
 
 def bin_edges(bins: int, lo: float, hi: float) -> np.ndarray:
@@ -134,7 +127,7 @@ def int_histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np
     if data.dtype.itemsize <= 2:  # count every possible value, then fold into bins
         size = 1 << (8 * data.dtype.itemsize)
         base = -(size // 2) if data.dtype.kind == "i" else 0
-        counts = _count_values(_as_2d(data), -base, size)
+        counts = _count_values(as_2d(data), -base, size)
         return _fold_value_counts(counts, base, edges)
     flat = data.ravel()
     # wider integers: values outside [ceil(lo), floor(hi)] go to two sentinel slots
@@ -239,7 +232,7 @@ class Histogram(Analysis):
 
     def _input(self, frame: Frame, params: Params) -> np.ndarray:
         """The values to histogram: dark-subtracted, masked pixels left out."""
-        image = _as_2d(frame.data)
+        image = as_2d(frame.data)
         roi = params.roi_histogram
         if roi is None:
             return region_values(image, params)

@@ -58,7 +58,7 @@ import numba
 import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.kernels import min_max_count_above
+from tango_dqm.kernels import as_2d, min_max_count_above
 
 OK, HOT, DEAD, SATURATED = 0, 1, 2, 3
 _MAD_TO_SIGMA = 1.4826
@@ -95,14 +95,6 @@ def _accumulate_float(a, s, ss, mx):  # pragma: no cover - compiled
             ssrow[j] += fv * fv
             if v > mrow[j]:
                 mrow[j] = v
-
-
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
-        return a
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a.reshape(-1, a.shape[-1])
 
 
 class PixelMap:
@@ -216,7 +208,7 @@ class Pixels(Analysis):
     def _input(self, frame: Frame, params: Params) -> np.ndarray:
         """The image to analyse: the one place where a dark frame would be subtracted and
         a mask applied (masked pixels excluded from the map) once those parameters exist."""
-        image = _as_2d(frame.data)
+        image = as_2d(frame.data)
         return image.view(np.uint8) if image.dtype.kind == "b" else image
 
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:

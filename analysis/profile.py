@@ -53,6 +53,7 @@ import numpy as np
 
 from tango_dqm import Analysis, Frame, Parameter, Params, Result
 from tango_dqm.corrections import DARK, MASK, corrected
+from tango_dqm.kernels import as_2d
 
 _NAN = float("nan")
 _AXES = ("x", "y")
@@ -141,14 +142,6 @@ def _axis_stats(p):  # pragma: no cover - compiled
 # ---- helpers -------------------------------------------------------------------------
 
 
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
-        return a
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    return a.reshape(-1, a.shape[-1])
-
-
 def _gauss(x, amplitude, mean, sigma, offset):
     return amplitude * np.exp(-0.5 * ((x - mean) / sigma) ** 2) + offset
 
@@ -235,7 +228,7 @@ class Profile(Analysis):
     def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The region to analyse (dark-subtracted, masked pixels 0) and its
         (offset_x, size_x, offset_y, size_y) in the frame."""
-        image = _as_2d(frame.data)
+        image = as_2d(frame.data)
         roi = params.roi_profile
         if roi is None:
             return corrected(image, params, masked_value=0), (0, image.shape[1], 0, image.shape[0])

@@ -234,6 +234,13 @@ class DataQualityMonitor(Device):
         except ReferenceStoreError:
             return None
 
+    def _require_store(self, origin: str) -> ReferenceStore:
+        store = self._reference_store(create=True)
+        if store is None:
+            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
+                   "property, then run Init", origin)
+        return store  # type: ignore[return-value]
+
     def _load_reference(self) -> None:
         store = self._reference_store()
         if store is None or store.latest("reference") is None:
@@ -497,10 +504,7 @@ class DataQualityMonitor(Device):
     def TakeReference(self) -> int:
         """Store the accumulated spectra and maps of the finished scan as the new reference version."""
         engine = self._require_engine("TakeReference")
-        store = self._reference_store(create=True)
-        if store is None:
-            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
-                   "property, then run Init", "TakeReference")
+        store = self._require_store("TakeReference")
         try:
             info = engine.take_reference(store)
         except (EngineError, ReferenceStoreError) as exc:
@@ -513,10 +517,7 @@ class DataQualityMonitor(Device):
         """Store the mean image of the finished (dark) scan as the next background version and
         use it as the dark image of every analysis from the next frame on."""
         engine = self._require_engine("TakeBackground")
-        store = self._reference_store(create=True)
-        if store is None:
-            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
-                   "property, then run Init", "TakeBackground")
+        store = self._require_store("TakeBackground")
         try:
             info = engine.take_background(store)
         except (EngineError, ReferenceStoreError, ParameterError) as exc:

@@ -85,7 +85,8 @@ def _min_max_count_ge(a, level):  # pragma: no cover - compiled
     return mn, mx, n
 
 
-def _as_2d(a: np.ndarray) -> np.ndarray:
+def as_2d(a: np.ndarray) -> np.ndarray:
+    """A 2-D view of a frame: rows of a waveform, or stacked leading axes (no copy when possible)."""
     if a.ndim == 2:
         return a
     if a.ndim == 1:
@@ -95,7 +96,7 @@ def _as_2d(a: np.ndarray) -> np.ndarray:
 
 def region_stats(region: np.ndarray) -> RegionStats:
     """Statistics of a (possibly non-contiguous) 1-D or 2-D region in one pass."""
-    a = _as_2d(region)
+    a = as_2d(region)
     n = a.shape[0] * a.shape[1]
     if n == 0:
         nan = float("nan")
@@ -111,7 +112,7 @@ def region_stats(region: np.ndarray) -> RegionStats:
 
 def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, int]:
     """Minimum, maximum and number of values ``>= level`` in one pass."""
-    a = _as_2d(data)
+    a = as_2d(data)
     if a.size == 0:
         return float("nan"), float("nan"), 0
     if a.dtype.kind in "iu":
