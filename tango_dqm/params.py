@@ -33,6 +33,7 @@ class ParamType(str, enum.Enum):
     FILE = "file"
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PY_TYPES = {int: ParamType.INT, float: ParamType.FLOAT, bool: ParamType.BOOL, str: ParamType.STR}
 
 
@@ -42,7 +43,8 @@ class Parameter:
 
     ``type`` is ``int``, ``float``, ``bool``, ``str`` or a :class:`ParamType`
     (``"enum"`` with ``choices``, ``"int[]"``/``"float[]"`` with optional ``length``,
-    ``"roi"``, ``"file"``). ``min``/``max`` bound scalars and every array element.
+    ``"roi"``, ``"file"``). ``min``/``max`` (finite) bound scalars and every array element;
+    floats must be finite (no inf/NaN) and integers fit in 64 bits even without bounds.
     A ``"file"`` parameter is set with a path (``""`` unsets it); its value in
     :class:`Params` is the parsed content (``file_format``: ``"array"`` for .npy or an
     HDF5 dataset, ``"json"`` or ``"yaml"``), or None when unset.
@@ -66,6 +68,12 @@ class Parameter:
         object.__setattr__(self, "choices", tuple(self.choices))
         if ptype is ParamType.ENUM and not self.choices:
             raise ValueError(f"parameter {self.name}: an enum needs choices")
+        for bound in (self.min, self.max):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (Real, np.number))
+                                      or not math.isfinite(bound)):
+                raise ValueError(f"parameter {self.name}: min and max must be finite numbers, got {bound!r}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"parameter {self.name}: min {self.min} is larger than max {self.max}")
         if ptype is ParamType.FILE and (self.file_format not in ("array", "json", "yaml") or self.default):
             raise ValueError(f"parameter {self.name}: file_format must be array, json or yaml, default ''")
         if self.default is None:
@@ -140,12 +148,14 @@ class Parameter:
             if not isinstance(value, (Integral, np.integer)):
                 raise ParameterError(f"{self.name}: must be an integer, got {value!r}")
             out: int | float = int(value)
+            if not _INT64_MIN <= out <= _INT64_MAX:  # Tango DevLong64, numpy int64
+                raise ParameterError(f"{self.name}: must fit in a 64-bit integer, got {out}")
         else:
             if not isinstance(value, (Real, np.number)):
                 raise ParameterError(f"{self.name}: must be a number, got {value!r}")
             out = float(value)
-            if math.isnan(out):
-                raise ParameterError(f"{self.name}: must not be NaN")
+            if not math.isfinite(out):  # inf/nan would overflow or poison the arithmetic later
+                raise ParameterError(f"{self.name}: must be a finite number, got {out}")
         if self.min is not None and out < self.min:
             raise ParameterError(f"{self.name}: must be >= {self.min}, got {out}")
         if self.max is not None and out > self.max:
