@@ -50,6 +50,18 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == r or path.is_relative_to(r) for r in roots)
 
 
+def _escaping_link(candidate: Path, lexical: Sequence[Path], real_roots: Sequence[Path]) -> tuple[Path, Path] | None:
+    """(link, where it leads) when ``candidate`` is named inside a root but its deepest existing
+    part resolves outside: a symbolic link leads out, as opposed to a path that is outside."""
+    p = Path(os.path.normpath(candidate))
+    while _inside(p, lexical):
+        if os.path.lexists(p):
+            real = p.resolve()
+            return None if _inside(real, real_roots) else (p, real)
+        p = p.parent
+    return None
+
+
 def confine(path: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]],
             what: str = "allowed directories") -> Path:
     """The real path of ``path`` (symlinks resolved), refused unless it lies inside one of ``roots``.
@@ -76,8 +88,8 @@ def confine(path: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]
             if os.path.lexists(real):
                 return real
             first_inside = first_inside or real
-        elif os.path.lexists(candidate) and _inside(Path(os.path.normpath(candidate)), lexical_roots):
-            link_out = link_out or (candidate, real)  # named inside a root, but a link leads out
+        else:
+            link_out = link_out or _escaping_link(candidate, lexical_roots, real_roots)
     if link_out is not None:
         raise PathConfinementError(f"{link_out[0]} is a symbolic link leading outside the {what} "
                                    f"(it resolves to {link_out[1]}); refused")
@@ -151,10 +163,7 @@ def _check_tree(value: Any, path: Path) -> Any:
 
 
 def _check_decoded(path: Path, shape: Sequence[int], dtype: np.dtype, max_bytes: int) -> None:
-    if dtype.hasobject:
-        raise FileParameterError(f"{path.name}: dtype {dtype} holds Python objects, which would need "
-                                 "unpickling; refused")
-    if dtype.kind not in "biuf":
+    if dtype.hasobject or dtype.kind not in "biuf":
         raise FileParameterError(f"{path.name}: dtype {dtype} is not numeric")
     decoded = math.prod(int(n) for n in shape) * dtype.itemsize  # Python ints: no overflow
     if decoded > max_bytes:
@@ -173,6 +182,9 @@ def _load_npy(path: Path, max_bytes: int) -> np.ndarray:
             shape, _, dtype = npy.read_array_header_2_0(fh)
         else:
             raise FileParameterError(f"{path.name}: .npy format version {version} is not supported")
+    if dtype.hasobject:
+        raise FileParameterError(f"{path.name}: dtype {dtype} holds Python objects, which would need "
+                                 "unpickling; refused")
     _check_decoded(path, shape, dtype, max_bytes)
     return np.load(path, allow_pickle=False)
 

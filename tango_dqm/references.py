@@ -31,6 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .files import PathConfinementError, confine
+
 KINDS = ("reference", "background")
 BACKGROUND_ARRAY = "background"
 
@@ -99,11 +101,10 @@ class ReferenceStore:
         return d
 
     def _confine(self, path: Path) -> Path:
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self._root):
-            raise ReferenceStoreError(f"{str(path)!r} resolves outside the reference directory "
-                                      f"{str(self._root)!r}; refused")
-        return resolved
+        try:
+            return confine(path, [self._root], "reference directory")
+        except PathConfinementError as exc:
+            raise ReferenceStoreError(f"{exc}; refused") from None
 
     def _version_files(self, name: str, kind: str) -> dict[int, Path]:
         d = self._dir(name, kind)

@@ -72,6 +72,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .files import confine
 from .plugin import Result
 
 try:
@@ -113,11 +114,10 @@ def confined_path(root: str | os.PathLike, name: str | os.PathLike) -> Path:
         raise ValueError("no output directory configured (set OutputDirectory)")
     if name is None or str(name) == "":
         raise ValueError("empty file name")
-    root_r = Path(root).expanduser().resolve()
-    target = (root_r / Path(name).expanduser()).resolve()
-    if target == root_r or not target.is_relative_to(root_r):
-        raise ValueError(f"path {str(name)!r} resolves to {target}, which is outside the output "
-                         f"directory {root_r}; only files inside it are allowed")
+    target = confine(name, [root], "output directory")  # the one confinement rule (tango_dqm.files)
+    if target == Path(root).expanduser().resolve():
+        raise ValueError(f"path {str(name)!r} is the output directory itself; only files inside it are allowed, "
+                         "none at or outside the output directory")
     return target
 
 
