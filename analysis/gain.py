@@ -55,7 +55,10 @@ Accumulator: a sparse histogram ``{round(charge / width): count}`` (integer coun
 so merging by addition is exact and associative), kept per bin width; finish uses the
 width of the most recent frame. In finish bins are merged by an integer factor chosen
 from the Freedman-Diaconis rule (half of it), so the fixed parameter only sets the
-finest resolution. NaN charges are not counted.
+finest resolution. NaN or infinite charges, and charges of 2**52 bin widths or more, are
+not counted (bin indices stay exact and finish cannot overflow). Parameter bounds:
+``gain_pedestal`` within +-1e12, ``gain_bin_width`` 1e-12 .. 1e12, ``gain_min_entries``
+10 .. 1e12.
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ from tango_dqm.kernels import as_2d, region_stats
 
 _NAN = float("nan")
 OK, INSUFFICIENT, FIT_FAILED = "OK", "INSUFFICIENT", "FIT_FAILED"
+MAX_BIN = 2.0**52  # |charge| / gain_bin_width at or above this is not counted
 
 
 # ---- spectrum and fit (finish only) ----------------------------------------------------
@@ -237,12 +241,12 @@ class Gain(Analysis):
         Parameter("roi_gain", "roi", [], label="Gain integration window",
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("gain_pedestal", float, 0.0, unit="counts", label="Gain baseline",
-                  description="baseline per pixel/sample, subtracted from the window sum"),
+                  description="baseline per pixel/sample, subtracted from the window sum", min=-1e12, max=1e12),
         Parameter("gain_bin_width", float, 1.0, unit="counts", label="Charge bin width",
                   description="finest charge histogram bin; finish merges bins as statistics allow",
-                  min=1e-12),
+                  min=1e-12, max=1e12),
         Parameter("gain_min_entries", int, 1000, label="Gain minimum entries",
-                  description="fewer charges: no fit (INSUFFICIENT)", min=10),
+                  description="fewer charges: no fit (INSUFFICIENT)", min=10, max=10**12),
     ]
     results = [
         Result("gain_charge", float, unit="counts", label="Charge"),
@@ -287,9 +291,11 @@ class Gain(Analysis):
         width, min_entries = frame_results["_gain"]
         acc["last"] = (width, min_entries)
         hist = acc["hists"].setdefault(width, {})
-        charge = frame_results["gain_charge"]
-        if math.isfinite(charge):
-            k = math.floor(charge / width + 0.5)  # bins centred on multiples of width
+        position = frame_results["gain_charge"] / width
+        # NaN, inf and charges beyond MAX_BIN bin widths are not counted: bin indices stay exact
+        # in float64 and their differences fit int64, so finish() cannot overflow.
+        if abs(position) < MAX_BIN:
+            k = math.floor(position + 0.5)  # bins centred on multiples of width
             hist[k] = hist.get(k, 0) + 1
         return acc
 
@@ -312,12 +318,19 @@ class Gain(Analysis):
         sparse = acc["hists"].get(width, {})
         if not sparse:
             return out
-        edges, counts, total = dense_spectrum(sparse, width)
+        try:
+            edges, counts, total = dense_spectrum(sparse, width)
+        except (OverflowError, ValueError, FloatingPointError):  # e.g. an accumulator merged from elsewhere
+            out["gain_status"] = FIT_FAILED
+            return out
         out.update({"gain_entries": total, "gain_spectrum": counts,
                     "gain_spectrum_x": 0.5 * (edges[:-1] + edges[1:])})
         if total < min_entries:
             return out
-        fit = fit_spectrum(edges, counts, total)
+        try:
+            fit = fit_spectrum(edges, counts, total)
+        except (OverflowError, ValueError, FloatingPointError, ZeroDivisionError):
+            fit = None
         if fit is None:
             out["gain_status"] = FIT_FAILED
             return out

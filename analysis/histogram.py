@@ -4,7 +4,7 @@
 |---------------|-------|---------|------------------------------------------------------------------|
 | roi_histogram | roi   | []      | region [offset_x, size_x, offset_y, size_y]; [] = the full frame  |
 | hist_bins     | int   | 1024    | number of equal-width bins (1 .. 65535)                           |
-| hist_min      | float | 0       | lower edge of the first bin                                       |
+| hist_min      | float | 0       | lower edge of the first bin (both edges within +-1e15)            |
 | hist_max      | float | 65536   | upper edge of the last bin (must be > hist_min)                   |
 
 | result              | when   | kind     | type    | meaning                                          |
@@ -208,9 +208,10 @@ class Histogram(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("hist_bins", int, 1024, label="Histogram bins", min=1, max=65535),
         Parameter("hist_min", float, 0.0, unit="counts", label="Histogram minimum",
-                  description="lower edge of the first bin; smaller values are underflow"),
+                  description="lower edge of the first bin; smaller values are underflow",
+                  min=-1e15, max=1e15),  # finite span: the bin edges never overflow
         Parameter("hist_max", float, 65536.0, unit="counts", label="Histogram maximum",
-                  description="upper edge of the last bin; larger values are overflow"),
+                  description="upper edge of the last bin; larger values are overflow", min=-1e15, max=1e15),
         MASK,
         DARK,
     ]
