@@ -318,9 +318,10 @@ def _check_dataset(ds: Any, path: Path, max_bytes: int) -> None:
             raw = raw[:-4]
         size = _decoded_size(fid, tuple(values), raw, chunk_bytes)
         if size is None or size > chunk_bytes:
-            raise FileParameterError(f"{path.name}: {ds.name} chunk {tuple(info.chunk_offset)} decodes to "
-                                     f"{'an unknown size' if size is None else f'{size} bytes'}, more than "
-                                     f"its {chunk_bytes} bytes; refused")
+            amount = ("an unknown size" if size is None else  # trial decodes stop one byte past the chunk
+                      f"at least {size} bytes" if fid in (1, 307) else f"{size} bytes (its size header)")
+            raise FileParameterError(f"{path.name}: {ds.name} chunk {tuple(info.chunk_offset)} decodes to {amount}, "
+                                     f"more than its {chunk_bytes} bytes; refused")
 
 
 def _decoded_size(fid: int, values: tuple[int, ...], raw: bytes, chunk_bytes: int) -> int | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import h5py
 import numpy as np
@@ -251,7 +252,7 @@ def test_compressed_chunk_bomb_refused_before_decoding(tmp_path):
         ds.id.write_direct_chunk((0,), zlib.compress(b"\0" * 100_000_000, 9))
     s = ParameterStore([Parameter("mask", "file")], FileAccess([d]))
     def attempt():
-        with pytest.raises(ParameterError, match=r"chunk \(0,\) decodes to 8001 bytes, more than its 8000 bytes"):
+        with pytest.raises(ParameterError, match=r"chunk \(0,\) decodes to at least 8001 bytes, more than its 8000 bytes"):
             s.set("mask", "bomb.h5")
     assert _peak_while(attempt) < 2_000_000
 
@@ -314,3 +315,29 @@ def test_json_yaml_nesting_and_alias_bombs_refused(tmp_path, fmt, text, rule):
     with pytest.raises(ParameterError, match=rule):
         s.set(fmt, "f.txt")
     assert s.get(fmt) is None
+
+
+@pytest.mark.parametrize("plugin, header", [
+    ("LZ4", struct.pack(">QI", 10**9, 8192) + b"\0" * 8),  # lz4: total size, block size
+    ("Bitshuffle", struct.pack(">QI", 10**9, 8192) + b"\0" * 8),  # bitshuffle+lz4: same header
+    ("Blosc", bytes([2, 1, 1, 8]) + struct.pack("<III", 10**9, 8192, 24) + b"\0" * 8),  # blosc: nbytes at 4
+    ("Zstd", b"\x28\xb5\x2f\xfd" + bytes([0xA0]) + struct.pack("<I", 10**9) + b"\0" * 8),  # single segment, 4-byte size
+])
+def test_compressed_chunk_whose_header_claims_too_much_is_refused(store, plugin, header):
+    import hdf5plugin
+
+    s, d = store
+    with h5py.File(d / "forged.h5", "w") as f:
+        ds = f.create_dataset("mask", shape=(1000,), chunks=(1000,), dtype="f8", **getattr(hdf5plugin, plugin)())
+        ds.id.write_direct_chunk((0,), header)
+    with pytest.raises(ParameterError, match=r"chunk \(0,\) decodes to 1000000000 bytes \(its size header\), more than its 8000"):
+        s.set("mask", "forged.h5")
+
+
+def test_corrupt_compressed_chunk_is_a_clear_error(store):
+    s, d = store
+    with h5py.File(d / "corrupt.h5", "w") as f:
+        ds = f.create_dataset("mask", shape=(4, 5), chunks=(4, 5), dtype="f8", compression="gzip")
+        ds.id.write_direct_chunk((0, 0), b"not a deflate stream")
+    with pytest.raises(ParameterError, match="mask: cannot read .*corrupt.h5 as array"):
+        s.set("mask", "corrupt.h5")
