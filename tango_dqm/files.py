@@ -32,6 +32,7 @@ import numpy as np
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5", ".nxs")
+MAX_TEXT_BYTES = {"json": 8 * 1024 * 1024, "yaml": 1024 * 1024}  # parsed objects take ~10x the text
 MAX_TREE_DEPTH = 64  # JSON/YAML nesting
 MAX_TREE_NODES = 1_000_000  # JSON/YAML values, counted each time a YAML alias repeats one
 MAX_FILTERED_CHUNKS = 65536  # chunks of a compressed HDF5 dataset checked one by one before reading
@@ -127,6 +128,10 @@ class FileAccess:
     def load(self, name: str, text: str, fmt: str) -> Any:
         """Read and parse the file named by ``text`` as ``fmt`` (array, json or yaml)."""
         path, dataset = self.resolve(name, text)
+        text_limit = min(self.max_bytes, MAX_TEXT_BYTES.get(fmt, self.max_bytes))
+        if path.stat().st_size > text_limit:
+            raise FileParameterError(f"{name}: {path} is {path.stat().st_size} bytes, more than the limit of "
+                                     f"{text_limit} bytes for a {fmt} file")
         try:
             if fmt == "json":
                 return _check_tree(json.loads(path.read_text()), path)

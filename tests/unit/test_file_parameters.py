@@ -305,6 +305,9 @@ _ALIAS_BOMB = "a: &a [1, 2]\n" + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)
     ("geometry", "[" * 70 + "]" * 70, "nested more than 64 levels"),
     ("layout", _ALIAS_BOMB, "more than 1000000 values"),
     ("layout", "&a [*a]\n", "nested more than 64 levels"),
+    ("layout", "[" * 2000 + "]" * 2000, "nested too deeply|nested more than 64"),
+    ("layout", "x: " + "y" * 1_100_000 + "\n", "more than the limit of 1048576 bytes for a yaml file"),
+    ("geometry", "[" + "0," * 4_200_000 + "0]", "more than the limit of 8388608 bytes for a json file"),
 ])
 def test_json_yaml_nesting_and_alias_bombs_refused(tmp_path, fmt, text, rule):
     d = tmp_path / "params"
