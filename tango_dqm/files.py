@@ -51,13 +51,20 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == r or path.is_relative_to(r) for r in roots)
 
 
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop, an embedded NUL byte ...
+        raise PathConfinementError(f"{path} cannot be resolved: {exc}") from None
+
+
 def _escaping_link(candidate: Path, lexical: Sequence[Path], real_roots: Sequence[Path]) -> tuple[Path, Path] | None:
     """(link, where it leads) when ``candidate`` is named inside a root but its deepest existing
     part resolves outside: a symbolic link leads out, as opposed to a path that is outside."""
     p = Path(os.path.normpath(candidate))
     while _inside(p, lexical):
         if os.path.lexists(p):
-            real = p.resolve()
+            real = _real(p)
             return None if _inside(real, real_roots) else (p, real)
         p = p.parent
     return None
@@ -76,15 +83,17 @@ def confine(path: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]
         raise PathConfinementError(f"no {what} configured")
     if path is None or str(path) == "":
         raise PathConfinementError("empty path")
+    if "\0" in str(path):
+        raise PathConfinementError(f"{str(path)!r} contains a NUL byte")
     raw = Path(path).expanduser()
     abs_roots = [Path(os.path.abspath(Path(r).expanduser())) for r in roots]
-    real_roots = [r.resolve() for r in abs_roots]
+    real_roots = [_real(r) for r in abs_roots]
     lexical_roots = abs_roots + real_roots
     candidates = [raw] if raw.is_absolute() else [root / raw for root in abs_roots]
     first_inside: Path | None = None
     link_out: tuple[Path, Path] | None = None
     for candidate in candidates:
-        real = candidate.resolve()
+        real = _real(candidate)
         if _inside(real, real_roots):
             if os.path.lexists(real):
                 return real

@@ -344,3 +344,12 @@ def test_corrupt_compressed_chunk_is_a_clear_error(store):
         ds.id.write_direct_chunk((0, 0), b"not a deflate stream")
     with pytest.raises(ParameterError, match="mask: cannot read .*corrupt.h5 as array"):
         s.set("mask", "corrupt.h5")
+
+
+def test_symlink_loops_and_nul_bytes_are_refused_clearly(store):
+    s, d = store
+    os.symlink(d / "loop_b", d / "loop_a")
+    os.symlink(d / "loop_a", d / "loop_b")
+    for value, rule in (("loop_a", "loop_a|loop_b"), ("mask\0.npy", "contains a NUL byte")):
+        with pytest.raises(ParameterError, match=rule):
+            s.set("mask", value)
