@@ -308,6 +308,12 @@ def _check_dataset(ds: Any, path: Path, max_bytes: int) -> None:
                                      f"({fname.decode(errors='replace') if isinstance(fname, bytes) else fname}), "
                                      f"whose decoded size cannot be checked before reading; allowed filters: "
                                      f"{allowed}")
+    nelmts = math.prod(ds.chunks)
+    for fid, _, values, _ in filters:
+        # nbit and scaleoffset allocate values[2] elements of values[4] bytes, as stored in the file
+        if fid in (5, 6) and (len(values) < 5 or values[2] != nelmts or values[4] != ds.dtype.itemsize):
+            raise FileParameterError(f"{path.name}: {ds.name} has {_SIZE_KEEPING[fid]} parameters {tuple(values)} "
+                                     f"that do not match its chunks of {nelmts} x {ds.dtype.itemsize} bytes; refused")
     # Decoding runs from the last filter to the first: the compressor must be decoded first (only
     # fletcher32 may follow it), so its input is the stored chunk.
     order = [fid for fid, *_ in filters]

@@ -353,3 +353,18 @@ def test_symlink_loops_and_nul_bytes_are_refused_clearly(store):
     for value, rule in (("loop_a", "loop_a|loop_b"), ("mask\0.npy", "contains a NUL byte")):
         with pytest.raises(ParameterError, match=rule):
             s.set("mask", value)
+
+
+def test_scaleoffset_parameters_claiming_a_larger_chunk_are_refused(store):
+    s, d = store
+    with h5py.File(d / "so.h5", "w") as f:  # 37 x 41 = 1517 elements per chunk, in the filter's parameters
+        f.create_dataset("mask", data=np.ones((37, 41), np.int32), chunks=(37, 41), scaleoffset=0)
+    data = (d / "so.h5").read_bytes()
+    stored = struct.pack("<5I", 2, 0, 1517, 0, 4)
+    assert data.count(stored) == 1
+    # forged: scaleoffset allocates the number of elements its stored parameters give, here 2**31
+    (d / "so.h5").write_bytes(data.replace(stored, struct.pack("<5I", 2, 0, 2**31, 0, 4)))
+    with h5py.File(d / "so.h5", "r") as f:
+        assert f["mask"].id.get_create_plist().get_filter(0)[2][2] == 2**31
+    with pytest.raises(ParameterError, match=r"scaleoffset parameters .* do not match its chunks of 1517 x 4 bytes"):
+        s.set("mask", "so.h5")
