@@ -456,11 +456,11 @@ def run_demo(cs: ControlSystem, args: argparse.Namespace, config: Path, lock: De
                    "versions": json.loads(mon.deployedVersions)}
         (folder / "last_demo.json").write_text(json.dumps(summary, indent=2))
     if args.keep:
-        print(f"\nThe system stays up. In another shell:\n  export TANGO_HOST={cs.tango_host}\n"
-              f"  .venv/bin/itango        # then: mon = Device('{MONITOR}')  (pip install itango)\n"
-              f"  jive                    # if Jive is installed\n"
-              f"Ctrl-C (or kill {os.getpid()}) stops everything.")
-        try:
+        try:  # from the first word of this message on, a stop signal is the normal end
+            print(f"\nThe system stays up. In another shell:\n  export TANGO_HOST={cs.tango_host}\n"
+                  f"  .venv/bin/itango        # then: mon = Device('{MONITOR}')  (pip install itango)\n"
+                  f"  jive                    # if Jive is installed\n"
+                  f"Ctrl-C, SIGTERM or SIGHUP (kill {os.getpid()}) stops everything.")
             while True:
                 time.sleep(1)
         except Interrupted as exc:
