@@ -285,3 +285,14 @@ def test_every_config_file_resolves_to_absolute_directories():
         for owner, props in _property_blocks(resolved):
             for name in DIRECTORY_PROPERTIES:
                 assert all(os.path.isabs(v) for v in props.get(name, []) if v), (config, owner, name)
+
+
+def test_control_system_loads_absolute_directories(tmp_path):
+    """ControlSystem.apply_config (the demo, the e2e tests) never gives a server a relative directory."""
+    from tango_dqm.devices.controlsystem import ControlSystem
+
+    with ControlSystem(tmp_path / "cs") as cs:
+        cs.apply_config(ROOT / "config" / "demo.json")
+        props = tango.Database("127.0.0.1", cs.port).get_device_property("dqm/monitor/demo", ["OutputDirectory"])
+    assert list(props["OutputDirectory"]) == [str(tmp_path / "cs" / "output")]
+    assert json.loads((ROOT / "config" / "demo.json").read_text())  # the source file is untouched
