@@ -141,8 +141,12 @@ class DemoLock:
 
     def acquire(self) -> None:
         """Take the lock or exit with a message naming the demo that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SystemExit(f"cannot use {self.path.parent} as the demo folder: {exc.strerror} "
+                             "(choose another with --folder)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -295,4 +295,12 @@ def test_control_system_loads_absolute_directories(tmp_path):
         cs.apply_config(ROOT / "config" / "demo.json")
         props = tango.Database("127.0.0.1", cs.port).get_device_property("dqm/monitor/demo", ["OutputDirectory"])
     assert list(props["OutputDirectory"]) == [str(tmp_path / "cs" / "output")]
-    assert json.loads((ROOT / "config" / "demo.json").read_text())  # the source file is untouched
+    source = json.loads((ROOT / "config" / "demo.json").read_text())  # the file itself is not rewritten
+    assert _at(source, MON_PATH)["OutputDirectory"] == ["output"]
+
+
+def test_unusable_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_demo(tmp_path / "file" / "demo", ROOT / "config" / "demo.json")
+    assert result.returncode == 1 and "cannot use" in result.stderr and "--folder" in result.stderr
+    assert "Traceback" not in result.stderr
