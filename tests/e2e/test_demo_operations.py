@@ -72,6 +72,14 @@ def port_free(port: int) -> bool:
     return True
 
 
+def assert_no_crash(folder: Path) -> None:
+    logs = sorted(folder.glob("*.log"))
+    assert len(logs) == 3  # database and both servers
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "Segmentation fault" not in text and "Fatal Python error" not in text, (log, text[-3000:])
+
+
 class Demo:
     """``python -m tango_dqm.devices.demo --keep --no-scan`` in a subprocess, its output collected."""
 
@@ -154,6 +162,7 @@ def test_signal_stops_servers_and_database_and_frees_the_ports(tmp_path, demo_co
     assert "Stopping servers and database" in demo.output and "demo finished" in demo.output
     assert [pid for pid in kids if alive(pid)] == []
     assert port_free(db_port) and port_free(sim_port)
+    assert_no_crash(tmp_path / "demo")
     # the lock is free again: the next demo in this folder is not refused
     lock = DemoLock(tmp_path / "demo")
     lock.acquire()
@@ -188,6 +197,7 @@ def test_second_demo_is_refused_naming_the_running_one(tmp_path, demo_config, de
     kids = children(first.proc.pid)
     assert first.stop(signal.SIGINT) == 0  # Ctrl-C
     assert [pid for pid in kids if alive(pid)] == [] and port_free(db_port)
+    assert_no_crash(tmp_path / "first")
 
 
 def test_database_port_taken_is_refused(tmp_path, demo_config):
