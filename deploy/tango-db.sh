@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Embedded Tango database (pytango-db, sqlite) for tango-dqm: start | stop | status | restart.
+# Embedded Tango database (pytango-db, sqlite) for tango-dqm: start | stop | status | restart | load.
 #
 #   deploy/tango-db.sh start        # PyDatabaseds on 127.0.0.1:${TANGO_PORT:-10000}
 #   export TANGO_HOST=127.0.0.1:10000
-#   json2tango -w -u config/demo.json
+#   deploy/tango-db.sh load config/demo.json   # json2tango -w -u, directories made absolute
 #   deploy/tango-db.sh status       # exit 0 running, 3 stopped (LSB convention)
 #   deploy/tango-db.sh stop
+#
+# load FILE: a relative OutputDirectory, ReferenceDirectory or ParameterFileDirectories value
+# in FILE is resolved against FILE's folder (servers run in another working directory and
+# refuse relative directories), then the file goes into the database at $TANGO_HOST (default
+# this script's database) with json2tango --write --update. Plain json2tango loads paths as
+# they are.
 #
 # Environment:
 #   TANGO_PORT        port of the database server (default 10000)
@@ -20,7 +26,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop|status|restart" >&2
+    echo "usage: $0 start|stop|status|restart|load FILE" >&2
     exit 2
 }
 
@@ -54,6 +60,7 @@ else
     BIN=""
 fi
 DATABASEDS="${BIN}PyDatabaseds"
+JSON2TANGO="${BIN}json2tango"
 PYTHON="${BIN}python3"
 if [[ -z "$BIN" ]]; then
     command -v PyDatabaseds >/dev/null 2>&1 || {
@@ -175,11 +182,36 @@ status() {
     return 3
 }
 
-[[ $# -eq 1 ]] || usage
+load() {
+    local file="$1" resolved rc=0
+    if [[ ! -f "$file" ]]; then
+        echo "no such dsconfig file: $file" >&2
+        return 2
+    fi
+    resolved="$(mktemp --suffix=.json)"
+    if ! "$PYTHON" -m tango_dqm.devices.demo --resolve-config "$file" > "$resolved"; then
+        rm -f -- "$resolved"
+        return 1
+    fi
+    TANGO_HOST="${TANGO_HOST:-$HOST:$PORT}" "$JSON2TANGO" --write --update --no-colors "$resolved" || rc=$?
+    rm -f -- "$resolved"
+    # json2tango: 0 nothing to change, 2 changes applied, anything else failed
+    if (( rc != 0 && rc != 2 )); then
+        echo "json2tango failed ($rc) loading $file into ${TANGO_HOST:-$HOST:$PORT}" >&2
+        return 1
+    fi
+    echo "loaded $file into ${TANGO_HOST:-$HOST:$PORT}"
+}
+
+case "${1:-}" in
+    start|stop|status|restart) [[ $# -eq 1 ]] || usage ;;
+    load) [[ $# -eq 2 ]] || usage ;;
+    *) usage ;;
+esac
 case "$1" in
     start) start ;;
     stop) stop ;;
     status) status ;;
     restart) stop; start ;;
-    *) usage ;;
+    load) load "$2" ;;
 esac

@@ -85,7 +85,13 @@ class ControlSystem:
         os.environ["TANGO_HOST"] = self.tango_host  # for DeviceProxy in this process
 
     def apply_config(self, json_file: Path) -> None:
-        """Load a dsconfig JSON file into the database with ``json2tango``, as a facility does."""
+        """Load a dsconfig JSON file into the database with ``json2tango``, as a facility does.
+
+        Relative directory properties are made absolute against ``folder`` first: servers refuse them.
+        """
+        from .demo import resolved_config_file  # the demo module holds the dsconfig path rules
+
+        json_file, _ = resolved_config_file(Path(json_file), self.folder, self.folder)
         result = subprocess.run([str(BIN / "json2tango"), "--write", "--update", "--no-colors", str(json_file)],
                                 env=self.env, capture_output=True, text=True, timeout=120)
         if result.returncode not in _JSON2TANGO_OK:

@@ -51,8 +51,8 @@ class TangoDb:
                     "TANGO_HOST": f"127.0.0.1:{port}"}
         self.pid_file = state / "db" / "tango-db.pid"
 
-    def run(self, action: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run([str(SCRIPT), action], env=self.env, capture_output=True, text=True,
+    def run(self, action: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        return subprocess.run([str(SCRIPT), action, *args], env=self.env, capture_output=True, text=True,
                               timeout=timeout, cwd=self.state.parent)
 
     def pid(self) -> int:
@@ -129,6 +129,9 @@ def test_start_refuses_a_busy_port(tango_db):
 def test_bad_arguments_and_environment(tango_db):
     db, _ = tango_db
     assert db.run("bogus").returncode == 2
+    assert db.run("load").returncode == 2  # load needs a file
+    result = db.run("load", str(db.state / "missing.json"))
+    assert result.returncode == 2 and "no such dsconfig file" in result.stderr
     db.env["TANGO_PORT"] = "10000; touch /tmp/x"
     result = db.run("start")
     assert result.returncode == 2 and "port number" in result.stderr
@@ -165,6 +168,29 @@ def test_dsconfig_registers_the_demo_device(tango_db):
     assert db.run("restart").returncode == 0
     started.append(db.pid())
     assert db.database().get_device_info("dqm/monitor/demo").class_name == "DataQualityMonitor"
+
+
+def test_load_makes_relative_directories_absolute(tango_db, tmp_path):
+    db, started = tango_db
+    assert db.run("start").returncode == 0
+    started.append(db.pid())
+    config = json.loads((ROOT / "config" / "demo.json").read_text())
+    props = config["servers"]["DataQualityMonitor"]["demo"]["DataQualityMonitor"]["dqm/monitor/demo"]["properties"]
+    props["ParameterFileDirectories"] = ["masks", "/data/masks"]
+    (tmp_path / "site").mkdir()
+    path = tmp_path / "site" / "beamline.json"
+    path.write_text(json.dumps(config))
+    # run from / as Starter or systemd would: the result must not depend on the working directory
+    result = subprocess.run([str(SCRIPT), "load", str(path)], env=db.env, capture_output=True, text=True,
+                            timeout=120, cwd="/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"loaded {path} into 127.0.0.1:{db.port}" in result.stdout
+    stored = db.database().get_device_property("dqm/monitor/demo", ["OutputDirectory", "ParameterFileDirectories",
+                                                                    "Sources"])
+    assert list(stored["OutputDirectory"]) == [str(tmp_path / "site" / "output")]
+    assert list(stored["ParameterFileDirectories"]) == [str(tmp_path / "site" / "masks"), "/data/masks"]
+    assert list(stored["Sources"]) == props["Sources"]  # everything else as in the file
+    assert db.run("load", str(path)).returncode == 0  # again: nothing to change, still success
 
 
 def unit(name: str) -> configparser.ConfigParser:
