@@ -145,7 +145,7 @@ def test_malformed_messages_are_bad_input_and_stream_goes_on():
         sender.send(data={"other": 2.0}, pulse_id=3)                            # channel missing
         sender.send(data={"img": 7, "x": 1.0}, pulse_id=4)                      # scalar channel
         send_raw(sender, 5, [(img_meta, bs_bslz4(good[1])[:-30])])              # truncated bitshuffle
-        send_raw(sender, 6, [(img_meta, b"\0" * 40)])                           # garbage bitshuffle
+        send_raw(sender, 6, [(img_meta, b"\0" * 40)])                           # declares 0 decoded bytes
         send_raw(sender, 7, [(dict(img_meta, compression=None), b"\0" * 10)])   # wrong size
         send_raw(sender, 8, [], main=b"{not json")                              # bad main header
         send_raw(sender, 9, [(img_meta, b"")])                                  # empty value
@@ -158,7 +158,7 @@ def test_malformed_messages_are_bad_input_and_stream_goes_on():
         sender.close()
     kinds = [g.kind if isinstance(g, BadInput) else g.frame_id for g in got]
     assert kinds == [1, "wrong_channel_type", "missing_channel", "wrong_channel_type", "corrupt_compressed",
-                     "corrupt_compressed", "size_mismatch", "bad_json", "missing_value", "unsupported_compression",
+                     "bad_decoded_size", "size_mismatch", "bad_json", "missing_value", "unsupported_compression",
                      11, 12]
     np.testing.assert_array_equal(got[0].data, good[0])
     np.testing.assert_array_equal(got[10].data, good[1])
