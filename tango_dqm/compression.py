@@ -110,8 +110,10 @@ def _check_expansion(expected: int, compressed: int, what: str) -> None:
 
 def canonical(compression: str | None) -> str:
     """The canonical name for a wire name (``None`` means ``none``); raises UnsupportedCompression."""
-    try:
-        return ALIASES[(compression or "none").lower()]
+    if compression is None:
+        return "none"
+    try:  # a non-string, even a falsy one (0, false, []), is not a compression name
+        return ALIASES[compression.lower()]
     except (KeyError, AttributeError):
         raise UnsupportedCompression(f"unsupported compression {compression!r}; "
                                      f"supported: {sorted(ALIASES)}") from None
