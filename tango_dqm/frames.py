@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import reprlib
-
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -46,8 +46,8 @@ def fill(hwm: int, queue_size: int = 2):
     push.setsockopt(zmq.SNDTIMEO, 700)
     push.setsockopt(zmq.LINGER, 0)
     push.bind(f"tcp://127.0.0.1:{port}")
-    engine = Engine(EngineConfig([f"det=zmq://127.0.0.1:{port}?hwm={hwm}"], analyses=["tests.unit."
-                                 "test_source_zmq_memory:Gate"], queue_size=queue_size))
+    engine = Engine(EngineConfig([f"det=zmq://127.0.0.1:{port}?hwm={hwm}"], analyses=[f"{__name__}:Gate"],
+                                 queue_size=queue_size))
     engine.start()
     meta = json.dumps({"htype": "image", "frame": 0, "shape": list(FRAME.shape), "type": "uint16"})
     sent = 0
