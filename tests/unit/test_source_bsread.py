@@ -76,6 +76,33 @@ def opened(uri: str):
     return src
 
 
+def test_hostile_messages_are_bad_input_checked_before_allocation():
+    """Pulse ids beyond int64, deep JSON, shapes beyond 2 GiB, lz4 sizes the shape does not need."""
+    port = free_port()
+    sender = make_sender(port)
+    src = opened(f"bsread://127.0.0.1:{port}?channel=img")
+    good = frames_for_test(1, shape=(16, 24))[0]
+    img = {"name": "img", "type": "uint16", "shape": [24, 16], "encoding": "little"}
+    try:
+        send_raw(sender, 0, [(img, good.tobytes())], main=json.dumps(
+            {"htype": "bsr_m-1.1", "pulse_id": 2**63, "hash": "h"}).encode())                    # id beyond int64
+        send_raw(sender, 0, [(img, good.tobytes())], main=b"[" * 100_000 + b"]" * 100_000)     # nested 100000 deep
+        send_raw(sender, 2, [(dict(img, shape=[2**32, 2**32]), good.tobytes())])               # product overflows
+        send_raw(sender, 3, [(dict(img, compression="lz4"), struct.pack("<I", 2**31) + bytes(12))])  # 2 GiB lz4
+        send_raw(sender, 4, [(dict(img, shape=[32768, 32768], compression="lz4"),
+                              struct.pack("<I", 2**31) + bytes(12))])                           # 2 GiB from 12 bytes
+        send_raw(sender, 5, [(img, good.tobytes())], main=json.dumps(
+            {"htype": "bsr_m-1.1", "pulse_id": 5, "hash": "x", "global_timestamp": {"sec": "now", "ns": [1]}}).encode())
+        got = collect(src, 6)
+    finally:
+        src.close()
+        sender.close()
+    kinds = [g.kind if isinstance(g, BadInput) else g.frame_id for g in got]
+    assert kinds == ["bad_header", "json_too_deep", "frame_too_large", "bad_decoded_size", "bad_decoded_size", 5]
+    np.testing.assert_array_equal(got[5].data, good)  # an unusable timestamp falls back to the receive time
+    assert abs(got[5].timestamp - time.time()) < 60
+
+
 def test_uri_needs_host_and_channel():
     with pytest.raises(SourceError, match="host"):
         open_source("bsread://:9999?channel=img")  # never the PSI dispatcher
