@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -12,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 from ..frames import BadInput, Frame, SeriesEnd
 
 SourceItem = Frame | SeriesEnd | BadInput | None
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 class SourceError(RuntimeError):
@@ -37,7 +40,10 @@ class SourceSpec:
         head, sep, tail = entry.partition("=")
         if sep and "://" not in head:
             name, entry = head.strip(), tail.strip()
-        parts = urlsplit(entry)
+        try:
+            parts = urlsplit(entry)
+        except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+            raise SourceError(f"source {entry!r}: not a valid URI: {exc}") from None
         if not parts.scheme:
             raise SourceError(f"source {entry!r}: expected a URI like sim://?frames=100 or zmq://127.0.0.1:9999")
         try:
@@ -62,10 +68,8 @@ class SourceSpec:
         raw = self.query.get(key)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
+        # ASCII digits only: int() would also take "1_000", " 5" and non-ASCII digits
+        value = int(raw) if _INTEGER.fullmatch(raw) else None
         if value is None or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise SourceError(f"source {self.uri!r}: option {key} must be {rule}, got {raw!r}")
         return value

@@ -174,8 +174,8 @@ class ZmqStinsSource(Source):
 
     def __init__(self, spec: SourceSpec):
         super().__init__(spec)
-        if not spec.host or spec.port is None:
-            raise SourceError(f"source {spec.uri!r}: needs host and port, e.g. zmq://127.0.0.1:9999")
+        if not spec.host or not spec.port:
+            raise SourceError(f"source {spec.uri!r}: needs host and port (1-65535), e.g. zmq://127.0.0.1:9999")
         self.mode = spec.q("mode", "pull").lower()
         if self.mode not in ("pull", "sub"):
             raise SourceError(f"source {spec.uri!r}: option mode must be pull or sub, got {self.mode!r}")

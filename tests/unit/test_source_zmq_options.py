@@ -43,6 +43,18 @@ def test_bad_bsread_option_is_refused_at_parse(query, match):
         open_source(f"bsread://127.0.0.1:5555?{query}")
 
 
+@pytest.mark.parametrize("entry, match", [
+    ("zmq://[::1:5555", "not a valid URI: Invalid IPv6 URL"),
+    ("zmq://127.0.0.1:0", r"needs host and port \(1-65535\)"),
+    ("zmq://127.0.0.1:70000", "bad port"),
+    ("zmq://127.0.0.1:5555?hwm=1_000", "option hwm must be an integer"),
+    ("zmq://127.0.0.1:5555?hwm=%D9%A3", "option hwm must be an integer"),  # a non-ASCII digit
+])
+def test_malformed_entry_is_a_source_error(entry, match):
+    with pytest.raises(SourceError, match=match):
+        open_source(entry)
+
+
 def test_engine_refuses_bad_option_at_init_without_opening_a_socket():
     """The engine probes its sources when built (the device's Init): a bind=1 port stays free."""
     port = free_port()
