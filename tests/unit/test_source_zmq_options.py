@@ -85,3 +85,23 @@ def test_bsread_hwm_is_applied():
     finally:
         src.close()
     assert open_source(f"bsread://127.0.0.1:{free_port()}?channel=img").buffer_limit == 16
+
+
+def test_device_init_with_bad_hwm_is_fault_with_the_rule_and_start_refused():
+    """Through a real device server: Init reports the option and its rule; Start never reaches ZeroMQ."""
+    import tango
+    from tango.test_context import DeviceTestContext
+
+    from tango_dqm.devices.monitor import DataQualityMonitor
+
+    port = free_port()
+    props = {"Sources": [f"det=zmq://127.0.0.1:{port}?bind=1&hwm=-1"], "Analyses": ["roi"]}
+    with DeviceTestContext(DataQualityMonitor, properties=props, process=True, host="127.0.0.1", timeout=60) as p:
+        assert p.state() == tango.DevState.FAULT
+        status = p.status()
+        assert "option hwm must be an integer from 1 to 100000, got '-1'" in status, status
+        assert "ZMQError" not in status
+        with pytest.raises(tango.DevFailed) as err:
+            p.Start()
+        assert "ZMQError" not in str(err.value)
+        assert p.state() == tango.DevState.FAULT
