@@ -133,13 +133,10 @@ def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str
     problem = check_shape(shape, dtype.itemsize)
     if problem is not None:
         return BadInput(problem[0], f"frame {frame_id}: {problem[1]}", stream, frame_id)
-    timestamp = msg.get("timestamp")
-    if timestamp is None and "timestamp" not in msg:
-        timestamp = time.time()
-    elif (not isinstance(timestamp, (int, float)) or isinstance(timestamp, bool)
-          or not math.isfinite(timestamp)):
+    timestamp = _timestamp(msg)
+    if timestamp is None:
         return BadInput("bad_timestamp", f"frame {frame_id}: 'timestamp' must be a finite number, "
-                        f"got {short(timestamp)}", stream, frame_id)
+                        f"got {short(msg.get('timestamp'))}", stream, frame_id)
     try:
         compression = _compression.canonical(msg.get("compression", "none"))
     except _compression.UnsupportedCompression:
@@ -150,7 +147,21 @@ def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str
         data = _compression.decode(buf, compression, shape, dtype)
     except _compression.CompressionError as exc:
         return BadInput(exc.kind, f"frame {frame_id}: {exc}", stream, frame_id)
-    return Frame(data, frame_id, float(timestamp), stream, series)
+    return Frame(data, frame_id, timestamp, stream, series)
+
+
+def _timestamp(msg: dict[str, Any]) -> float | None:
+    """The message's timestamp (the receive time when absent); None when it is not a finite number."""
+    if "timestamp" not in msg:
+        return time.time()
+    value = msg["timestamp"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)  # an int beyond float range raises
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def check_header(msg: dict[str, Any]) -> str | None:

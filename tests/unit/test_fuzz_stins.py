@@ -49,7 +49,8 @@ bad_shapes = st.one_of(
 huge_shapes = st.lists(st.integers(2**11, 2**70), min_size=2, max_size=3).filter(
     lambda s: math.prod(s) * 2 > 2 * 1024**3)
 bad_timestamps = st.one_of(st.none(), st.booleans(), st.text(max_size=6), st.lists(json_scalars, max_size=2),
-                           st.sampled_from([math.nan, math.inf, -math.inf]))
+                           st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(min_value=10**309),
+                           st.integers(max_value=-10**309))
 bad_compressions = st.one_of(st.text(max_size=8).filter(lambda c: c.lower() not in compression.ALIASES),
                              st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=2))
 

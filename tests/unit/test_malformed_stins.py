@@ -107,6 +107,7 @@ MALFORMED: list[tuple[str, list[bytes], str]] = [
     ("timestamp list", [image_header(100, timestamp=[1, 2]), DATA], "bad_timestamp"),
     ("timestamp NaN", [image_header(100, timestamp=float("nan")), DATA], "bad_timestamp"),
     ("timestamp bool", [image_header(100, timestamp=True), DATA], "bad_timestamp"),
+    ("timestamp beyond float", [image_header(100, timestamp=10**400), DATA], "bad_timestamp"),
     ("type list", [image_header(100, type=["uint16"]), DATA], "bad_type"),
     ("type object", [image_header(100, type={"name": "uint16"}), DATA], "bad_type"),
     ("htype list", [json.dumps({"htype": ["image"], "frame": 1}).encode(), DATA], "bad_htype"),

@@ -299,3 +299,31 @@ def test_open_fails_cleanly_on_bad_bind():
             src.open()
     finally:
         sender.close()
+
+
+def test_backlog_reported_while_the_receive_buffer_never_runs_empty():
+    port = free_port()
+    sender = make_sender(port)
+    src = opened(f"bsread://127.0.0.1:{port}?channel=img&hwm=4")
+    frame = frames_for_test(1, shape=(16, 24))[0]
+    stop = threading.Event()
+    items = src.items(stop)
+    try:
+        for i in range(12):
+            sender.send(data={"img": frame}, pulse_id=i)
+        first = next(i for i in items if i is not None)
+        assert isinstance(first, Frame) and src.backlog() == ""
+        time.sleep(1.3)  # the consumer is busy: 11 messages wait in the buffer meanwhile
+        assert "analysis slower than stream bsread" in src.backlog() and "hwm=4" in src.backlog()
+        got = [first]
+        for item in items:  # drain: once the socket runs empty the backlog is gone
+            if item is None:
+                break
+            got.append(item)
+        assert [g.frame_id for g in got] == list(range(12))  # PUSH/PULL: held back, nothing lost
+        assert src.backlog() == ""
+    finally:
+        stop.set()
+        items.close()
+        src.close()
+        sender.close()
