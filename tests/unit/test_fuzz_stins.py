@@ -163,7 +163,7 @@ def sequences(draw):
     return messages, kinds, valid
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sequences())
 def test_fuzzed_stins_sequence_counts_every_bad_message_and_analyses_every_valid_frame(seq):
     messages, kinds, valid = seq
@@ -202,7 +202,7 @@ def free_form(draw):
     return messages
 
 
-@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(free_form())
 def test_free_form_image_messages_never_fault_and_each_is_counted_once(messages):
     """Whatever the fields hold, each message is analysed or counted bad, exactly once; never FAULT."""
