@@ -195,6 +195,7 @@ class ZmqStinsSource(Source):
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._meter = BacklogMeter()
+        self._traced = False
 
     def open(self) -> None:
         self._ctx = zmq.Context.instance()
@@ -249,7 +250,9 @@ class ZmqStinsSource(Source):
                     try:
                         item = decode_image(msg, parts, self.name, series)
                     except Exception as exc:  # noqa: BLE001 - a message the checks above missed: bad, not FAULT
-                        log.warning("undecodable image message on stream %s", self.name, exc_info=True)
+                        if not self._traced:  # the traceback once; the engine counts and logs the kind
+                            self._traced = True
+                            log.warning("undecodable image message on stream %s", self.name, exc_info=True)
                         item = BadInput("bad_message", f"{type(exc).__name__}: {exc}", self.name)
                     started = started or isinstance(item, Frame)
                     yield item

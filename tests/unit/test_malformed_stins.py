@@ -260,3 +260,23 @@ def test_size_checks_come_before_any_allocation():
     np.testing.assert_array_equal(compression.decode(packed, "lz4", zeros.shape, zeros.dtype), zeros)
     np.testing.assert_array_equal(compression.decode(compression.encode_bslz4(zeros), "bslz4", zeros.shape,
                                                      zeros.dtype), zeros)
+
+
+def test_an_unforeseen_decoding_failure_is_bad_message_not_fault(monkeypatch):
+    """Safety net: an exception no check anticipated (injected into the decoder) is counted, not a FAULT."""
+    real = compression.decode
+
+    def flaky(buffer, name, shape, dtype, *args, **kwargs):
+        if bytes(buffer[:2]) == b"\xde\xad":
+            raise RuntimeError("injected decoder failure")
+        return real(buffer, name, shape, dtype, *args, **kwargs)
+
+    monkeypatch.setattr("tango_dqm.sources.zmq_stins._compression.decode", flaky)
+    frames = good_frames(2)
+    poison = b"\xde\xad" + frames[0].tobytes()[2:]
+    messages = [[image_header(0), frames[0].tobytes()], [image_header(1), poison], [image_header(2), poison],
+                [image_header(3), frames[1].tobytes()], [json.dumps({"htype": "series_end"}).encode()]]
+    snap = run_stins_scan(messages)
+    assert snap.state is EngineState.CLOSE, snap.status
+    assert snap.bad_kinds == {"bad_message": 2}
+    assert [fid for fid, _ in snap.summary["recorded"]] == [0, 3]
