@@ -117,7 +117,7 @@ class _ImageChannel:
                                     "(shape [1]), expected an array")
             return
         comp = channel.get("compression")
-        if comp not in COMPRESSIONS:
+        if not (comp is None or isinstance(comp, str)) or comp not in COMPRESSIONS:
             self.problem = BadInput("unsupported_compression", f"image channel {self.name!r} has compression "
                                     f"{comp!r}, supported: none, bitshuffle_lz4, lz4")
             return
@@ -195,7 +195,7 @@ class BsreadHandler:
                     ch = dict(channel)
                     ch["encoding"] = ">" if ch.get("encoding") == "big" else "<"
                     defs.append((name, get_channel_reader(ch)))
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # e.g. a non-string type
             return BadInput("bad_data_header", f"pulse {header['pulse_id']}: bad data header: "
                             f"{type(exc).__name__}: {exc}")
         self._channels = defs
