@@ -4,8 +4,11 @@ from __future__ import annotations
 import socket
 
 import pytest
+import tango
 import zmq
+from tango.test_context import DeviceTestContext
 
+from tango_dqm.devices.monitor import DataQualityMonitor
 from tango_dqm.engine import Engine, EngineConfig
 from tango_dqm.sources import SourceError, open_source
 from tests.helpers import free_port
@@ -89,11 +92,6 @@ def test_bsread_hwm_is_applied():
 
 def test_device_init_with_bad_hwm_is_fault_with_the_rule_and_start_refused():
     """Through a real device server: Init reports the option and its rule; Start never reaches ZeroMQ."""
-    import tango
-    from tango.test_context import DeviceTestContext
-
-    from tango_dqm.devices.monitor import DataQualityMonitor
-
     port = free_port()
     props = {"Sources": [f"det=zmq://127.0.0.1:{port}?bind=1&hwm=-1"], "Analyses": ["roi"]}
     with DeviceTestContext(DataQualityMonitor, properties=props, process=True, host="127.0.0.1", timeout=60) as p:
