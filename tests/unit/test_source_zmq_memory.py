@@ -1,4 +1,5 @@
-"""Buffered frames are bounded by the configuration (QueueSize + hwm), and Status says when a source outruns analysis.
+"""Buffered frames are bounded by the configuration (QueueSize + hwm); Status says when a source outruns analysis;
+with SUB the frames ZeroMQ drops are counted once each.
 
 A real PUSH sender sends 1 MiB frames to a real engine whose analysis is held on a gate. The
 sender's blocking sends (with a send timeout) tell how many frames the receive side took in:
@@ -94,3 +95,42 @@ def test_buffered_frames_follow_hwm_and_pull_loses_nothing():
         for engine in (small, big):
             if engine is not None:
                 engine.close()
+
+
+def test_sub_drops_beyond_hwm_and_each_lost_frame_is_counted_once():
+    """PUB/SUB: ZeroMQ drops what does not fit; the engine counts every missing id once as dropped."""
+    GATE.clear()
+    port = free_port()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 2)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    engine = Engine(EngineConfig([f"det=zmq://127.0.0.1:{port}?mode=sub&hwm=2"], analyses=[f"{__name__}:Gate"],
+                                 queue_size=2))
+    n = 120
+    try:
+        engine.start()
+        header = json.dumps({"htype": "header", "series": "s", "nimages": n}).encode()
+        # the subscription takes a moment to reach the publisher: repeat the header until it is seen
+        deadline = time.monotonic() + 10
+        while engine._sources[0].expected_frames is None and time.monotonic() < deadline:
+            pub.send(header)
+            time.sleep(0.02)
+        assert engine._sources[0].expected_frames == n
+        for i in range(n):  # a PUB never blocks: what the subscriber cannot hold is dropped
+            meta = json.dumps({"htype": "image", "frame": i, "shape": list(FRAME.shape), "type": "uint16"})
+            pub.send_multipart([meta.encode(), FRAME])
+        GATE.set()
+        deadline = time.monotonic() + 30
+        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
+            pub.send(json.dumps({"htype": "series_end"}).encode())  # repeated: a PUB may drop it too
+            time.sleep(0.05)
+        snap = engine.snapshot()
+        assert snap.state is EngineState.CLOSE, snap.status
+        c = snap.counters
+        assert c.dropped > 0 and c.completed + c.dropped == n == c.total, (c.completed, c.dropped, c.total)
+        assert c.bad == 0
+    finally:
+        GATE.set()
+        engine.close()
+        pub.close(0)
