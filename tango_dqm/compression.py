@@ -16,9 +16,17 @@ Compressions (names as they appear on the wire):
 ``lz4_sized``
     bsread's ``lz4``: a uint32 little-endian uncompressed size, then one LZ4 block.
 
-Corrupt or inconsistent data raises :class:`CompressionError` (the sources turn it into
-``BadInput("corrupt_compressed")``); an unknown name raises
-:class:`UnsupportedCompression`. The bitshuffle block framing is checked against the
+Corrupt or inconsistent data raises :class:`CompressionError`, whose ``kind`` the sources
+count as the BadInput kind: ``corrupt_compressed`` (framing or LZ4 data broken),
+``bad_decoded_size`` (:class:`DecodedSizeError`: a declared uncompressed size that differs
+from what shape and dtype need, or that LZ4 could not produce from so few bytes),
+``size_mismatch`` (:class:`SizeMismatch`: an uncompressed part of the wrong length),
+``frame_too_large`` (shape and dtype need more than ``max_bytes``, default
+:data:`tango_dqm.frames.MAX_FRAME_BYTES`); an unknown name raises
+:class:`UnsupportedCompression`. Every size is checked *before* the output is allocated,
+so a 40-byte message cannot make the decoder reserve gigabytes: LZ4 expands at most
+255-fold (a match costs at least one byte per 255 bytes it produces), so a part that
+declares more than ``255 x`` its own length is refused unread. The bitshuffle block framing is checked against the
 buffer length *before* bitshuffle runs, because ``bshuf_decompress_lz4`` is not told the
 input length and would read past the end of a truncated buffer.
 
@@ -44,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from .frames import MAX_FRAME_BYTES
+
 log = logging.getLogger(__name__)
 
 #: wire names -> canonical names
@@ -57,20 +67,53 @@ _LE_U32 = struct.Struct("<I")
 _BSHUF_BLOCKED_MULT = 8
 _BSHUF_TARGET_BLOCK_BYTES = 8192
 _BSHUF_MIN_BLOCK = 128
+#: LZ4 cannot produce more than this many bytes per compressed byte
+LZ4_MAX_RATIO = 255
 
 
 class CompressionError(ValueError):
     """A compressed payload is corrupt or does not match its declared shape and dtype."""
 
+    #: the BadInput kind a source counts this error under
+    kind = "corrupt_compressed"
+
+
+class DecodedSizeError(CompressionError):
+    """A declared uncompressed size is inconsistent with the shape or cannot be produced by LZ4."""
+
+    kind = "bad_decoded_size"
+
+
+class FrameTooLarge(CompressionError):
+    """The shape and dtype need more bytes than the configured limit."""
+
+    kind = "frame_too_large"
+
+
+class SizeMismatch(CompressionError):
+    """An uncompressed part whose length is not what shape and dtype need."""
+
+    kind = "size_mismatch"
+
 
 class UnsupportedCompression(CompressionError):
     """The compression name is not one this module decodes."""
 
+    kind = "unsupported_compression"
+
+
+def _check_expansion(expected: int, compressed: int, what: str) -> None:
+    if expected > LZ4_MAX_RATIO * compressed:
+        raise DecodedSizeError(f"{what} of {compressed} bytes cannot decode to the {expected} bytes the shape "
+                               f"needs (LZ4 expands at most {LZ4_MAX_RATIO}x): truncated or forged")
+
 
 def canonical(compression: str | None) -> str:
     """The canonical name for a wire name (``None`` means ``none``); raises UnsupportedCompression."""
-    try:
-        return ALIASES[(compression or "none").lower()]
+    if compression is None:
+        return "none"
+    try:  # a non-string, even a falsy one (0, false, []), is not a compression name
+        return ALIASES[compression.lower()]
     except (KeyError, AttributeError):
         raise UnsupportedCompression(f"unsupported compression {compression!r}; "
                                      f"supported: {sorted(ALIASES)}") from None
@@ -174,8 +217,9 @@ def _decode_bslz4(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> n
     n_elements = math.prod(shape)
     expected = n_elements * dtype.itemsize
     if total != expected:
-        raise CompressionError(f"bslz4 header says {total} uncompressed bytes, shape {list(shape)} "
+        raise DecodedSizeError(f"bslz4 header says {total} uncompressed bytes, shape {list(shape)} "
                                f"{dtype.name} needs {expected}")
+    _check_expansion(expected, raw.nbytes - 12, "bslz4 body")
     if block_bytes == 0:
         block = max(_BSHUF_TARGET_BLOCK_BYTES // dtype.itemsize // _BSHUF_BLOCKED_MULT * _BSHUF_BLOCKED_MULT,
                     _BSHUF_MIN_BLOCK)
@@ -205,9 +249,10 @@ def _decode_lz4(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, sized:
             raise CompressionError(f"lz4 payload of {raw.nbytes} bytes is shorter than its 4-byte size header")
         (declared,) = _LE_U32.unpack_from(memoryview(raw), 0)
         if declared != expected:
-            raise CompressionError(f"lz4 header says {declared} uncompressed bytes, shape {list(shape)} "
+            raise DecodedSizeError(f"lz4 header says {declared} uncompressed bytes, shape {list(shape)} "
                                    f"{dtype.name} needs {expected}")
         raw = raw[4:]
+    _check_expansion(expected, raw.nbytes, "lz4 block")
     try:
         out = lz4.block.decompress(memoryview(raw), uncompressed_size=expected)
     except lz4.block.LZ4BlockError as exc:
@@ -218,21 +263,28 @@ def _decode_lz4(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, sized:
     return np.frombuffer(out, dtype=dtype).reshape(shape)
 
 
-def decode(buffer: Any, compression: str | None, shape: Sequence[int], dtype: Any) -> np.ndarray:
+def decode(buffer: Any, compression: str | None, shape: Sequence[int], dtype: Any,
+           max_bytes: int = MAX_FRAME_BYTES) -> np.ndarray:
     """Decode ``buffer`` (bytes, memoryview, zmq buffer or uint8 array) into an array.
 
     ``none`` wraps the buffer without copying (read-only when the buffer is); the other
-    compressions return a new array. Raises CompressionError on corrupt data and
-    UnsupportedCompression for an unknown name.
+    compressions return a new array of at most ``max_bytes``. Raises CompressionError
+    (with its ``kind``) on corrupt or oversized data and UnsupportedCompression for an
+    unknown name.
     """
     name = canonical(compression)
     dtype = np.dtype(dtype)
     shape = tuple(int(v) for v in shape)
+    if any(v <= 0 for v in shape):
+        raise CompressionError(f"shape {list(shape)} has a dimension that is not positive")
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > max_bytes:
+        raise FrameTooLarge(f"shape {list(shape)} {dtype.name} needs {expected} bytes, more than the limit "
+                            f"of {max_bytes}")
     raw = _as_u8(buffer)
     if name == "none":
-        expected = math.prod(shape) * dtype.itemsize
         if raw.nbytes != expected:
-            raise CompressionError(f"{raw.nbytes} bytes for shape {list(shape)} {dtype.name}, expected {expected}")
+            raise SizeMismatch(f"{raw.nbytes} bytes for shape {list(shape)} {dtype.name}, expected {expected}")
         return raw.view(dtype).reshape(shape)
     if name == "bslz4":
         return _decode_bslz4(raw, shape, dtype)
@@ -251,5 +303,5 @@ def encode_bslz4(array: np.ndarray, block_elements: int = 0) -> bytes:
     return _BE_U64_U32.pack(array.nbytes, block_elements * array.itemsize) + body.tobytes()
 
 
-__all__ = ["COMPRESSIONS", "CompressionError", "UnsupportedCompression", "canonical", "check_bitshuffle_framing",
-           "decode", "encode_bslz4", "limit_threads"]
+__all__ = ["COMPRESSIONS", "LZ4_MAX_RATIO", "CompressionError", "DecodedSizeError", "FrameTooLarge",
+           "SizeMismatch", "UnsupportedCompression", "canonical", "check_bitshuffle_framing", "decode", "encode_bslz4", "limit_threads"]

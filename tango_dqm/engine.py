@@ -340,7 +340,8 @@ class Engine:
             return f"ON: ready; source {where}; analyses {', '.join(a.name for a in self.analyses)}"
         if s is EngineState.RUNNING:
             mode = "live" if self._live else "scan"
-            return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz"
+            backlog = "".join(f"; {b}" for b in (src.backlog() for src in self._sources) if b)  # source outruns analysis
+            return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz{backlog}"
         if s is EngineState.CLOSE:
             return (f"CLOSE: {self._scan_id} finished ({self._end_reason}): {counts}; "
                     "results frozen, Start for a new scan or Reset to clear")

@@ -1,6 +1,14 @@
-"""Frames: the unit of data that sources produce and analyses consume."""
+"""Frames: the unit of data that sources produce and analyses consume.
+
+Also the limits every source applies to what a message may declare, checked before
+anything is allocated: a frame id is an integer in ``0..INT64_MAX`` (it is written to the
+results file as int64 and read back through DevLong64 counters) and a frame decodes to at
+most ``MAX_FRAME_BYTES``.
+"""
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,3 +55,42 @@ class BadInput:
     kind: str
     detail: str
     stream: str = "default"
+    #: the frame id the message declared, when it was a valid one (the frame is known to be bad, not lost)
+    frame_id: int | None = None
+
+
+#: largest frame id (and announced frame count) accepted: int64, as stored and counted
+INT64_MAX = 2**63 - 1
+#: largest decoded frame accepted from a stream (bytes); far above any detector, far below overflow
+MAX_FRAME_BYTES = 2 * 1024**3
+
+
+def is_count(value: Any) -> bool:
+    """True for an int (not bool) in ``0..INT64_MAX``: a valid frame id or frame count."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
+
+
+def check_shape(shape: Any, itemsize: int, max_dims: int = 3,
+                max_bytes: int = MAX_FRAME_BYTES) -> tuple[str, str] | None:
+    """``(kind, reason)`` when ``shape`` (as decoded from JSON) is not a usable frame shape, else None.
+
+    Kinds: ``bad_shape`` (not a list of 1..max_dims positive integers) and
+    ``frame_too_large``. The size is computed with Python integers, so ``[2**32, 2**32]``
+    is refused as too large instead of overflowing numpy's int64 to a small number.
+    """
+    if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= max_dims
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        return "bad_shape", f"shape must be a list of 1 to {max_dims} positive integers, got {short(shape)}"
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > max_bytes:
+        return "frame_too_large", f"shape {short(shape)} needs {nbytes} bytes, more than the limit of {max_bytes}"
+    return None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 6, 4, 40, 40, 40
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a decoded (possibly huge or deeply nested) value, for messages and logs."""
+    return _REPR.repr(value)

@@ -18,7 +18,11 @@ URI form::
 - ``idle=SECONDS``: in a scan, the series ends (SeriesEnd) after this long without a
   message, once at least one message has arrived. bsread streams have no end marker, so
   without ``frames`` or ``idle`` a scan runs until Stop.
-- ``hwm``: ZeroMQ receive queue length (default 100, bsread's default).
+- ``hwm`` (1..100000, default 16): the ZeroMQ high-water mark, the most messages buffered
+  for this source (bsread's own default is 100). With PULL a full buffer holds the sender
+  back; with SUB ZeroMQ drops what does not fit and the pulse-id gaps are counted as
+  dropped. While the buffer has not run empty for a second, ``backlog()`` says so and
+  the engine shows it in Status. Any other option is refused when the entry is parsed.
 
 The data header is re-read whenever its hash changes, so a sender may change the image
 shape, dtype, compression or channel set at any time without a restart. Images are
@@ -30,7 +34,10 @@ Malformed input is yielded as BadInput and the stream goes on: ``bad_json`` (mai
 header), ``bad_header`` (no or bad pulse_id), ``bad_data_header``, ``missing_part``,
 ``missing_channel`` (the image channel is not in the message), ``wrong_channel_type``
 (the image channel is a string, bool or scalar), ``missing_value`` (empty image part),
-``unsupported_compression``, ``size_mismatch``, ``corrupt_compressed``.
+``unsupported_compression``, ``size_mismatch``, ``corrupt_compressed``, ``bad_decoded_size``
+(a compressed value declaring a size the shape does not need, or more than LZ4 can produce),
+``frame_too_large`` (the channel's shape needs more than 2 GiB), ``bad_message`` (anything
+else that fails to decode). A pulse id must be an integer from 0 to 2**63-1.
 
 Lost messages: pulse-id gaps between received messages are counted as dropped by the
 engine. In SUB mode a late subscriber (ZeroMQ's slow joiner) also misses the messages
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -53,12 +61,16 @@ from typing import Any
 import numpy as np
 
 from .. import compression as _compression
-from ..frames import BadInput, Frame, SeriesEnd
-from .base import Source, SourceError, SourceItem, SourceSpec
+from ..frames import BadInput, Frame, SeriesEnd, check_shape, is_count, short
+from .base import BacklogMeter, Source, SourceError, SourceItem, SourceSpec
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+DEFAULT_HWM = 16
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_HWM = 100_000
+OPTIONS = frozenset({"channel", "mode", "bind", "frames", "idle", "start", "hwm", "series"})
 
 #: bsread channel types an image channel may have -> numpy type code
 NUMERIC_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
@@ -93,15 +105,19 @@ class _ImageChannel:
             return
         if (not isinstance(shape, list) or not shape
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-            self.problem = BadInput("wrong_channel_type", f"image channel {self.name!r} has shape {shape!r}, "
+            self.problem = BadInput("wrong_channel_type", f"image channel {self.name!r} has shape {short(shape)}, "
                                     "expected a list of positive integers")
+            return
+        too_big = check_shape(shape, np.dtype(NUMERIC_TYPES[ctype]).itemsize, max_dims=len(shape))
+        if too_big is not None:
+            self.problem = BadInput(too_big[0], f"image channel {self.name!r}: {too_big[1]}")
             return
         if shape == [1]:
             self.problem = BadInput("wrong_channel_type", f"image channel {self.name!r} is a scalar "
                                     "(shape [1]), expected an array")
             return
         comp = channel.get("compression")
-        if comp not in COMPRESSIONS:
+        if not (comp is None or isinstance(comp, str)) or comp not in COMPRESSIONS:
             self.problem = BadInput("unsupported_compression", f"image channel {self.name!r} has compression "
                                     f"{comp!r}, supported: none, bitshuffle_lz4, lz4")
             return
@@ -114,8 +130,22 @@ class _ImageChannel:
         try:
             return _compression.decode(raw, self.compression, self.shape, self.dtype)
         except _compression.CompressionError as exc:
-            kind = "size_mismatch" if self.compression == "none" else "corrupt_compressed"
-            return BadInput(kind, f"pulse {pulse_id}, channel {self.name!r}: {exc}")
+            return BadInput(exc.kind, f"pulse {pulse_id}, channel {self.name!r}: {exc}", frame_id=pulse_id)
+
+
+def _timestamp(ts: Any) -> float:
+    """The message's global timestamp in seconds; the receive time when it is absent or unusable."""
+    if isinstance(ts, dict):
+        sec, ns = ts.get("sec", ts.get("epoch")), ts.get("ns", 0) or 0
+        if (isinstance(sec, (int, float)) and isinstance(ns, (int, float))
+                and not isinstance(sec, bool) and not isinstance(ns, bool)):
+            try:
+                value = float(sec) + float(ns) * 1e-9
+            except OverflowError:  # an integer beyond float range
+                value = math.nan
+            if math.isfinite(value):
+                return value
+    return time.time()
 
 
 class BsreadHandler:
@@ -165,7 +195,7 @@ class BsreadHandler:
                     ch = dict(channel)
                     ch["encoding"] = ">" if ch.get("encoding") == "big" else "<"
                     defs.append((name, get_channel_reader(ch)))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # e.g. a non-string type
             return BadInput("bad_data_header", f"pulse {header['pulse_id']}: bad data header: "
                             f"{type(exc).__name__}: {exc}")
         self._channels = defs
@@ -177,15 +207,20 @@ class BsreadHandler:
         raw = receiver.next()
         if raw is None:  # receive timeout
             return None
+        if len(raw) > MAX_HEADER_BYTES:
+            return BadInput("header_too_large", f"main header is {len(raw)} bytes, more than {MAX_HEADER_BYTES}")
         try:
             header = json.loads(bytes(raw))
+        except RecursionError:
+            return BadInput("json_too_deep", "main header is JSON nested too deeply to decode")
         except (ValueError, UnicodeDecodeError) as exc:
             return BadInput("bad_json", f"main header is not JSON: {exc}")
         if not isinstance(header, dict):
             return BadInput("bad_json", "main header is not a JSON object")
         pulse_id = header.get("pulse_id")
-        if not isinstance(pulse_id, int) or isinstance(pulse_id, bool) or pulse_id < 0:
-            return BadInput("bad_header", f"main header pulse_id must be a non-negative integer, got {pulse_id!r}")
+        if not is_count(pulse_id):
+            return BadInput("bad_header", f"main header pulse_id must be an integer from 0 to 2**63-1, "
+                            f"got {short(pulse_id)}")
         if not receiver.has_more():
             return BadInput("missing_part", f"pulse {pulse_id}: message has no data header")
         dh_raw = receiver.next()
@@ -222,24 +257,19 @@ class BsreadHandler:
         data = image_def.decode(image_raw, pulse_id)
         if isinstance(data, BadInput):
             return data
-        ts = header.get("global_timestamp")
-        timestamp = time.time()
-        if isinstance(ts, dict):
-            sec = ts.get("sec", ts.get("epoch"))
-            if isinstance(sec, (int, float)):
-                timestamp = float(sec) + float(ts.get("ns", 0) or 0) * 1e-9
-        return Frame(data, pulse_id, timestamp, self.stream, self.series, meta)
+        return Frame(data, pulse_id, _timestamp(header.get("global_timestamp")), self.stream, self.series, meta)
 
 
 class BsreadSource(Source):
     """PULL or SUB receiver of a bsread stream (see the module docstring for the URI)."""
 
     scheme = "bsread"
+    options = OPTIONS
 
     def __init__(self, spec: SourceSpec):
         super().__init__(spec)
-        if not spec.host or spec.port is None:
-            raise SourceError(f"source {spec.uri!r}: needs host and port, e.g. bsread://127.0.0.1:9999?channel=image "
+        if not spec.host or not spec.port:
+            raise SourceError(f"source {spec.uri!r}: needs host and port (1-65535), e.g. bsread://127.0.0.1:9999?channel=image "
                               "(a host is required: the PSI dispatcher is never queried)")
         self.channel = spec.q("channel", "")
         if not self.channel:
@@ -248,12 +278,10 @@ class BsreadSource(Source):
         if self.mode not in ("pull", "sub"):
             raise SourceError(f"source {spec.uri!r}: mode must be pull or sub, got {self.mode!r}")
         self.bind = spec.q_bool("bind", False)
-        self.hwm = spec.q_int("hwm", 100)
-        self.idle = spec.q_float("idle", 0.0)
-        frames = spec.q_int("frames", 0)
-        self.start_pulse = spec.q_int("start", -1) if "start" in spec.query else None
-        if frames < 0 or self.idle < 0 or self.hwm <= 0:
-            raise SourceError(f"source {spec.uri!r}: frames and idle must be >= 0 and hwm > 0")
+        self.hwm = self.buffer_limit = spec.q_int("hwm", DEFAULT_HWM, lo=1, hi=MAX_HWM)
+        self.idle = spec.q_float("idle", 0.0, lo=0.0)
+        frames = spec.q_int("frames", 0, lo=0, hi=2**63 - 1)
+        self.start_pulse = spec.q_int("start", -1, lo=0, hi=2**63 - 1) if "start" in spec.query else None
         self.expected_frames = frames or None
         self.series = spec.q("series", "")
         #: messages missed before the first received one (known only with ?start=)
@@ -261,6 +289,14 @@ class BsreadSource(Source):
         self.first_pulse_id: int | None = None
         self._src: Any = None
         self._handler: BsreadHandler | None = None
+        self._meter = BacklogMeter()
+
+    def backlog(self) -> str:
+        if not self._meter.outrun:
+            return ""
+        effect = "sender held back" if self.mode == "pull" else "ZeroMQ drops what does not fit"
+        return (f"analysis slower than stream {self.name}: its receive buffer (hwm={self.hwm}) "
+                f"has not run empty for {self._meter.after:g} s, {effect}")
 
     def open(self) -> None:
         import bsread  # noqa: PLC0415 - heavy import, only when used
@@ -285,9 +321,21 @@ class BsreadSource(Source):
         assert src is not None and handler is not None, "open() first"
         _compression.limit_threads()  # bsread's own readers may run bitshuffle in this thread too
         receive = handler.receive
+        sock = src.stream.socket
+        meter = self._meter
+        meter.start()
+        try:
+            yield from self._receive_loop(src, sock, receive, meter, stop, live)
+        finally:
+            meter.stop()
+
+    def _receive_loop(self, src: Any, sock: Any, receive: Any, meter: BacklogMeter, stop: threading.Event,
+                      live: bool) -> Iterator[SourceItem]:
         last = time.monotonic()
         got_any = False
         while not stop.is_set():
+            if not sock.poll(0):
+                meter.empty()
             message = src.receive(handler=receive)
             if message is None or message.data is None:
                 if (self.idle and got_any and not live and time.monotonic() - last >= self.idle):
@@ -316,6 +364,7 @@ class BsreadSource(Source):
                      self.name, self.mode, frame.frame_id)
 
     def close(self) -> None:
+        self._meter.stop()
         if self._src is not None:
             src, self._src = self._src, None
             try:

@@ -76,6 +76,33 @@ def opened(uri: str):
     return src
 
 
+def test_hostile_messages_are_bad_input_checked_before_allocation():
+    """Pulse ids beyond int64, deep JSON, shapes beyond 2 GiB, lz4 sizes the shape does not need."""
+    port = free_port()
+    sender = make_sender(port)
+    src = opened(f"bsread://127.0.0.1:{port}?channel=img")
+    good = frames_for_test(1, shape=(16, 24))[0]
+    img = {"name": "img", "type": "uint16", "shape": [24, 16], "encoding": "little"}
+    try:
+        send_raw(sender, 0, [(img, good.tobytes())], main=json.dumps(
+            {"htype": "bsr_m-1.1", "pulse_id": 2**63, "hash": "h"}).encode())                    # id beyond int64
+        send_raw(sender, 0, [(img, good.tobytes())], main=b"[" * 100_000 + b"]" * 100_000)     # nested 100000 deep
+        send_raw(sender, 2, [(dict(img, shape=[2**32, 2**32]), good.tobytes())])               # product overflows
+        send_raw(sender, 3, [(dict(img, compression="lz4"), struct.pack("<I", 2**31) + bytes(12))])  # 2 GiB lz4
+        send_raw(sender, 4, [(dict(img, shape=[32768, 32768], compression="lz4"),
+                              struct.pack("<I", 2**31) + bytes(12))])                           # 2 GiB from 12 bytes
+        send_raw(sender, 5, [(img, good.tobytes())], main=json.dumps(
+            {"htype": "bsr_m-1.1", "pulse_id": 5, "hash": "x", "global_timestamp": {"sec": "now", "ns": [1]}}).encode())
+        got = collect(src, 6)
+    finally:
+        src.close()
+        sender.close()
+    kinds = [g.kind if isinstance(g, BadInput) else g.frame_id for g in got]
+    assert kinds == ["bad_header", "json_too_deep", "frame_too_large", "bad_decoded_size", "bad_decoded_size", 5]
+    np.testing.assert_array_equal(got[5].data, good)  # an unusable timestamp falls back to the receive time
+    assert abs(got[5].timestamp - time.time()) < 60
+
+
 def test_uri_needs_host_and_channel():
     with pytest.raises(SourceError, match="host"):
         open_source("bsread://:9999?channel=img")  # never the PSI dispatcher
@@ -145,7 +172,7 @@ def test_malformed_messages_are_bad_input_and_stream_goes_on():
         sender.send(data={"other": 2.0}, pulse_id=3)                            # channel missing
         sender.send(data={"img": 7, "x": 1.0}, pulse_id=4)                      # scalar channel
         send_raw(sender, 5, [(img_meta, bs_bslz4(good[1])[:-30])])              # truncated bitshuffle
-        send_raw(sender, 6, [(img_meta, b"\0" * 40)])                           # garbage bitshuffle
+        send_raw(sender, 6, [(img_meta, b"\0" * 40)])                           # declares 0 decoded bytes
         send_raw(sender, 7, [(dict(img_meta, compression=None), b"\0" * 10)])   # wrong size
         send_raw(sender, 8, [], main=b"{not json")                              # bad main header
         send_raw(sender, 9, [(img_meta, b"")])                                  # empty value
@@ -158,7 +185,7 @@ def test_malformed_messages_are_bad_input_and_stream_goes_on():
         sender.close()
     kinds = [g.kind if isinstance(g, BadInput) else g.frame_id for g in got]
     assert kinds == [1, "wrong_channel_type", "missing_channel", "wrong_channel_type", "corrupt_compressed",
-                     "corrupt_compressed", "size_mismatch", "bad_json", "missing_value", "unsupported_compression",
+                     "bad_decoded_size", "size_mismatch", "bad_json", "missing_value", "unsupported_compression",
                      11, 12]
     np.testing.assert_array_equal(got[0].data, good[0])
     np.testing.assert_array_equal(got[10].data, good[1])
@@ -271,4 +298,32 @@ def test_open_fails_cleanly_on_bad_bind():
         with pytest.raises(SourceError, match="cannot bind"):
             src.open()
     finally:
+        sender.close()
+
+
+def test_backlog_reported_while_the_receive_buffer_never_runs_empty():
+    port = free_port()
+    sender = make_sender(port)
+    src = opened(f"bsread://127.0.0.1:{port}?channel=img&hwm=4")
+    frame = frames_for_test(1, shape=(16, 24))[0]
+    stop = threading.Event()
+    items = src.items(stop)
+    try:
+        for i in range(12):
+            sender.send(data={"img": frame}, pulse_id=i)
+        first = next(i for i in items if i is not None)
+        assert isinstance(first, Frame) and src.backlog() == ""
+        time.sleep(1.3)  # the consumer is busy: 11 messages wait in the buffer meanwhile
+        assert "analysis slower than stream bsread" in src.backlog() and "hwm=4" in src.backlog()
+        got = [first]
+        for item in items:  # drain: once the socket runs empty the backlog is gone
+            if item is None:
+                break
+            got.append(item)
+        assert [g.frame_id for g in got] == list(range(12))  # PUSH/PULL: held back, nothing lost
+        assert src.backlog() == ""
+    finally:
+        stop.set()
+        items.close()
+        src.close()
         sender.close()
