@@ -8,10 +8,87 @@ Live mode does not wait: each primary frame goes with the latest frame of every 
 """
 from __future__ import annotations
 
+import bisect
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .frames import Frame
+
+
+class IdKind(enum.Enum):
+    """How a frame id relates to the ids seen before it (see IdTracker)."""
+
+    NEW = "new"              # above the highest id seen
+    LATE = "late"            # below the highest, filling an id that was missing (out of order)
+    DUPLICATE = "duplicate"  # seen before, or too old to tell
+
+
+class IdTracker:
+    """Counts the ids missing from one id sequence, against the highest id seen (not the last).
+
+    An id above the highest makes the ids skipped in between missing; an id that fills a
+    missing one is LATE (counted out of order, no longer missing); an id seen before is a
+    DUPLICATE. Missing ids are kept as ranges, and only those within ``window`` of the highest
+    can still be filled, so memory stays bounded on a 12-hour run with any loss pattern;
+    an id older than that is reported as DUPLICATE (it cannot be told apart).
+    """
+
+    def __init__(self, window: int = 100_000):
+        self.window = window
+        self.highest: int | None = None
+        self.lowest: int | None = None
+        self.missing = 0
+        self._starts: list[int] = []  # sorted, disjoint missing ranges [start, end)
+        self._ends: list[int] = []
+
+    def observe(self, fid: int) -> IdKind:
+        if self.highest is None or self.lowest is None:
+            self.highest = self.lowest = fid
+            return IdKind.NEW
+        if fid > self.highest:
+            if fid > self.highest + 1:
+                self._starts.append(self.highest + 1)
+                self._ends.append(fid)
+                self.missing += fid - self.highest - 1
+            self.highest = fid
+            self._prune()
+            return IdKind.NEW
+        floor = self.highest - self.window
+        if fid < floor:
+            return IdKind.DUPLICATE
+        if fid < self.lowest:  # the first frames arrived out of order: ids below the first seen
+            if fid + 1 < self.lowest:
+                self._starts.insert(0, fid + 1)
+                self._ends.insert(0, self.lowest)
+                self.missing += self.lowest - fid - 1
+            self.lowest = fid
+            return IdKind.LATE
+        i = bisect.bisect_right(self._starts, fid) - 1
+        if i < 0 or fid >= self._ends[i]:
+            return IdKind.DUPLICATE
+        start, end = self._starts[i], self._ends[i]
+        self.missing -= 1
+        if start == fid and end == fid + 1:
+            del self._starts[i], self._ends[i]
+        elif start == fid:
+            self._starts[i] = fid + 1
+        elif end == fid + 1:
+            self._ends[i] = fid
+        else:
+            self._ends[i] = fid
+            self._starts.insert(i + 1, fid + 1)
+            self._ends.insert(i + 1, end)
+        return IdKind.LATE
+
+    def _prune(self) -> None:
+        floor = self.highest - self.window  # type: ignore[operator]
+        k = bisect.bisect_right(self._ends, floor)
+        if k:  # ranges wholly below the window stay counted as missing, for good
+            del self._starts[:k], self._ends[:k]
+        if self._starts and self._starts[0] < floor:
+            self._starts[0] = floor
+        self.lowest = max(self.lowest, floor)  # type: ignore[type-var]
 
 
 @dataclass

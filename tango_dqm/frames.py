@@ -47,3 +47,5 @@ class BadInput:
     kind: str
     detail: str
     stream: str = "default"
+    #: the frame id when the message names a valid one: the id is then accounted as bad, not as a gap
+    frame_id: int | None = None

@@ -70,3 +70,17 @@ def run_scan(engine, params: dict | None = None, timeout: float = 60.0):
         return engine.snapshot()
     finally:
         engine.close()
+
+
+def assert_counters_exact(snap, **expected) -> None:
+    """The counter invariant at the end of a scan (README "Counters"), then each ``expected`` counter.
+
+    ``total == completed + dropped + bad``; partial events are part of completed, orphaned ones of
+    dropped; duplicates and out-of-order frames count frames, outside the sum.
+    """
+    c = snap.counters
+    assert c.total == c.completed + c.dropped + c.bad, f"total != completed + dropped + bad: {c}"
+    assert 0 <= c.partial <= c.completed and 0 <= c.orphaned <= c.dropped, c
+    assert min(c.duplicate, c.out_of_order, c.bad) >= 0, c
+    for name, value in expected.items():
+        assert getattr(c, name) == value, f"{name} = {getattr(c, name)}, expected {value}: {c}"

@@ -100,7 +100,9 @@ class ZmqStinsSource(Source):
         self._sock: zmq.Socket | None = None
 
     def open(self) -> None:
-        self._ctx = zmq.Context.instance()
+        # A bound socket gets its own context: terminating it in close() returns only once the
+        # port is released (socket close is asynchronous), so the next engine can bind it at once.
+        self._ctx = zmq.Context() if self.bind else zmq.Context.instance()
         sock = self._ctx.socket(zmq.PULL if self.mode == "pull" else zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
@@ -111,6 +113,7 @@ class ZmqStinsSource(Source):
             sock.bind(address) if self.bind else sock.connect(address)
         except zmq.ZMQError as exc:
             sock.close(0)
+            self._term()
             raise SourceError(f"source {self.spec.uri!r}: cannot {'bind' if self.bind else 'connect'} "
                               f"{address}: {exc}") from None
         self._sock = sock
@@ -131,7 +134,11 @@ class ZmqStinsSource(Source):
                 continue
             htype = msg["htype"]
             if htype == "image":
-                yield decode_image(msg, parts, self.name, series)
+                item = decode_image(msg, parts, self.name, series)
+                fid = msg.get("frame")
+                if isinstance(item, BadInput) and isinstance(fid, int) and not isinstance(fid, bool) and fid >= 0:
+                    item.frame_id = fid  # the engine accounts this id as bad, not also as a gap
+                yield item
             elif htype == "header":
                 series = str(msg.get("series", ""))
                 total = msg.get("nimages", msg.get("frames"))
@@ -148,3 +155,9 @@ class ZmqStinsSource(Source):
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        self._term()
+
+    def _term(self) -> None:
+        if self.bind and self._ctx is not None:
+            self._ctx.term()  # linger 0: returns as soon as the socket's port is released
+        self._ctx = None
