@@ -256,7 +256,7 @@ class Engine:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
             self._sources = sources  # a header may announce the frame count later (expected_frames)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
-            overflow: deque[tuple[str, int]] = deque()  # live frames dropped at the full queue: (stream, id)
+            overflow: deque[tuple[str, int, int]] = deque()  # live frames dropped at the full queue
             self._set_state(EngineState.RUNNING)
             self._source_closed = [threading.Event() for _ in sources]
             for s, closed in zip(sources, self._source_closed):
@@ -492,6 +492,7 @@ class Engine:
 
     def _source_loop(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool,
                      overflow: deque, closed: threading.Event, generation: int) -> None:
+        n_queued = 0  # live frames this source queued: places an overflow among them
         try:
             for item in source.items(stop, live):
                 if item is None:
@@ -500,9 +501,10 @@ class Engine:
                 if live and isinstance(item, Frame):
                     try:
                         q.put_nowait(entry)
+                        n_queued += 1
                     except queue.Full:  # live mode never holds back the detector
-                        # counted by the engine thread, with the ids, so a loss is never also a gap
-                        overflow.append((item.stream, item.frame_id))
+                        # counted by the engine thread, in id order, so a loss is never also a gap
+                        overflow.append((item.stream, item.frame_id, n_queued))
                     continue
                 queued = False
                 while not queued:  # scan mode: back-pressure, but stay responsive to Stop
@@ -549,8 +551,10 @@ class Engine:
                 if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
                     return
                 continue
-            # Overflow ids first: a frame dropped at the queue was appended before any later frame was queued.
-            self._count_overflow(run)
+            if isinstance(item, Frame) and self._live:
+                # the frames dropped at the queue before this one came, counted before it
+                self._count_overflow(run)
+                run.dequeued[item.stream] = run.dequeued.get(item.stream, 0) + 1
             if item is _DONE:
                 done += 1
                 continue
@@ -567,7 +571,12 @@ class Engine:
             if builder is None:
                 if not self._handle_frame(run, item, t_recv):
                     return
-            elif not self._handle_events(run, builder.add(item, t_recv, time.monotonic())):
+                continue
+            # Events time out on the arrival clock: while this thread was busy (a slow analysis),
+            # the partner frames may be waiting in the queue, so wall time would expire events
+            # whose partners did arrive in time. With the queue empty, wall time is right (above).
+            run.clock = max(run.clock, t_recv)
+            if not self._handle_events(run, builder.add(item, t_recv, run.clock)):
                 return
         self._count_overflow(run)
         if builder is not None and not self._handle_events(run, builder.flush()):
@@ -584,14 +593,15 @@ class Engine:
         """Classify a received frame's id; False for a duplicate (counted, not analysed)."""
         ids = run.stream_ids.setdefault(frame.stream, IdTracker()) if run.builder is not None else run.event_ids
         first = ids.highest is None
-        kind = ids.observe(frame.frame_id)
+        kind = ids.observe(frame.frame_id, frame.series)
         if kind is IdKind.DUPLICATE:
             run.duplicate += 1
         else:
             if kind is IdKind.LATE:
                 run.out_of_order += 1
             if run.builder is not None and self._is_event_frame(run, frame.stream):
-                run.event_ids.observe(frame.frame_id)  # an id seen on any stream is not a gap
+                # an id seen on any stream is not a gap; the primary's series defines the numbering
+                run.event_ids.observe(frame.frame_id, frame.series if frame.stream == run.builder.primary else None)
             if first and self._is_event_frame(run, frame.stream):
                 # frames a SUB stream lost before we joined (slow joiner)
                 run.dropped_before += int(frame.meta.get("dropped_before", 0) or 0)
@@ -600,11 +610,17 @@ class Engine:
         return kind is not IdKind.DUPLICATE
 
     def _count_overflow(self, run: "_Run") -> None:
-        """Live frames dropped at the full queue: lost once each, their ids no gap later."""
+        """Live frames dropped at the full queue: lost once each, their ids no gap later.
+
+        Taken in the place they had among their stream's queued frames (after the frames queued
+        before them were dequeued), so they never make a queued frame look out of order."""
         if not run.overflow:
             return
         while run.overflow:
-            stream, fid = run.overflow.popleft()
+            stream, fid, n_queued = run.overflow[0]
+            if n_queued > run.dequeued.get(stream, 0):
+                break  # dropped after a frame still queued (or being taken now)
+            run.overflow.popleft()
             if run.builder is not None:
                 run.stream_ids.setdefault(stream, IdTracker()).observe(fid)
             if not self._is_event_frame(run, stream):
@@ -810,10 +826,12 @@ class _Run:
     generation: int
     next_reference_check: float
     builder: EventBuilder | None = None
-    #: (stream, id) of live frames dropped at the full queue, appended by the source threads
+    #: (stream, id, frames queued before it) of live frames dropped at the full queue (source threads)
     overflow: deque = field(default_factory=deque)
+    dequeued: dict[str, int] = field(default_factory=dict)  # live frames taken from the queue, by stream
     series_ended: int = 0
     param_version: int = -1
+    clock: float = 0.0  # latest arrival time dequeued (event timeouts)
     #: event ids (all streams in a scan, the primary's live): gaps are dropped events
     event_ids: IdTracker = field(default_factory=IdTracker)
     #: per stream, with several streams: duplicates and out-of-order frames of each stream

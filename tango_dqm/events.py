@@ -32,19 +32,32 @@ class IdTracker:
     DUPLICATE. Missing ids are kept as ranges, and only those within ``window`` of the highest
     can still be filled, so memory stays bounded on a 12-hour run with any loss pattern;
     an id older than that is reported as DUPLICATE (it cannot be told apart).
+
+    A new numbering starts (the ids missing so far stay counted) when the series name changes
+    (a new STINS header) or an id falls more than ``reorder`` below the lowest id of the
+    numbering (e.g. the next file of a watched directory, numbered from its own start).
     """
 
-    def __init__(self, window: int = 100_000):
+    def __init__(self, window: int = 100_000, reorder: int = 16):
         self.window = window
+        self.reorder = reorder
+        self.series: str | None = None
         self.highest: int | None = None
         self.lowest: int | None = None
         self.missing = 0
         self._starts: list[int] = []  # sorted, disjoint missing ranges [start, end)
         self._ends: list[int] = []
 
-    def observe(self, fid: int) -> IdKind:
-        if self.highest is None or self.lowest is None:
+    def observe(self, fid: int, series: str | None = None) -> IdKind:
+        if series is not None and series != self.series:
+            self.series = series
+            self.highest = None
+        elif self.lowest is not None and fid < self.lowest - self.reorder:
+            self.highest = None
+        if self.highest is None or self.lowest is None:  # a new numbering
             self.highest = self.lowest = fid
+            self._starts.clear()
+            self._ends.clear()
             return IdKind.NEW
         if fid > self.highest:
             if fid > self.highest + 1:

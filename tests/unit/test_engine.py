@@ -300,16 +300,21 @@ def test_duplicate_and_out_of_order_ids_are_not_dropped(stins_sender, stins_port
 
 
 def test_id_tracker_window_bounds_memory_and_counts_each_gap_once():
-    t = IdTracker(window=100)
-    assert t.observe(0) is IdKind.NEW
-    assert t.observe(10**9) is IdKind.NEW  # a huge jump is one range, not 10**9 ids in memory
+    t = IdTracker(window=100, reorder=16)
+    assert t.observe(0, "s") is IdKind.NEW
+    assert t.observe(10**9, "s") is IdKind.NEW  # a huge jump is one range, not 10**9 ids in memory
     assert t.missing == 10**9 - 1 and len(t._starts) == 1
-    assert t.observe(5) is IdKind.DUPLICATE  # far below the window: cannot be told apart
     assert t.observe(10**9 - 3) is IdKind.LATE and t.missing == 10**9 - 2
     assert t.observe(10**9 - 3) is IdKind.DUPLICATE and t.missing == 10**9 - 2
     for i in range(10**9 + 1, 10**9 + 1000, 2):  # every other id lost
-        t.observe(i)
+        assert t.observe(i) is IdKind.NEW
+    assert t.missing == 10**9 - 2 + 499
     assert len(t._starts) <= 51  # only the ranges within the window are kept
+    # far below the lowest id of the numbering, or a new series: a new numbering, nothing lost
+    for series, start in (("s", 5), ("t", 7)):
+        assert t.observe(start, series) is IdKind.NEW and t.observe(start + 1, series) is IdKind.NEW
+        assert t.observe(start, series) is IdKind.DUPLICATE
+        assert t.missing == 10**9 - 2 + 499
 
 
 def test_bound_source_rebinds_at_once_after_close():
