@@ -142,6 +142,8 @@ class Engine:
                  thread_context: Callable[[], Any] = contextlib.nullcontext):
         if not config.sources:
             raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
+        if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
+            raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
         self.config = config
         self.analyses: list[Analysis] = [load_analysis(spec)() for spec in config.analyses]
         self.result_decl: dict[str, tuple[str, Result]] = {}
