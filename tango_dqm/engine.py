@@ -563,7 +563,10 @@ class Engine:
             if generation != self._generation:  # reset while draining: discard
                 continue
             if isinstance(item, BadInput):
-                self._count_bad(run, item)
+                if self._count_bad(run, item) and builder is not None:
+                    run.clock = max(run.clock, t_recv)
+                    if not self._handle_events(run, builder.add_bad(item.stream, item.frame_id, t_recv, run.clock)):
+                        return
                 continue
             if isinstance(item, SeriesEnd):
                 run.series_ended += 1
@@ -749,9 +752,11 @@ class Engine:
             out.append(r)
         return out
 
-    def _count_bad(self, run: "_Run", item: BadInput) -> None:
+    def _count_bad(self, run: "_Run", item: BadInput) -> bool:
+        """Count a malformed message; True when it names a valid frame id."""
         fid = item.frame_id
-        if isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid < 2**63:
+        valid = isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid < 2**63
+        if valid:
             # the id arrived, malformed: accounted as bad, so it is no gap in the dropped count
             if run.builder is not None:
                 run.stream_ids.setdefault(item.stream, IdTracker()).observe(fid)
@@ -765,6 +770,7 @@ class Engine:
         if not seen:  # log once per kind, the counter tells the rest
             log.warning("malformed input on stream %s (%s): %s; counted in badEvents and skipped",
                         item.stream, item.kind, item.detail)
+        return valid
 
     def _mark_params_applied(self, frame_id: int) -> None:
         for change in self.params.changes:

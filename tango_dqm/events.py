@@ -2,9 +2,12 @@
 
 The first stream is the primary one (usually the detector image): an event is analysed
 as its primary frame, with every partner frame in ``frame.event``. A scan waits for all
-streams up to ``timeout`` seconds, then analyses what arrived as a partial event (counted);
-an event whose primary frame never arrived cannot be analysed and is counted as dropped.
+streams up to ``timeout`` seconds (of the clock the caller passes: the engine passes arrival
+times), then analyses what arrived as a partial event (counted); an event whose primary frame
+never arrived cannot be analysed and is counted as orphaned (the engine drops it once).
 Live mode does not wait: each primary frame goes with the latest frame of every other stream.
+Id gaps, duplicates and out-of-order frames are judged by IdTracker, on arrival, never in the
+order events become ready.
 """
 from __future__ import annotations
 
@@ -124,6 +127,7 @@ class EventBuilder:
         self.timeout = timeout
         self.live = live
         self._pending: dict[int, tuple[float, dict[str, Frame]]] = {}
+        self._bad_primary: set[int] = set()  # pending ids whose primary frame came malformed
         self._latest: dict[str, Frame] = {}
         self.partial = 0  # analysed with a partner missing
         self.orphaned = 0  # never analysed: the primary frame did not arrive
@@ -141,8 +145,17 @@ class EventBuilder:
         ready = []
         if len(frames) == len(self.streams):
             del self._pending[frame.frame_id]
+            self._bad_primary.discard(frame.frame_id)
             ready.append(self._build(frames, t0, complete=True))
         return [e for e in ready if e is not None] + self.expire(now)
+
+    def add_bad(self, stream: str, frame_id: int, t_recv: float, now: float) -> list[BuiltEvent]:
+        """A malformed frame with a readable id: if it was the primary one, its event is counted
+        bad (by the caller), not also orphaned when its partner frames arrive."""
+        if not self.live and stream == self.primary:
+            self._pending.setdefault(frame_id, (t_recv, {}))
+            self._bad_primary.add(frame_id)
+        return self.expire(now)
 
     def expire(self, now: float) -> list[BuiltEvent]:
         """Events waiting longer than the timeout, as partial events (oldest first)."""
@@ -157,6 +170,10 @@ class EventBuilder:
         out = []
         for fid in ids:
             t0, frames = self._pending.pop(fid)
+            if fid in self._bad_primary:
+                self._bad_primary.discard(fid)
+                if self.primary not in frames:
+                    continue  # counted bad, not orphaned
             event = self._build(frames, t0, complete=False)
             if event is not None:
                 out.append(event)

@@ -138,3 +138,27 @@ def test_duplicate_partner_frame_is_not_a_second_event():
     assert_counters_exact(snap, total=4, completed=4, partial=0, dropped=0, duplicate=2)
     assert sorted(fid for fid, _ in snap.summary["recorded"]) == [0, 1, 2, 3]
     e.close()
+
+
+def test_malformed_primary_frame_is_bad_once_not_also_orphaned():
+    det_port, i0_port = free_port(), free_port()
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["tests.unit.plugins:FrameRecorder"], event_timeout=0.2))
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(6):
+            det.image(i, frame, **({"type": "complex7"} if i == 3 else {}))
+            mon.image(i, np.array([1.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert_counters_exact(snap, total=6, completed=5, bad=1, dropped=0, orphaned=0, partial=0)
+    assert snap.bad_kinds == {"unknown_type": 1}
+    e.close()
