@@ -120,6 +120,7 @@ def test_commands_not_allowed_in_wrong_state():
         e.start()
     e.stop()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), dropped=0, bad=0)  # stopped: total is what the scan saw
     e.close()
 
 
@@ -163,6 +164,7 @@ def test_parameter_change_applies_from_next_frame_and_is_logged():
     time.sleep(0.2)
     e.stop()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), dropped=0, bad=0)
     change = e.params.changes[-1]
     assert change.value == [0, 8, 0, 8]
     assert change.applied_at_frame is not None and change.applied_at_frame > 0
@@ -227,6 +229,7 @@ def test_nan_for_disabled_roi():
     e = Engine(EngineConfig(["sim://?frames=2&shape=16x16"]))
     e.start()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), total=2, completed=2)
     r = e.snapshot().results
     assert math.isnan(r["signal_sum"]) and math.isnan(r["net_signal"])
     assert r["frame_max"] >= r["frame_min"]
