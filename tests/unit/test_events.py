@@ -162,3 +162,28 @@ def test_malformed_primary_frame_is_bad_once_not_also_orphaned():
     assert_counters_exact(snap, total=6, completed=5, bad=1, dropped=0, orphaned=0, partial=0)
     assert snap.bad_kinds == {"unknown_type": 1}
     e.close()
+
+
+def test_busy_analysis_does_not_expire_events_whose_partners_are_queued():
+    """The first frame takes 1 s (like a kernel compile) with a 0.2 s event timeout: the partner
+    frames are queued meanwhile, so no event is partial or orphaned."""
+    det_port, i0_port = free_port(), free_port()
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["tests.unit.test_engine:Stall"], event_timeout=0.2))
+    e.set_parameter("stall_first", 1.0)
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(10):
+            det.image(i, frame)
+            mon.image(i, np.array([1.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    assert_counters_exact(e.snapshot(), total=10, completed=10, partial=0, orphaned=0, dropped=0)
+    e.close()
