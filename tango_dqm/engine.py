@@ -214,8 +214,10 @@ class Engine:
     def start(self, live: bool = False) -> str:
         """Start a scan (or a live run, with no end). Allowed in ON and CLOSE."""
         # After a FAULT and Reset the old source threads may still be closing: a bound port
-        # must be free before it is bound again. Not under the lock, which they may need.
-        self._wait_sources_closed(CLOSE_TIMEOUT)
+        # must be free before it is bound again. Not under the lock, which they may need;
+        # not while RUNNING (refused below at once).
+        if self._state is not EngineState.RUNNING:
+            self._wait_sources_closed(CLOSE_TIMEOUT)
         with self._lock:
             if self._state not in (EngineState.ON, EngineState.CLOSE):
                 raise EngineError(f"{'Live' if live else 'Start'} is not allowed in {self._state.value}"

@@ -116,8 +116,10 @@ def test_commands_not_allowed_in_wrong_state():
     with pytest.raises(EngineError, match="Reset is allowed in CLOSE and FAULT"):
         e.reset()
     e.start()
+    t0 = time.monotonic()
     with pytest.raises(EngineError, match="not allowed in RUNNING"):
         e.start()
+    assert time.monotonic() - t0 < 1.0  # refused at once, not after waiting for the running sources
     e.stop()
     wait_state(e, EngineState.CLOSE)
     assert_counters_exact(e.snapshot(), dropped=0, bad=0)  # stopped: total is what the scan saw
