@@ -28,7 +28,7 @@ from .logging_bridge import TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
-_COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents")
+_COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "duplicateEvents", "outOfOrderEvents")
 _VERDICT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.INSUFFICIENT: AttrQuality.ATTR_VALID,
                     Verdict.WARNING: AttrQuality.ATTR_WARNING, Verdict.ERROR: AttrQuality.ATTR_ALARM,
                     Verdict.STALE: AttrQuality.ATTR_ALARM}
@@ -58,6 +58,9 @@ class DataQualityMonitor(Device):
                                     doc="quality checks, one JSON object per line (see docs/quality.md)")
     StaleTimeout = device_property(dtype=float, default_value=0.0,
                                    doc="verdict STALE after this many seconds without a frame while RUNNING (0: off)")
+    EventTimeout = device_property(dtype=float, default_value=1.0,
+                                   doc="several Sources: seconds an event waits for its partner frames before it "
+                                       "is analysed as a partial event (README, Counters)")
     Output = device_property(dtype=str, default_value="",
                              doc="per-frame results as a bsread stream: bsread://127.0.0.1:PORT?mode=pub|push")
     ParameterFileDirectories = device_property(dtype=(str,), default_value=[],
@@ -89,7 +92,8 @@ class DataQualityMonitor(Device):
             self.engine = Engine(
                 EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
                              checks=[line for line in self.QualityChecks if line.strip()],
-                             stale_timeout=self.StaleTimeout, output_directory=self.OutputDirectory,
+                             stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
+                             output_directory=self.OutputDirectory,
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output),
                 listener=self, thread_context=tango.EnsureOmniThread)
@@ -345,7 +349,7 @@ class DataQualityMonitor(Device):
 
     def _push_counters(self, snap) -> None:
         c = snap.counters
-        for name, value in zip(_COUNTERS, (c.total, c.completed, c.dropped + c.orphaned, c.bad)):
+        for name, value in zip(_COUNTERS, (c.total, c.completed, c.dropped, c.bad, c.duplicate, c.out_of_order)):
             self.push_change_event(name, value)
 
     # ---- state and status ---------------------------------------------------------------
@@ -550,11 +554,11 @@ class DataQualityMonitor(Device):
         c = self._counters()
         return c.completed if c else 0
 
-    @attribute(dtype="DevLong64", doc="events lost: queue overflow in live mode, frame-id gaps, "
-                                        "events whose primary frame never arrived")
+    @attribute(dtype="DevLong64", doc="events lost, each once: queue overflow in live mode, frame-id gaps, "
+                                        "frames announced but never sent, events whose primary frame never arrived")
     def droppedEvents(self) -> int:
         c = self._counters()
-        return c.dropped + c.orphaned if c else 0
+        return c.dropped if c else 0
 
     @attribute(dtype="DevLong64", doc="malformed messages, counted and skipped")
     def badEvents(self) -> int:
@@ -566,7 +570,17 @@ class DataQualityMonitor(Device):
         c = self._counters()
         return c.partial if c else 0
 
-    @attribute(dtype=float, unit="Hz", doc="events analysed per second over the last second")
+    @attribute(dtype="DevLong64", doc="frames whose id their stream had already delivered: skipped, not dropped")
+    def duplicateEvents(self) -> int:
+        c = self._counters()
+        return c.duplicate if c else 0
+
+    @attribute(dtype="DevLong64", doc="frames that came after a higher id of their stream: analysed, not dropped")
+    def outOfOrderEvents(self) -> int:
+        c = self._counters()
+        return c.out_of_order if c else 0
+
+    @attribute(dtype=float, unit="Hz", doc="analysed events per second, by their arrival times over the last 2 s")
     def eventRate(self) -> float:
         c = self._counters()
         return c.event_rate if c else 0.0

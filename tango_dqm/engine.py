@@ -7,6 +7,7 @@ so a caller holding a lock that a listener needs can never deadlock.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 import itertools
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .events import BuiltEvent, EventBuilder
+from .events import BuiltEvent, EventBuilder, IdKind, IdTracker
 from .files import FileAccess
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
@@ -36,6 +37,11 @@ from .output_stream import ResultStream
 from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
+
+#: eventRate is measured over the arrival times of the events analysed in the last RATE_WINDOW seconds
+RATE_WINDOW = 2.0
+#: how long close() waits for the source threads to close their sockets (s)
+CLOSE_TIMEOUT = 5.0
 
 
 class EngineState(str, enum.Enum):
@@ -82,16 +88,28 @@ class EngineConfig:
 
 @dataclass
 class Counters:
-    """Event counters of the current (or last) scan."""
+    """Event counters of the current (or last) scan (README, "Counters", has the rules).
+
+    At the end of every scan ``total == completed + dropped + bad``; ``partial`` and
+    ``orphaned`` are parts of ``completed`` and ``dropped``; ``duplicate`` and ``out_of_order``
+    count frames, outside that sum.
+    """
 
     total: int = 0
+    #: events analysed (partial ones included)
     completed: int = 0
+    #: events lost, each once: id gaps, live queue overflow, announced but never sent, orphaned
     dropped: int = 0
+    #: malformed messages, counted and skipped
     bad: int = 0
-    #: events analysed with a partner stream missing (several streams only)
+    #: events analysed with a partner stream missing (several streams only; part of completed)
     partial: int = 0
-    #: events never analysed because their primary frame did not arrive (several streams only)
+    #: events never analysed because their primary frame did not arrive (several streams only; part of dropped)
     orphaned: int = 0
+    #: frames whose id a stream had already delivered: skipped, not analysed twice
+    duplicate: int = 0
+    #: frames that arrived after a higher id of their stream: analysed, not lost
+    out_of_order: int = 0
     expected: int | None = None
     event_rate: float = 0.0
     latency_ms: float = 0.0
@@ -124,6 +142,8 @@ class Engine:
                  thread_context: Callable[[], Any] = contextlib.nullcontext):
         if not config.sources:
             raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
+        if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
+            raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
         self.config = config
         self.analyses: list[Analysis] = [load_analysis(spec)() for spec in config.analyses]
         self.result_decl: dict[str, tuple[str, Result]] = {}
@@ -182,6 +202,10 @@ class Engine:
         self._generation = 0
         self._sources: list[Source] = []
         self._live = False
+        self._closing = False
+        self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
+        self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
+        self._before_window: float | None = None  # the latest arrival that left the window
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
 
@@ -189,6 +213,11 @@ class Engine:
 
     def start(self, live: bool = False) -> str:
         """Start a scan (or a live run, with no end). Allowed in ON and CLOSE."""
+        # After a FAULT and Reset the old source threads may still be closing: a bound port
+        # must be free before it is bound again. Not under the lock, which they may need;
+        # not while RUNNING (refused below at once).
+        if self._state is not EngineState.RUNNING:
+            self._wait_sources_closed(CLOSE_TIMEOUT)
         with self._lock:
             if self._state not in (EngineState.ON, EngineState.CLOSE):
                 raise EngineError(f"{'Live' if live else 'Start'} is not allowed in {self._state.value}"
@@ -211,6 +240,8 @@ class Engine:
             self._results, self._summary, self._bad_kinds = {}, {}, {}
             self._frame_id = None
             self._end_reason = ""
+            self._arrivals.clear()
+            self._before_window = None
             self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
             self._live = live
             self.quality.start(time.monotonic())
@@ -229,11 +260,15 @@ class Engine:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
             self._sources = sources  # a header may announce the frame count later (expected_frames)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
+            overflow: deque[tuple[str, int, int]] = deque()  # live frames dropped at the full queue
             self._set_state(EngineState.RUNNING)
-            for s in sources:
-                threading.Thread(target=self._source_loop, args=(s, q, self._stop, live),
+            self._source_closed = [threading.Event() for _ in sources]
+            for s, closed in zip(sources, self._source_closed):
+                threading.Thread(target=self._source_loop,
+                                 args=(s, q, self._stop, live, overflow, closed, self._generation),
                                  name=f"dqm-source-{s.name}", daemon=True).start()
-            threading.Thread(target=self._engine_loop, args=(q, len(sources), self._stop, self._generation),
+            threading.Thread(target=self._engine_loop,
+                             args=(q, len(sources), self._stop, self._generation, overflow),
                              name="dqm-engine", daemon=True).start()
             return self._scan_id
 
@@ -262,14 +297,28 @@ class Engine:
         """Validate and set a parameter; applies from the next frame. Raises ParameterError."""
         return self.params.set(name, value)
 
-    def close(self) -> None:
-        """Stop everything (device shutdown). Does not wait for threads."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Stop everything (device shutdown, Init); True when every source socket is closed.
+
+        Waits (up to ``timeout``) only for the source threads to close their sockets, so a
+        bound port is free for the next engine; never for the engine or publisher threads,
+        which may be waiting on the caller's (device) lock to deliver events.
+        """
+        self._closing = True
         self._stop.set()
+        closed = self._wait_sources_closed(timeout)
+        if not closed:
+            log.warning("a source thread did not close its socket within %.1f s", timeout)
         self.publisher.close()
         if self.products is not None:
             self.products.close()
         if self.output_stream is not None:
             self.output_stream.close()
+        return closed
+
+    def _wait_sources_closed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(ev.wait(max(0.0, deadline - time.monotonic())) for ev in list(self._source_closed))
 
     def mark(self, mark: str, reason: str = "") -> str:
         """Flag ("flagged", bad) or Archive ("archived", good) the finished scan; allowed in CLOSE."""
@@ -314,8 +363,8 @@ class Engine:
     def snapshot(self) -> Snapshot:
         with self._lock:
             c = Counters(**vars(self._counters))
-            if self._state is not EngineState.RUNNING:
-                c.event_rate = 0.0
+            # computed now, so it decays when frames stop coming
+            c.event_rate = self._rate_locked(time.monotonic()) if self._state is EngineState.RUNNING else 0.0
             snap = Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
                             dict(self._summary), self._scan_id, dict(self._bad_kinds))
         snap.quality = q = self.quality.snapshot(time.monotonic())
@@ -446,7 +495,9 @@ class Engine:
         if self.state is EngineState.CLOSE:
             self.quality.evaluate_references(self._summary)
 
-    def _source_loop(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
+    def _source_loop(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool,
+                     overflow: deque, closed: threading.Event, generation: int) -> None:
+        n_queued = 0  # live frames this source queued: places an overflow among them
         try:
             for item in source.items(stop, live):
                 if item is None:
@@ -455,9 +506,10 @@ class Engine:
                 if live and isinstance(item, Frame):
                     try:
                         q.put_nowait(entry)
+                        n_queued += 1
                     except queue.Full:  # live mode never holds back the detector
-                        with self._lock:
-                            self._counters.dropped += 1
+                        # counted by the engine thread, in id order, so a loss is never also a gap
+                        overflow.append((item.stream, item.frame_id, n_queued))
                     continue
                 queued = False
                 while not queued:  # scan mode: back-pressure, but stay responsive to Stop
@@ -473,49 +525,158 @@ class Engine:
             self._enter_fault(f"source {source.name!r} ({source.spec.uri}) failed: {type(exc).__name__}: {exc}. "
                               "Check the stream, then run Reset")
         finally:
-            source.close()
-            q.put((time.monotonic(), _DONE))
+            try:
+                source.close()
+            finally:
+                closed.set()  # close() and the next Start wait on this, not on the thread
+            self._put_done(q, generation)
 
-    def _engine_loop(self, q: queue.Queue, n_sources: int, stop: threading.Event, generation: int) -> None:
-        run = _Run([a.new_accumulator() for a in self.analyses], stop, generation,
-                   time.monotonic() + self.config.reference_interval)
+    def _put_done(self, q: queue.Queue, generation: int) -> None:
+        """Tell the engine thread this source ended; give up when no engine thread will read it."""
+        while True:
+            try:
+                q.put((time.monotonic(), _DONE), timeout=0.1)
+                return
+            except queue.Full:
+                if self._closing or generation != self._generation or self._state is not EngineState.RUNNING:
+                    return
+
+    def _engine_loop(self, q: queue.Queue, n_sources: int, stop: threading.Event, generation: int,
+                     overflow: deque) -> None:
         builder = (EventBuilder([s.name for s in self._specs], self.config.event_timeout, self._live)
                    if n_sources > 1 else None)
+        run = _Run([a.new_accumulator() for a in self.analyses], stop, generation,
+                   time.monotonic() + self.config.reference_interval, builder=builder, overflow=overflow)
         done = 0
         while done < n_sources:
             try:
                 t_recv, item = q.get(timeout=0.1)
             except queue.Empty:
-                if builder is not None and not self._handle_events(run, builder.expire(time.monotonic()), builder):
+                self._count_overflow(run)
+                if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
                     return
                 continue
+            if isinstance(item, Frame) and self._live:
+                # the frames dropped at the queue before this one came, counted before it
+                self._count_overflow(run)
+                run.dequeued[item.stream] = run.dequeued.get(item.stream, 0) + 1
             if item is _DONE:
                 done += 1
                 continue
             if generation != self._generation:  # reset while draining: discard
                 continue
             if isinstance(item, BadInput):
-                self._count_bad(item)
+                if self._count_bad(run, item) and builder is not None:
+                    run.clock = max(run.clock, t_recv)
+                    if not self._handle_events(run, builder.add_bad(item.stream, item.frame_id, t_recv, run.clock)):
+                        return
                 continue
             if isinstance(item, SeriesEnd):
                 run.series_ended += 1
                 continue
+            if not self._admit(run, item):
+                continue
             if builder is None:
                 if not self._handle_frame(run, item, t_recv):
                     return
-            elif not self._handle_events(run, builder.add(item, t_recv, time.monotonic()), builder):
+                continue
+            # Events time out on the arrival clock: while this thread was busy (a slow analysis),
+            # the partner frames may be waiting in the queue, so wall time would expire events
+            # whose partners did arrive in time. With the queue empty, wall time is right (above).
+            run.clock = max(run.clock, t_recv)
+            if not self._handle_events(run, builder.add(item, t_recv, run.clock)):
                 return
-        if builder is not None and not self._handle_events(run, builder.flush(), builder):
+        self._count_overflow(run)
+        if builder is not None and not self._handle_events(run, builder.flush()):
             return
-        self._finish(run.accs, generation, run.series_ended)
+        self._finish(run)
 
-    def _handle_events(self, run: "_Run", events: list[BuiltEvent], builder: EventBuilder) -> bool:
+    # ---- counting (engine thread; README "Counters") -------------------------------------
+
+    def _is_event_frame(self, run: "_Run", stream: str) -> bool:
+        """Does a frame of ``stream`` define an event id? Every stream's in a scan, the primary's live."""
+        return run.builder is None or not self._live or stream == run.builder.primary
+
+    def _admit(self, run: "_Run", frame: Frame) -> bool:
+        """Classify a received frame's id; False for a duplicate (counted, not analysed)."""
+        ids = run.stream_ids.setdefault(frame.stream, IdTracker()) if run.builder is not None else run.event_ids
+        first = ids.highest is None
+        kind = ids.observe(frame.frame_id, frame.series)
+        if kind is IdKind.DUPLICATE:
+            run.duplicate += 1
+        else:
+            if kind is IdKind.LATE:
+                run.out_of_order += 1
+            if run.builder is not None and self._is_event_frame(run, frame.stream):
+                # an id seen on any stream is not a gap; the primary's series defines the numbering
+                run.event_ids.observe(frame.frame_id, frame.series if frame.stream == run.builder.primary else None)
+            if first and self._is_event_frame(run, frame.stream):
+                # frames a SUB stream lost before we joined (slow joiner)
+                run.dropped_before += int(frame.meta.get("dropped_before", 0) or 0)
+        with self._lock:
+            self._recount_locked(run)
+        return kind is not IdKind.DUPLICATE
+
+    def _count_overflow(self, run: "_Run") -> None:
+        """Live frames dropped at the full queue: lost once each, their ids no gap later.
+
+        Taken in the place they had among their stream's queued frames (after the frames queued
+        before them were dequeued), so they never make a queued frame look out of order."""
+        if not run.overflow:
+            return
+        while run.overflow:
+            stream, fid, n_queued = run.overflow[0]
+            if n_queued > run.dequeued.get(stream, 0):
+                break  # dropped after a frame still queued (or being taken now)
+            run.overflow.popleft()
+            if run.builder is not None:
+                run.stream_ids.setdefault(stream, IdTracker()).observe(fid)
+            if not self._is_event_frame(run, stream):
+                continue  # a partner frame: live events go with the latest partner, none is lost
+            if run.event_ids.observe(fid) is IdKind.DUPLICATE:
+                run.duplicate += 1
+            else:
+                run.lost += 1
+        with self._lock:
+            self._recount_locked(run)
+
+    def _recount_locked(self, run: "_Run") -> None:
+        """Derived counters from the run's id accounting; caller holds self._lock."""
+        if run.generation != self._generation:
+            return
+        c = self._counters
+        if c.expected is None and not self._live and len(self._sources) == 1 \
+                and self._sources[0].expected_frames is not None:
+            c.expected = int(self._sources[0].expected_frames)  # announced by a header during the scan
+        if run.builder is not None:
+            c.partial, c.orphaned = run.builder.partial, run.builder.orphaned
+        c.dropped = run.event_ids.missing + run.lost + run.dropped_before + run.shortfall + c.orphaned
+        c.duplicate, c.out_of_order = run.duplicate, run.out_of_order
+        seen = c.completed + c.dropped + c.bad
+        c.total = seen if c.expected is None or run.finished else max(c.expected, seen)
+
+    def _rate_locked(self, now: float) -> float:
+        """Analysed events per second, by their arrival times over the last RATE_WINDOW seconds.
+
+        Arrival times, not analysis times: a backlog analysed after a stall arrived at the source's
+        rate, so it never reads above it. N events in the window after the latest one that left
+        it span N intervals of the source (or N - 1 after the first arrival of the scan).
+        """
+        arr = self._arrivals
+        while arr and arr[0] < now - RATE_WINDOW:
+            self._before_window = arr.popleft()
+        if not arr:
+            return 0.0
+        if self._before_window is not None:
+            return len(arr) / max(now - self._before_window, 1e-9)
+        return (len(arr) - 1) / (now - arr[0]) if now > arr[0] else 0.0
+
+    def _handle_events(self, run: "_Run", events: list[BuiltEvent]) -> bool:
         for event in events:
             if not self._handle_frame(run, event.frame, event.t_recv):
                 return False
         with self._lock:
-            self._counters.partial = builder.partial
-            self._counters.orphaned = builder.orphaned
+            self._recount_locked(run)
         return True
 
     def _handle_frame(self, run: "_Run", frame: Frame, t_recv: float) -> bool:
@@ -545,28 +706,23 @@ class Engine:
             if run.generation != self._generation:
                 return True
             c = self._counters
-            if c.expected is None and not self._live and len(self._sources) == 1 \
-                    and self._sources[0].expected_frames is not None:
-                c.expected = int(self._sources[0].expected_frames)
-            prev = run.last_ids.get(frame.stream)
-            if prev is None:  # frames a SUB stream lost before we joined (slow joiner)
-                c.dropped += int(frame.meta.get("dropped_before", 0) or 0)
-            elif frame.frame_id > prev + 1:
-                c.dropped += frame.frame_id - prev - 1  # ids skipped by the sender or the network
-            run.last_ids[frame.stream] = frame.frame_id
             c.completed += 1
-            lost = c.dropped + c.orphaned
-            c.total = c.completed + lost if c.expected is None else c.expected
-            run.rate_window.append((now, c.completed))
-            while run.rate_window and now - run.rate_window[0][0] > 1.0:
-                run.rate_window.popleft()
-            if len(run.rate_window) > 1 and now > run.rate_window[0][0]:
-                c.event_rate = (c.completed - run.rate_window[0][1]) / (now - run.rate_window[0][0])
+            self._recount_locked(run)
+            if not self._arrivals or t_recv >= self._arrivals[-1]:
+                self._arrivals.append(t_recv)
+            else:  # a partial event, analysed after later ones
+                bisect.insort(self._arrivals, t_recv)
+            c.event_rate = self._rate_locked(now)
             c.latency_ms = (now - t_recv) * 1e3
             self._results = merged
             self._frame_id = frame.frame_id
-            if c.expected is not None and c.completed + lost >= c.expected:
-                self._end_reason = self._end_reason or "all expected events completed"
+            # By count only once every announced frame was received (analysed or bad), never
+            # counting lost ids, so every frame present is analysed whatever the timing;
+            # streams without an end marker (bsread frames=N) end here, others at series end.
+            if c.expected is not None and c.completed + c.bad >= c.expected:
+                self._end_reason = self._end_reason or (
+                    "all expected events completed" if c.dropped == 0 and c.bad == 0
+                    else f"all {c.expected} announced frames received")
                 run.stop.set()
         flag = self.quality.update(frame.frame_id, merged, now)
         if self.products is not None:
@@ -602,24 +758,36 @@ class Engine:
             out.append(r)
         return out
 
-    def _count_bad(self, item: BadInput) -> None:
+    def _count_bad(self, run: "_Run", item: BadInput) -> bool:
+        """Count a malformed message; True when it names a valid frame id."""
+        fid = item.frame_id
+        valid = isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid < 2**63
+        if valid:
+            # the id arrived, malformed: accounted as bad, so it is no gap in the dropped count
+            if run.builder is not None:
+                run.stream_ids.setdefault(item.stream, IdTracker()).observe(fid)
+            if self._is_event_frame(run, item.stream):
+                run.event_ids.observe(fid)
         with self._lock:
             self._counters.bad += 1
             seen = self._bad_kinds.get(item.kind, 0)
             self._bad_kinds[item.kind] = seen + 1
+            self._recount_locked(run)
         if not seen:  # log once per kind, the counter tells the rest
             log.warning("malformed input on stream %s (%s): %s; counted in badEvents and skipped",
                         item.stream, item.kind, item.detail)
+        return valid
 
     def _mark_params_applied(self, frame_id: int) -> None:
         for change in self.params.changes:
             if change.applied_at_frame is None:
                 change.applied_at_frame = frame_id
 
-    def _finish(self, accs: list[Any], generation: int, series_ended: int) -> None:
+    def _finish(self, run: "_Run") -> None:
+        generation, series_ended = run.generation, run.series_ended
         summary: dict[str, Any] = {}
         try:
-            for a, acc in zip(self.analyses, accs):
+            for a, acc in zip(self.analyses, run.accs):
                 summary.update(a.finish(acc))
         except Exception as exc:  # noqa: BLE001
             self._enter_fault(f"analysis finish failed: {type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
@@ -631,9 +799,12 @@ class Engine:
             if not self._end_reason:
                 self._end_reason = "series end" if series_ended else "source ended"
             c = self._counters
+            self._recount_locked(run)
             if series_ended and c.expected is not None and self._end_reason != "stopped":
                 # announced by the header but never received (e.g. the last frames): lost, so counted
-                c.dropped += max(0, c.expected - c.completed - c.dropped - c.orphaned)
+                run.shortfall = max(0, c.expected - (c.completed + c.dropped + c.bad))
+            run.finished = True  # from now on total == completed + dropped + bad
+            self._recount_locked(run)
             c.event_rate = 0.0
             self.quality.evaluate_references(summary)
             self.quality.judge_summary({k: v for k, v in summary.items()
@@ -668,10 +839,23 @@ class _Run:
     stop: threading.Event
     generation: int
     next_reference_check: float
+    builder: EventBuilder | None = None
+    #: (stream, id, frames queued before it) of live frames dropped at the full queue (source threads)
+    overflow: deque = field(default_factory=deque)
+    dequeued: dict[str, int] = field(default_factory=dict)  # live frames taken from the queue, by stream
     series_ended: int = 0
     param_version: int = -1
-    last_ids: dict[str, int] = field(default_factory=dict)
-    rate_window: deque = field(default_factory=deque)
+    clock: float = 0.0  # latest arrival time dequeued (event timeouts)
+    #: event ids (all streams in a scan, the primary's live): gaps are dropped events
+    event_ids: IdTracker = field(default_factory=IdTracker)
+    #: per stream, with several streams: duplicates and out-of-order frames of each stream
+    stream_ids: dict[str, IdTracker] = field(default_factory=dict)
+    duplicate: int = 0
+    out_of_order: int = 0
+    lost: int = 0  # live queue overflow
+    dropped_before: int = 0  # slow joiner
+    shortfall: int = 0  # announced, never sent
+    finished: bool = False
 
 
 __all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]

@@ -70,3 +70,44 @@ def run_scan(engine, params: dict | None = None, timeout: float = 60.0):
         return engine.snapshot()
     finally:
         engine.close()
+
+
+def assert_counters_exact(snap, **expected) -> None:
+    """The counter invariant at the end of a scan (README "Counters"), then each ``expected`` counter.
+
+    ``total == completed + dropped + bad``; partial events are part of completed, orphaned ones of
+    dropped; duplicates and out-of-order frames count frames, outside the sum.
+    """
+    c = snap.counters
+    assert c.total == c.completed + c.dropped + c.bad, f"total != completed + dropped + bad: {c}"
+    assert 0 <= c.partial <= c.completed and 0 <= c.orphaned <= c.dropped, c
+    assert min(c.duplicate, c.out_of_order, c.bad) >= 0, c
+    for name, value in expected.items():
+        assert getattr(c, name) == value, f"{name} = {getattr(c, name)}, expected {value}: {c}"
+
+
+class PeersConnected:
+    """``with PeersConnected(det, mon): engine.start()`` returns once every sender has a peer
+    that completed the ZeroMQ handshake, so frames sent next are not held back by a slow connect
+    (timing-sensitive tests, e.g. event timeouts, then test the engine, not the machine's load)."""
+
+    def __init__(self, *senders: StinsSender, timeout: float = 20.0):
+        self.senders, self.timeout = senders, timeout
+        self._monitors: list = []
+
+    def __enter__(self) -> "PeersConnected":
+        self._monitors = [s.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) for s in self.senders]
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        try:
+            if exc_type is None:
+                for mon in self._monitors:
+                    assert mon.poll(int(self.timeout * 1000)), "no peer connected to a test sender"
+                    recv_monitor_message(mon)
+        finally:
+            for s, mon in zip(self.senders, self._monitors):
+                s.sock.disable_monitor()
+                mon.close(0)

@@ -162,6 +162,7 @@ class Hdf5ReplaySource(Source):
                 if stop.is_set():
                     return
                 if isinstance(data, BadInput):
+                    data.frame_id = int(frame_ids[k])  # the id is accounted as bad, not also as a gap
                     yield data
                 else:
                     yield Frame(data, int(frame_ids[k]), time.time(), self.name, self.series)

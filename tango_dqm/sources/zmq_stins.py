@@ -198,7 +198,9 @@ class ZmqStinsSource(Source):
         self._traced = False
 
     def open(self) -> None:
-        self._ctx = zmq.Context.instance()
+        # A bound socket gets its own context: terminating it in close() returns only once the
+        # port is released (socket close is asynchronous), so the next engine can bind it at once.
+        self._ctx = zmq.Context() if self.bind else zmq.Context.instance()
         sock = self._ctx.socket(zmq.PULL if self.mode == "pull" else zmq.SUB)
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -214,6 +216,7 @@ class ZmqStinsSource(Source):
             sock.bind(address) if self.bind else sock.connect(address)
         except zmq.ZMQError as exc:
             sock.close(0)
+            self._term()
             raise SourceError(f"source {self.spec.uri!r}: cannot {'bind' if self.bind else 'connect'} "
                               f"{address}: {exc}") from None
         self._sock = sock
@@ -284,3 +287,9 @@ class ZmqStinsSource(Source):
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        self._term()
+
+    def _term(self) -> None:
+        if self.bind and self._ctx is not None:
+            self._ctx.term()  # linger 0: returns as soon as the socket's port is released
+        self._ctx = None

@@ -5,14 +5,17 @@ import json
 import math
 import time
 
+import h5py
 import numpy as np
 import pytest
 
+from tango_dqm import Analysis, Parameter, Result
 from tango_dqm.engine import Engine, EngineConfig, EngineError, EngineState
+from tango_dqm.events import IdKind, IdTracker
 from tango_dqm.params import ParameterError
 from tango_dqm.plugin import PluginError
 from tango_dqm.simulation import FrameGenerator, Scene
-from tests.helpers import frames_for_test
+from tests.helpers import StinsSender, assert_counters_exact, free_port, frames_for_test
 
 SIG, BKG = [30, 15, 10, 10], [0, 20, 40, 20]
 
@@ -68,7 +71,7 @@ def test_sim_scan_runs_on_running_close_reset():
     e.start()
     assert wait_state(e, EngineState.CLOSE) is EngineState.CLOSE
     snap = e.snapshot()
-    assert (snap.counters.total, snap.counters.completed, snap.counters.dropped, snap.counters.bad) == (50, 50, 0, 0)
+    assert_counters_exact(snap, total=50, completed=50, dropped=0, bad=0, duplicate=0, out_of_order=0)
     # last frame's results equal numpy on the same (deterministic) frame
     frame = FrameGenerator(Scene(shape=(64, 80), seed=3)).render(49)
     assert snap.frame_id == 49
@@ -89,6 +92,7 @@ def test_results_depend_only_on_frame_data_and_ids():
         e.set_parameter("roi_signal", [4, 8, 4, 8])
         e.start()
         wait_state(e, EngineState.CLOSE)
+        assert_counters_exact(e.snapshot(), total=30, completed=30)
         runs.append(e.snapshot().summary)
         e.close()
     assert json.dumps(runs[0], sort_keys=True) == json.dumps(runs[1], sort_keys=True)
@@ -102,6 +106,7 @@ def test_stop_drains_and_closes_a_live_run():
     wait_state(e, EngineState.CLOSE)
     snap = e.snapshot()
     assert snap.counters.completed > 10
+    assert_counters_exact(snap, dropped=0, bad=0)
     assert "stopped" in snap.status
     e.close()
 
@@ -111,10 +116,13 @@ def test_commands_not_allowed_in_wrong_state():
     with pytest.raises(EngineError, match="Reset is allowed in CLOSE and FAULT"):
         e.reset()
     e.start()
+    t0 = time.monotonic()
     with pytest.raises(EngineError, match="not allowed in RUNNING"):
         e.start()
+    assert time.monotonic() - t0 < 1.0  # refused at once, not after waiting for the running sources
     e.stop()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), dropped=0, bad=0)  # stopped: total is what the scan saw
     e.close()
 
 
@@ -158,6 +166,7 @@ def test_parameter_change_applies_from_next_frame_and_is_logged():
     time.sleep(0.2)
     e.stop()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), dropped=0, bad=0)
     change = e.params.changes[-1]
     assert change.value == [0, 8, 0, 8]
     assert change.applied_at_frame is not None and change.applied_at_frame > 0
@@ -177,7 +186,7 @@ def test_zmq_scan_equals_numpy_and_series_end_closes(stins_sender, stins_port):
     stins_sender.series_end()
     wait_state(e, EngineState.CLOSE)
     snap = e.snapshot()
-    assert snap.counters.completed == 20 and snap.counters.bad == 0 and snap.counters.total == 20
+    assert_counters_exact(snap, total=20, completed=20, dropped=0, bad=0)
     assert_results_equal(snap.results, expected_roi(frames[-1]))
     # run summary over every frame equals numpy over the same frames
     sums = [expected_roi(f)["signal_sum"] for f in frames]
@@ -212,8 +221,9 @@ def test_zmq_malformed_messages_counted_and_skipped(stins_sender, stins_port):
     assert snap.counters.completed == 3  # frames 0, 1 and 5
     assert snap.frame_id == 5
     assert snap.results["signal_sum"] == float(frames[3][0:4, 0:4].sum())
-    # ids 2..4 never arrived as good frames: counted as dropped, not hidden
-    assert snap.counters.dropped == 3
+    # ids 2..4 arrived malformed: counted bad, not also dropped; bad JSON and the unknown htype
+    # are two more messages, so total is 3 + 0 + 5
+    assert_counters_exact(snap, total=8, completed=3, dropped=0, bad=5)
     e.close()
 
 
@@ -221,6 +231,7 @@ def test_nan_for_disabled_roi():
     e = Engine(EngineConfig(["sim://?frames=2&shape=16x16"]))
     e.start()
     wait_state(e, EngineState.CLOSE)
+    assert_counters_exact(e.snapshot(), total=2, completed=2)
     r = e.snapshot().results
     assert math.isnan(r["signal_sum"]) and math.isnan(r["net_signal"])
     assert r["frame_max"] >= r["frame_min"]
@@ -236,6 +247,174 @@ def test_frames_announced_but_never_sent_are_dropped(stins_sender, stins_port):
         stins_sender.image(i, f)
     stins_sender.series_end()
     wait_state(e, EngineState.CLOSE)
-    c = e.snapshot().counters
-    assert (c.total, c.completed, c.dropped) == (8, 5, 3)
+    assert_counters_exact(e.snapshot(), total=8, completed=5, dropped=3, bad=0)
+    e.close()
+
+
+# ---- counting: every missing frame once, duplicates and out-of-order frames as such ----------
+
+
+class Stall(Analysis):
+    """Stands for a slow analysis: ``stall_first`` s on the first frame (e.g. a compile), then
+    ``stall_each`` s per frame."""
+
+    name = "stall"
+    parameters = [Parameter("stall_first", float, 0.0, min=0.0, max=10.0),
+                  Parameter("stall_each", float, 0.0, min=0.0, max=1.0)]
+    results = [Result("stall_frame", int)]
+
+    def __init__(self):
+        self.seen = 0
+
+    def process(self, frame, params):
+        time.sleep(params.stall_first if self.seen == 0 else params.stall_each)  # the analysis cost itself
+        self.seen += 1
+        return {"stall_frame": int(frame.frame_id)}
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached after {timeout}s")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("ids, want", [
+    # backwards and repeated ids: nothing is lost
+    ([0, 1, 3, 2, 3, 4, 4, 5], dict(completed=6, dropped=0, duplicate=2, out_of_order=1, total=6)),
+    # a gap, later filled in part: only the ids that never came are dropped
+    ([0, 5, 1, 3, 6], dict(completed=5, dropped=2, duplicate=0, out_of_order=2, total=7)),
+    # the first frames out of order
+    ([1, 0, 2], dict(completed=3, dropped=0, duplicate=0, out_of_order=1, total=3)),
+])
+def test_duplicate_and_out_of_order_ids_are_not_dropped(stins_sender, stins_port, ids, want):
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    e = Engine(EngineConfig([f"zmq://127.0.0.1:{stins_port}"], ["tests.unit.plugins:FrameRecorder"]))
+    e.start()
+    stins_sender.header()
+    for i in ids:
+        stins_sender.image(i, frame)
+    stins_sender.series_end()
+    wait_state(e, EngineState.CLOSE)
+    snap = e.snapshot()
+    assert_counters_exact(snap, bad=0, **want)
+    analysed = [fid for fid, _ in snap.summary["recorded"]]
+    assert analysed == list(dict.fromkeys(ids))  # each id once, in arrival order
+    e.close()
+
+
+def test_id_tracker_window_bounds_memory_and_counts_each_gap_once():
+    t = IdTracker(window=100, reorder=16)
+    assert t.observe(0, "s") is IdKind.NEW
+    assert t.observe(10**9, "s") is IdKind.NEW  # a huge jump is one range, not 10**9 ids in memory
+    assert t.missing == 10**9 - 1 and len(t._starts) == 1
+    assert t.observe(10**9 - 3) is IdKind.LATE and t.missing == 10**9 - 2
+    assert t.observe(10**9 - 3) is IdKind.DUPLICATE and t.missing == 10**9 - 2
+    for i in range(10**9 + 1, 10**9 + 1000, 2):  # every other id lost
+        assert t.observe(i) is IdKind.NEW
+    assert t.missing == 10**9 - 2 + 499
+    assert len(t._starts) <= 51  # only the ranges within the window are kept
+    # far below the lowest id of the numbering, or a new series: a new numbering, nothing lost
+    for series, start in (("s", 5), ("t", 7)):
+        assert t.observe(start, series) is IdKind.NEW and t.observe(start + 1, series) is IdKind.NEW
+        assert t.observe(start, series) is IdKind.DUPLICATE
+        assert t.missing == 10**9 - 2 + 499
+
+
+def test_bound_source_rebinds_at_once_after_close():
+    """Init = close the engine, build a new one, Start: the bound port must be free by then."""
+    port = free_port()
+    uri = f"zmq://127.0.0.1:{port}?bind=1"
+    for _ in range(15):
+        e = Engine(EngineConfig([uri]))
+        e.start(live=True)  # raised "Address already in use" before close() waited for the socket
+        assert e.state is EngineState.RUNNING
+        t0 = time.monotonic()
+        assert e.close() is True
+        assert time.monotonic() - t0 < 1.0
+    e = Engine(EngineConfig([uri], ["tests.unit.plugins:FrameRecorder"]))
+    sender = StinsSender(port, bind=False)
+    try:
+        e.start()
+        sender.header()
+        for i, f in enumerate(frames_for_test(3, shape=(8, 8))):
+            sender.image(i, f)
+        sender.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        sender.close()
+    assert_counters_exact(e.snapshot(), completed=3, dropped=0, total=3)
+    e.close()
+
+
+def test_live_queue_overflow_counted_once(stins_sender, stins_port):
+    n = 300
+    e = Engine(EngineConfig([f"zmq://127.0.0.1:{stins_port}"], ["tests.unit.test_engine:Stall"], queue_size=4))
+    e.set_parameter("stall_each", 0.002)
+    e.start(live=True)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    for i in range(n):
+        stins_sender.image(i, frame)
+    wait_until(lambda: (lambda c: c.completed + c.dropped >= n)(e.snapshot().counters), what=f"{n} ids accounted")
+    e.stop()
+    wait_state(e, EngineState.CLOSE)
+    snap = e.snapshot()
+    c = snap.counters
+    assert c.dropped > 0, "the test needs queue overflow"
+    # every id 0..n-1 reached the source: each is either analysed or dropped, once
+    assert_counters_exact(snap, total=n, bad=0, duplicate=0)
+    assert c.completed + c.dropped == n
+    e.close()
+
+
+def _write_replay_file(path, n_frames: int, n_gaps: int):
+    ids = np.delete(np.arange(n_frames + n_gaps), np.arange(7, n_frames + n_gaps, (n_frames + n_gaps) // n_gaps))
+    assert len(ids) == n_frames
+    frames = np.stack(frames_for_test(n_frames, shape=(8, 8)))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames, chunks=(16, 8, 8))
+        f.create_dataset("/entry/data/frame_id", data=ids.astype(np.int64))
+    return ids
+
+
+@pytest.mark.parametrize("query", ["&rate=400", "", "&block=1"])
+def test_replay_with_id_gaps_analyses_every_frame(tmp_path, query):
+    path = tmp_path / "gaps.h5"
+    ids = _write_replay_file(path, 270, 30)
+    runs = []
+    for queue_size in (2, 64):
+        e = Engine(EngineConfig([f"hdf5://{path}?ids=/entry/data/frame_id{query}"],
+                                ["tests.unit.plugins:FrameRecorder"], queue_size=queue_size))
+        e.start()
+        wait_state(e, EngineState.CLOSE, timeout=30)
+        snap = e.snapshot()
+        # stopped before at analysed + dropped = 270: the last frames were never analysed
+        assert_counters_exact(snap, completed=270, dropped=30, bad=0, total=300, duplicate=0, out_of_order=0)
+        assert [fid for fid, _ in snap.summary["recorded"]] == ids.tolist()
+        assert "all expected events completed" not in snap.status  # 30 were lost
+        runs.append(snap.summary["recorded"])
+        e.close()
+    assert runs[0] == runs[1]  # deterministic whatever the queueing
+
+
+def test_event_rate_after_a_stall_stays_at_the_source_rate():
+    """A slow first frame (like a kernel compile) fills the queue; the backlog analysed fast
+    afterwards arrived at the source's rate, so eventRate must not read above it."""
+    rate = 100.0
+    e = Engine(EngineConfig([f"sim://?frames=0&shape=16x16&rate={rate:g}"], ["tests.unit.test_engine:Stall"],
+                            queue_size=64))
+    e.set_parameter("stall_first", 0.5)
+    e.start(live=True)
+    wait_until(lambda: e.snapshot().counters.completed > 0, what="first frame analysed")
+    readings = []
+    t_end = time.monotonic() + 3.0
+    while time.monotonic() < t_end:
+        readings.append(e.snapshot().counters.event_rate)
+        time.sleep(0.02)  # sampling period of the reading, not a wait for a condition
+    e.stop()
+    wait_state(e, EngineState.CLOSE)
+    assert max(readings) <= rate * 1.03, max(readings)
+    assert readings[-1] >= rate * 0.9  # and it does measure the rate
+    assert_counters_exact(e.snapshot(), bad=0, duplicate=0)
     e.close()

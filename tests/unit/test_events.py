@@ -8,7 +8,7 @@ import pytest
 from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tango_dqm.events import EventBuilder
 from tango_dqm.frames import Frame
-from tests.helpers import StinsSender, free_port, frames_for_test
+from tests.helpers import PeersConnected, StinsSender, assert_counters_exact, free_port, frames_for_test
 from tests.unit.test_engine import wait_state
 
 
@@ -51,7 +51,8 @@ def test_two_zmq_streams_normalised_net_signal_and_partial_events(tmp_path):
     e.set_parameter("roi_normalisation", "i0")
     det, mon = StinsSender(det_port), StinsSender(i0_port)
     try:
-        e.start()
+        with PeersConnected(det, mon):
+            e.start()
         for i, frame in enumerate(frames):
             det.image(i, frame)
             if i != 5:  # the monitor misses frame 5
@@ -63,7 +64,7 @@ def test_two_zmq_streams_normalised_net_signal_and_partial_events(tmp_path):
         det.close()
         mon.close()
     snap = e.snapshot()
-    assert snap.counters.completed == 12 and snap.counters.partial == 1 and snap.counters.orphaned == 0
+    assert_counters_exact(snap, total=12, completed=12, partial=1, orphaned=0, dropped=0, bad=0)
     # the partial event (frame 5) is analysed last, once its wait is over: NaN, nothing to divide by
     assert snap.frame_id == 5 and np.isnan(snap.results["net_signal_normalised"])
     assert snap.results["net_signal"] == frames[5][10:20, 30:45].astype(float).sum()
@@ -76,4 +77,113 @@ def test_two_zmq_streams_normalised_net_signal_and_partial_events(tmp_path):
         want = frames[i][10:20, 30:45].astype(float).sum() / i0[i]
         assert np.isnan(normalised[i]) if i == 5 else normalised[i] == pytest.approx(want)
     assert "1 partial" in snap.status
+    e.close()
+
+
+@pytest.mark.timeout(60)
+def test_partial_and_reordered_partner_events_are_not_gaps():
+    """50 events, 5 partial (ready a timeout later), partner frames in reverse order in blocks
+    of 10, one event without its primary frame: the gap check runs on event ids, so nothing
+    is dropped but the orphan, once."""
+    det_port, i0_port = free_port(), free_port()
+    frames = frames_for_test(50, shape=(8, 8))
+    partial, orphan = {3, 17, 18, 31, 44}, 25
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["roi", "tests.unit.plugins:FrameRecorder"], event_timeout=0.2))
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for block in range(0, 50, 10):
+            for i in range(block, block + 10):
+                if i != orphan:
+                    det.image(i, frames[i])
+            for i in reversed(range(block, block + 10)):
+                if i not in partial:
+                    mon.image(i, np.array([1.0 + i]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert_counters_exact(snap, total=50, completed=49, partial=5, orphaned=1, dropped=1, bad=0, duplicate=0)
+    assert sorted(fid for fid, _ in snap.summary["recorded"]) == [i for i in range(50) if i != orphan]
+    assert snap.counters.out_of_order == 40  # i0 frames behind a higher id: all but the first sent of each block
+    e.close()
+
+
+def test_duplicate_partner_frame_is_not_a_second_event():
+    det_port, i0_port = free_port(), free_port()
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["tests.unit.plugins:FrameRecorder"], event_timeout=0.2))
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(4):
+            det.image(i, frame)
+            mon.image(i, np.array([1.0]))
+        det.image(2, frame)  # repeated after the event was analysed
+        mon.image(1, np.array([1.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert_counters_exact(snap, total=4, completed=4, partial=0, dropped=0, duplicate=2)
+    assert sorted(fid for fid, _ in snap.summary["recorded"]) == [0, 1, 2, 3]
+    e.close()
+
+
+def test_malformed_primary_frame_is_bad_once_not_also_orphaned():
+    det_port, i0_port = free_port(), free_port()
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["tests.unit.plugins:FrameRecorder"], event_timeout=0.2))
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(6):
+            det.image(i, frame, **({"type": "complex7"} if i == 3 else {}))
+            mon.image(i, np.array([1.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert_counters_exact(snap, total=6, completed=5, bad=1, dropped=0, orphaned=0, partial=0)
+    assert snap.bad_kinds == {"unknown_type": 1}
+    e.close()
+
+
+def test_busy_analysis_does_not_expire_events_whose_partners_are_queued():
+    """The first frame takes 1 s (like a kernel compile) with a 0.2 s event timeout: the partner
+    frames are queued meanwhile, so no event is partial or orphaned."""
+    det_port, i0_port = free_port(), free_port()
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["tests.unit.test_engine:Stall"], event_timeout=0.2))
+    e.set_parameter("stall_first", 1.0)
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    frame = frames_for_test(1, shape=(8, 8))[0]
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(10):
+            det.image(i, frame)
+            mon.image(i, np.array([1.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    assert_counters_exact(e.snapshot(), total=10, completed=10, partial=0, orphaned=0, dropped=0)
     e.close()
