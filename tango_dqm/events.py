@@ -53,8 +53,11 @@ class IdTracker:
 
     def observe(self, fid: int, series: str | None = None) -> IdKind:
         if series is not None and series != self.series:
+            # The first series named only labels the numbering: ids seen before it (partner
+            # streams' frames, which carry no series) belong to it, their gaps stay open to fill.
+            if self.series is not None:
+                self.highest = None
             self.series = series
-            self.highest = None
         elif self.lowest is not None and fid < self.lowest - self.reorder:
             self.highest = None
         if self.highest is None or self.lowest is None:  # a new numbering

@@ -418,3 +418,16 @@ def test_event_rate_after_a_stall_stays_at_the_source_rate():
     assert readings[-1] >= rate * 0.9  # and it does measure the rate
     assert_counters_exact(e.snapshot(), bad=0, duplicate=0)
     e.close()
+
+
+def test_id_tracker_partner_ids_before_the_first_series_are_one_numbering():
+    """Partner frames (no series) may arrive before the primary's first frame names the series:
+    their gaps must stay open to be filled, not be counted lost by a spurious new numbering."""
+    t = IdTracker()
+    for fid in (0, 1, 2, 3, 4, 6):
+        t.observe(fid, None)
+    assert t.missing == 1
+    assert t.observe(0, "") is IdKind.DUPLICATE  # the primary's frame 0: seen on the partner
+    assert t.observe(5, "") is IdKind.LATE and t.missing == 0
+    assert t.observe(7, "other") is IdKind.NEW  # a named series that changes still starts over
+    assert t.missing == 0
