@@ -58,7 +58,7 @@ class IdTracker:
             if self.series is not None:
                 self.highest = None
             self.series = series
-        elif self.lowest is not None and fid < self.lowest - self.reorder:
+        if self.lowest is not None and fid < self.lowest - self.reorder:
             self.highest = None
         if self.highest is None or self.lowest is None:  # a new numbering
             self.highest = self.lowest = fid
