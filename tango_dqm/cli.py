@@ -4,6 +4,7 @@
     tango-dqm replay SOURCE --analysis roi [--analysis profile ...] [--params p.json] [-o results.h5]
     tango-dqm once FILE.h5 [--analysis ...] [--params p.json] [-o results.h5]
     tango-dqm report results.h5|DIR ...
+    tango-dqm runs DIR [--csv|--json]
 
 SOURCE is any source URI (sim://, zmq://, bsread://, hdf5://, watch://) or a file written by
 ``record``. Parameter files are JSON or YAML objects {parameter: value}, never pickles.
@@ -56,6 +57,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("report", "runs"):  # their own parsers, so that --help shows their usage
+        if argv[0] == "report":
+            from .report import main as report_main
+            return report_main(argv[1:])
+        from .runlog import main as runs_main
+        return runs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tango-dqm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tango-dqm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -81,12 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
 
+    p = sub.add_parser("runs", help="print the run log (one row per scan) of an output directory", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "report":
         from .report import main as report_main
         return report_main(args.rest)
+    if args.command == "runs":
+        from .runlog import main as runs_main
+        return runs_main(args.rest)
     try:
         return args.func(args)
     except (EngineError, PluginError, SourceError, ParameterError, ValueError, OSError) as exc:

@@ -37,6 +37,7 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
+from . import runlog
 from .storage import (INT_MISSING, MARKS, VERDICTS, StorageError, _decode, open_scan, read_scan_info, safe_name,
                       scan_files)
 
@@ -303,7 +304,9 @@ th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
 .plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0}
 figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em}
-.muted{color:#777}
+.muted{color:#777}.small{font-size:.8em}
+table.runs{width:100%;table-layout:auto}table.runs td{overflow-wrap:anywhere;word-break:break-word}
+ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
 """
 
 
@@ -543,52 +546,42 @@ def _run_list_root(h5_path: Path) -> Path:
 
 # ---- the run list ----------------------------------------------------------------------------
 
-_INFO_CACHE: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
-_INFO_LOCK = threading.Lock()
-
-
-def _cached_info(path: Path) -> dict[str, Any]:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return {"path": str(path), "scan_id": path.stem, "error": str(exc)}
-    key = (st.st_mtime_ns, st.st_size)
-    with _INFO_LOCK:
-        hit = _INFO_CACHE.get(str(path))
-        if hit and hit[0] == key:
-            return hit[1]
-    info = read_scan_info(path)
-    if info.get("complete") and not info.get("error"):  # only finished files are stable
-        with _INFO_LOCK:
-            _INFO_CACHE[str(path)] = (key, info)
-    return info
-
-
 def write_run_list(root: str | os.PathLike) -> Path:
-    """Write ``root/index.html``: every scan under root (and flagged/, archive/) with a link to its report."""
+    """Write ``root/index.html`` (every scan under root, flagged/ and archive/, newest first, with a
+    link to its report) and the run log ``root/runs.csv`` and ``root/runs.json`` (see runlog)."""
     root = Path(root).resolve()
-    rows = []
-    for path in scan_files(root):
-        info = _cached_info(path)
-        report = path.with_name(safe_name(path.stem) + ".html")
-        rel_dir = path.parent.relative_to(root).as_posix()
-        rows.append((info, path, report if report.is_file() else None, rel_dir if rel_dir != "." else ""))
-    rows.sort(key=lambda r: (str(r[0].get("start_time") or ""), r[1].name), reverse=True)
+    run_rows = runlog.rows(root)
+    runlog.write_run_log(root, run_rows)
     verdicts: dict[str, int] = {}
-    for info, *_ in rows:
-        v = str(info.get("verdict") or "none")
+    for r in run_rows:
+        v = str(r.get("verdict") or "none")
         verdicts[v] = verdicts.get(v, 0) + 1
     body_rows = []
-    for info, path, report, rel_dir in rows:
-        scan = _esc(info.get("scan_id") or path.stem)
-        link = f'<a href="{_href(report.relative_to(root).as_posix())}">{scan}</a>' if report else scan
-        h5_link = f'<a href="{_href(path.relative_to(root).as_posix())}">{_esc(path.name)}</a>'
-        status = _status(info) + (f": {info['error']}" if info.get("error") else "")
+    for r in reversed(run_rows):
+        scan = _esc(r.get("scan_id"))
+        link = f'<a href="{_href(r["report"])}">{scan}</a>' if r.get("report") else scan
+        folder = str(Path(r["file"]).parent.as_posix())
+        h5_link = f'<a class="small" href="{_href(r["file"])}">{_esc(Path(r["file"]).name)}</a>'
+        status = r.get("status", "") + (f": {r['error']}" if r.get("error") else "")
+        md = r.get("metadata") or {}
+        other = ", ".join(f"{k}={v}" for k, v in md.items() if k not in runlog.COMMON_METADATA)
+        reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("reasons") or [])
+        frames = _esc(r.get("frames_completed")) + (f" / {_esc(r['frames_expected'])}"
+                                                    if r.get("frames_expected") is not None else "")
+        main = (f"{_esc(r['main_result'])}: mean {_esc(_fmt(r['main_mean']))}"
+                if r.get("main_result") and r.get("main_mean") is not None else "")
+        duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
+        mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
         body_rows.append(
-            f"<tr><td>{link}</td><td>{_esc(info.get('start_time'))}</td><td>{_esc(info.get('end_time'))}</td>"
-            f'<td class="num">{_esc(info.get("frames", ""))}</td><td>{_verdict_html(info.get("verdict"))}</td>'
-            f"<td>{_mark_html(info)}</td><td>{_esc(status)}</td><td>{_esc(rel_dir or '.')}</td>"
-            f"<td>{h5_link}</td><td>{'' if report else '<span class=muted>no report</span>'}</td></tr>")
+            f"<tr><td>{link}<br>{h5_link}{'' if r.get('report') else ' <span class=muted>no report</span>'}"
+            f"{f' <span class=muted>({_esc(folder)})</span>' if folder != '.' else ''}</td>"
+            f"<td>{_esc(str(r.get('start') or '')[:19].replace('T', ' '))}<br>"
+            f"<span class=muted>{_esc(duration)}</span></td><td>{_esc(r.get('mode'))}</td>"
+            f'<td class="num">{frames}</td><td class="num">{_esc(r.get("frames_lost"))}</td>'
+            f'<td class="num">{_esc(r.get("frames_bad"))}</td><td>{_esc(status)}</td>'
+            f"<td>{_verdict_html(r.get('verdict'))}{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
+            f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
+            f"<td>{_esc(md.get('proposal'))}</td><td>{_esc(other)}</td><td>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     page = f"""<!DOCTYPE html>
@@ -597,11 +590,13 @@ def write_run_list(root: str | os.PathLike) -> Path:
 <title>tango-dqm run list</title><style>{_CSS}</style></head>
 <body>
 <h1>tango-dqm run list</h1>
-<p>{len(rows)} scans in {_esc(root)} ({counts or 'none'}).</p>
-<table>
-<tr><th>scan</th><th>start</th><th>end</th><th>frames</th><th>verdict</th><th>flag status</th><th>status</th>
-<th>folder</th><th>results file</th><th></th></tr>
-{"".join(body_rows) or '<tr><td colspan="10" class="muted">no scans yet</td></tr>'}
+<p>{len(run_rows)} scans in {_esc(root)} ({counts or 'none'}). Run log:
+<a href="{runlog.RUNS_CSV}">{runlog.RUNS_CSV}</a>, <a href="{runlog.RUNS_JSON}">{runlog.RUNS_JSON}</a>.</p>
+<table class="runs">
+<tr><th>scan</th><th>start</th><th>mode</th><th>frames</th><th>lost</th><th>bad</th><th>status</th>
+<th>verdict and reasons</th><th>flag status</th><th>sample</th><th>operator</th><th>proposal</th><th>metadata</th>
+<th>main result</th></tr>
+{"".join(body_rows) or '<tr><td colspan="14" class="muted">no scans yet</td></tr>'}
 </table>
 <p class="muted">Generated {_esc(generated)} by tango-dqm.</p>
 </body></html>
