@@ -19,6 +19,7 @@ Nothing here runs in the device: it works against any DataQualityMonitor over th
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,7 +38,7 @@ COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "eve
 STATIC_ATTRIBUTES = frozenset({
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "eventRate",
     "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage", "outputFile",
-    "referenceVersion", "runSummary", "parameterLog",
+    "referenceVersion", "runSummary", "parameterLog", "sample", "operator", "proposal", "scanMetadata",
 })
 
 _INVALID_VALUE_REASONS = frozenset({
@@ -281,6 +282,36 @@ class MonitorClient:
                 value = labels.index(value)
         self._write(name, value)
         return self.parameter(name)
+
+    def set_metadata(self, sample: str | None = None, operator: str | None = None, proposal: str | None = None,
+                     **keys: Any) -> dict[str, Any]:
+        """Set the scan metadata recorded with the next scans; returns all of it (:meth:`metadata`).
+
+        ``sample``, ``operator`` and ``proposal`` go to their attributes (None: unchanged, "": cleared);
+        other keys (e.g. ``pmt_serial="SN123"``) are merged into ``scanMetadata`` (a value None
+        removes the key). Raises :class:`InvalidValue` naming the rule (the previous value is kept).
+        """
+        for name, value in (("sample", sample), ("operator", operator), ("proposal", proposal)):
+            if value is not None:
+                self._write(name, str(value))
+        if keys:
+            free = json.loads(self._call("read scanMetadata", self.proxy.read_attribute, "scanMetadata").value or "{}")
+            free.update(keys)
+            free = {k: v for k, v in free.items() if v is not None}
+            try:
+                text = json.dumps(free, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidValue(f"scanMetadata: {exc} (the previous value is kept)", device=self.name,
+                                   reason="DQM_InvalidValue") from None
+            self._write("scanMetadata", text)
+        return self.metadata()
+
+    def metadata(self) -> dict[str, Any]:
+        """The scan metadata the next scan records: sample, operator, proposal (when set) and scanMetadata keys."""
+        values = self._read(["sample", "operator", "proposal", "scanMetadata"])
+        out: dict[str, Any] = {k: values[k] for k in ("sample", "operator", "proposal") if values.get(k)}
+        out.update(json.loads(values.get("scanMetadata") or "{}"))
+        return out
 
     def parameter(self, name: str) -> Any:
         """The current value of a parameter attribute (enum parameters as their label)."""
