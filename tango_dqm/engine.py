@@ -28,7 +28,7 @@ from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, PluginError, Result, load_analysis
 from .publisher import Listener, Publisher
-from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
 from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
@@ -158,6 +158,7 @@ class Engine:
         hints = [p.image_shape for p in probes]
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        self.warmup_s = self._warm_up(probes[0].image_shape, probes[0].image_dtype)
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
         try:
@@ -318,6 +319,7 @@ class Engine:
                 c.event_rate = 0.0
             snap = Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
                             dict(self._summary), self._scan_id, dict(self._bad_kinds))
+        self._sync_loss(c)
         snap.quality = q = self.quality.snapshot(time.monotonic())
         total = c.completed + c.dropped + c.bad
         coverage = self.quality.coverage(c.completed, total)
@@ -328,6 +330,10 @@ class Engine:
     def status(self) -> str:
         with self._lock:
             return self._status_locked()
+
+    def _sync_loss(self, c: Counters) -> None:
+        """Hand the counters to the loss check (lost: dropped or never arrived; bad: malformed)."""
+        self.quality.set_loss_counts(c.completed, c.dropped + c.orphaned, c.bad, c.total)
 
     def _status_locked(self) -> str:
         c = self._counters
@@ -342,7 +348,15 @@ class Engine:
             mode = "live" if self._live else "scan"
             return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz"
         if s is EngineState.CLOSE:
-            return (f"CLOSE: {self._scan_id} finished ({self._end_reason}): {counts}; "
+            lost = c.dropped + c.orphaned
+            # "complete" only when every expected frame was analysed and nothing was lost or bad
+            whole = (c.completed > 0 and not lost and not c.bad and self._end_reason != "stopped"
+                     and (c.expected is None or c.completed >= c.expected))
+            ended = "complete" if whole else "stopped" if self._end_reason == "stopped" else "finished"
+            done = f"{c.completed}/{c.total} completed, {lost} lost" + (f", {c.bad} bad" if c.bad else "")
+            if len(self._specs) > 1:
+                done += f", {c.partial} partial"
+            return (f"CLOSE: {self._scan_id} {ended}: {done} ({self._end_reason}); "
                     "results frozen, Start for a new scan or Reset to clear")
         return f"FAULT: {self._fault}"
 
@@ -379,6 +393,8 @@ class Engine:
                     checks.append(check)
         if config.stale_timeout > 0 and not any(isinstance(c, StalenessCheck) for c in checks):
             checks.append(StalenessCheck(config.stale_timeout))
+        if not any(isinstance(c, LossCheck) for c in checks):  # built in: lost frames always count
+            checks.append(LossCheck())
         monitor = QualityMonitor(checks)
         try:
             monitor.validate({n: r.kind for n, (_, r) in self.result_decl.items()})
@@ -457,6 +473,7 @@ class Engine:
                     except queue.Full:  # live mode never holds back the detector
                         with self._lock:
                             self._counters.dropped += 1
+                        self.quality.lost_frames(item.frame_id)
                     continue
                 queued = False
                 while not queued:  # scan mode: back-pressure, but stay responsive to Stop
@@ -552,6 +569,7 @@ class Engine:
                 c.dropped += int(frame.meta.get("dropped_before", 0) or 0)
             elif frame.frame_id > prev + 1:
                 c.dropped += frame.frame_id - prev - 1  # ids skipped by the sender or the network
+                self.quality.lost_frames(prev + 1, frame.frame_id - 1)
             run.last_ids[frame.stream] = frame.frame_id
             c.completed += 1
             lost = c.dropped + c.orphaned
@@ -583,6 +601,41 @@ class Engine:
             run.next_reference_check = now + self.config.reference_interval
             self._judge_accumulated(run.accs)
         return True
+
+    def _warm_up(self, shape: Sequence[int] | None, dtype: str | None) -> float:
+        """Compile (or load from numba's cache) every analysis' kernels now, at Init, by analysing a
+        synthetic frame of the source's dtype and shape (uint16 64x64 when not announced), writable and
+        read-only (numba compiles each once); results are discarded. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        try:
+            dt = np.dtype(dtype or "uint16")
+            shp = tuple(int(v) for v in shape) if shape and 0 < np.prod(shape) <= 1 << 24 else (64, 64)
+        except (TypeError, ValueError):
+            dt, shp = np.dtype("uint16"), (64, 64)
+        rng = np.random.default_rng(0)
+        image = rng.poisson(100.0, shp).astype(np.float64)
+        if len(shp) >= 2:  # a spot, so fits and centroids run their usual path
+            yy, xx = np.ogrid[: shp[-2], : shp[-1]]
+            image += 1000.0 * np.exp(-((yy - shp[-2] / 2) ** 2 + (xx - shp[-1] / 2) ** 2) / (2 * 5.0 ** 2))
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            image = np.clip(image, info.min, info.max)
+        data = image.astype(dt)
+        readonly = data.copy()
+        readonly.flags.writeable = False
+        params = self.params.snapshot_with_version()[0]
+        stream = self._specs[0].name
+        for a in self.analyses:
+            try:
+                acc = a.new_accumulator()
+                for d in (data, readonly):
+                    acc = a.accumulate(acc, a.process(Frame(d, -1, stream=stream), params))
+                a.finish(acc)
+            except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs speed on the first frame
+                log.info("warm-up of analysis %r skipped: %s: %s", a.name, type(exc).__name__, exc)
+        took = time.perf_counter() - t0
+        log.info("analyses warmed up for %s %s in %.2f s", dt.name, shp, took)
+        return took
 
     def _process(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
         out = []
@@ -634,6 +687,7 @@ class Engine:
                 # announced by the header but never received (e.g. the last frames): lost, so counted
                 c.dropped += max(0, c.expected - c.completed - c.dropped - c.orphaned)
             c.event_rate = 0.0
+            self._sync_loss(c)
             self.quality.evaluate_references(summary)
             self.quality.judge_summary({k: v for k, v in summary.items()
                                         if k in self.result_decl and self.result_decl[k][1].run_summary})
@@ -644,7 +698,8 @@ class Engine:
             try:
                 self.products.end(summary, counters, self.quality.verdict().name, end_reason,
                                   {"parameter_changes": [vars(c) for c in self.params.changes],
-                                   "quality_report": self.quality.report()})
+                                   "quality_report": self.quality.report()},
+                                  lost_frames=self.quality.lost_ranges())
             except Exception as exc:  # noqa: BLE001
                 self._enter_fault(f"finishing the results file failed: {type(exc).__name__}: {exc}. "
                                   "Check the disk and OutputDirectory, then run Reset")

@@ -85,6 +85,8 @@ class Source:
     expected_frames: int | None = None
     #: image shape (rows, cols) when known before the first frame
     image_shape: tuple[int, ...] | None = None
+    #: pixel dtype (numpy name) when known before the first frame (the engine warms its kernels for it)
+    image_dtype: str | None = None
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec

@@ -175,15 +175,19 @@ def test_staleness_with_explicit_times():
     r = c.evaluate(now=105.1, last_frame_time=100.0, running=True, last_frame_id=42)
     assert r.verdict is STALE and r.value == pytest.approx(5.1) and "last frame 42" in r.message
     assert c.evaluate(now=1000.0, last_frame_time=100.0, running=False).verdict is OK
-    # before any frame: counted from the start of the run
-    assert c.evaluate(now=4.0, last_frame_time=None, running=True, since=0.0).verdict is OK
-    assert c.evaluate(now=6.0, last_frame_time=None, running=True, since=0.0).verdict is STALE
+    # before any frame: counted from the start of the run, with a start-up grace period (5 s by default)
+    assert c.evaluate(now=9.9, last_frame_time=None, running=True, since=0.0).verdict is OK
+    r = c.evaluate(now=10.1, last_frame_time=None, running=True, since=0.0)
+    assert r.verdict is STALE and "timeout 10 s" in r.message and "no frame since the start" in r.message
+    no_grace = StalenessCheck(timeout_s=5.0, grace_s=0)
+    assert no_grace.evaluate(now=5.1, last_frame_time=None, running=True, since=0.0).verdict is STALE
 
 
 def test_monitor_goes_stale_while_running_and_stale_beats_error():
     mon = QualityMonitor([StalenessCheck(5.0), RangeCheck("a", error=(0, 1))])
     mon.start(now=0.0)
-    assert mon.verdict(now=6.0) is STALE                  # no frame at all since start
+    assert mon.verdict(now=6.0) is INS                    # start-up grace: not stale yet, nothing judged
+    assert mon.verdict(now=10.5) is STALE                 # no frame at all since start, grace over
     mon.update(1, {"a": 0.5}, now=6.5)
     assert mon.verdict(now=11.4) is OK
     mon.update(2, {"a": 3.0}, now=11.4)
