@@ -352,11 +352,13 @@ class Engine:
             # "complete" only when every expected frame was analysed and nothing was lost or bad
             whole = (c.completed > 0 and not lost and not c.bad and self._end_reason != "stopped"
                      and (c.expected is None or c.completed >= c.expected))
-            ended = "complete" if whole else "stopped" if self._end_reason == "stopped" else "finished"
+            stopped = self._end_reason == "stopped"
+            ended = "finished, complete" if whole else "stopped" if stopped else "finished"
             done = f"{c.completed}/{c.total} completed, {lost} lost" + (f", {c.bad} bad" if c.bad else "")
             if len(self._specs) > 1:
                 done += f", {c.partial} partial"
-            return (f"CLOSE: {self._scan_id} {ended}: {done} ({self._end_reason}); "
+            why = "" if stopped else f" ({self._end_reason})"
+            return (f"CLOSE: {self._scan_id} {ended}: {done}{why}; "
                     "results frozen, Start for a new scan or Reset to clear")
         return f"FAULT: {self._fault}"
 
@@ -583,7 +585,7 @@ class Engine:
             self._results = merged
             self._frame_id = frame.frame_id
             if c.expected is not None and c.completed + lost >= c.expected:
-                self._end_reason = self._end_reason or "all expected events completed"
+                self._end_reason = self._end_reason or "expected event count reached"
                 run.stop.set()
         flag = self.quality.update(frame.frame_id, merged, now)
         if self.products is not None:
