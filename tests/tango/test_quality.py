@@ -80,7 +80,8 @@ def test_thresholds_edited_live_change_the_verdict():
         p.roi_background = [0, 8, 0, 8]
         p.Start()
         wait_for(p, tango.DevState.CLOSE)
-        assert p.verdict == INSUFFICIENT  # no checks yet
+        assert p.verdict == OK, p.verdictReport  # only the built-in loss check: nothing lost
+        assert p.verdictReport.startswith("verdict OK: 0 of 1 checks failing")
         p.Start()
         wait_for(p, tango.DevState.CLOSE)
         cfg = p.get_attribute_config("background_mean")
