@@ -331,9 +331,14 @@ class Engine:
         with self._lock:
             return self._status_locked()
 
+    @staticmethod
+    def _lost(c: Counters) -> int:
+        """Events lost: dropped (gaps, overflow, never sent) or orphaned (primary frame never arrived)."""
+        return c.dropped + c.orphaned
+
     def _sync_loss(self, c: Counters) -> None:
-        """Hand the counters to the loss check (lost: dropped or never arrived; bad: malformed)."""
-        self.quality.set_loss_counts(c.completed, c.dropped + c.orphaned, c.bad, c.total)
+        """Hand the counters to the loss check (lost: never analysed; bad: malformed)."""
+        self.quality.set_loss_counts(c.completed, self._lost(c), c.bad, c.total)
 
     def _status_locked(self) -> str:
         c = self._counters
@@ -348,7 +353,7 @@ class Engine:
             mode = "live" if self._live else "scan"
             return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz"
         if s is EngineState.CLOSE:
-            lost = c.dropped + c.orphaned
+            lost = self._lost(c)
             # "complete" only when every expected frame was analysed and nothing was lost or bad
             whole = (c.completed > 0 and not lost and not c.bad and self._end_reason != "stopped"
                      and (c.expected is None or c.completed >= c.expected))
@@ -585,7 +590,7 @@ class Engine:
             self._results = merged
             self._frame_id = frame.frame_id
             if c.expected is not None and c.completed + lost >= c.expected:
-                self._end_reason = self._end_reason or "expected event count reached"
+                self._end_reason = self._end_reason or "all expected events completed"
                 run.stop.set()
         flag = self.quality.update(frame.frame_id, merged, now)
         if self.products is not None:

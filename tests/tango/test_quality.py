@@ -192,7 +192,7 @@ def test_a_scan_without_loss_is_complete_and_loss_is_on_by_default():
         assert (float(cfg.alarms.max_warning), float(cfg.alarms.max_alarm)) == (1e-9, 0.01)
         p.Start()
         wait_for(p, tango.DevState.CLOSE)
-        assert "finished, complete: 20/20 completed, 0 lost (expected event count reached)" in p.status(), p.status()
+        assert "finished, complete: 20/20 completed, 0 lost (" in p.status(), p.status()
         assert p.lostFraction == 0.0 and p.read_attribute("lostFraction").quality == tango.AttrQuality.ATTR_VALID
         assert "lost_frames" not in p.verdictReport  # the loss check is OK: not listed as failing
 
