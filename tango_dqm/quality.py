@@ -1083,6 +1083,28 @@ class QualityMonitor:
             else:
                 self._lost_ranges_dropped += 1
 
+    def found_frame(self, frame_id: int) -> bool:
+        """A frame recorded as lost arrived after all (late, out of order): it is no longer lost.
+        Returns whether it was recorded as lost."""
+        fid = int(frame_id)
+        with self._lock:
+            r = self._lost_ranges
+            i = bisect.bisect_right(r, [fid, math.inf]) - 1
+            if i < 0 or not r[i][0] <= fid <= r[i][1]:
+                return False
+            first, last = r[i]
+            self._lost_known -= 1
+            if first == last:
+                del r[i]
+            elif fid == first:
+                r[i][0] = fid + 1
+            elif fid == last:
+                r[i][1] = fid - 1
+            else:
+                r[i][1] = fid - 1
+                r.insert(i + 1, [fid + 1, last])
+            return True
+
     def set_loss_counts(self, completed: int, lost: int, bad: int, total: int) -> None:
         """The run's frame counts (from the engine's counters) the loss check judges."""
         with self._lock:

@@ -184,6 +184,11 @@ def test_lost_frames_are_judged_named_and_recorded(tmp_path):
         p.set_attribute_config(cfg)
         wait_verdict(p, ERROR, timeout=5)
         assert "error >= 0.15" in p.verdictReport
+        p.set_timeout_millis(60000)  # Init waits for the report being written (a few seconds here)
+        p.Init()  # at Init the QualityChecks line sets the limits (and the properties) again
+        cfg = p.get_attribute_config("lostFraction")
+        assert (float(cfg.alarms.max_warning), float(cfg.alarms.max_alarm)) == (0.1, 0.5)
+        assert p.lostFraction == 0.0 and p.read_attribute("lostFraction").quality == tango.AttrQuality.ATTR_VALID
 
 
 def test_a_scan_without_loss_is_complete_and_loss_is_on_by_default():

@@ -639,3 +639,15 @@ def test_kernel_cache_falls_back_to_a_private_directory_when_the_install_is_read
     assert cache_dir.parent == tmp_path and (cache_dir.stat().st_mode & 0o077) == 0
     assert "sum=66.0" in res.stdout
     assert any(cache_dir.rglob("*.nbi"))                              # compiled kernels were cached there
+
+
+def test_a_late_frame_is_no_longer_lost():
+    mon = QualityMonitor([LossCheck()])
+    mon.lost_frames(10, 14)
+    mon.lost_frames(20)
+    assert mon.found_frame(12) and mon.found_frame(10) and mon.found_frame(14) and mon.found_frame(20)
+    assert not mon.found_frame(12) and not mon.found_frame(5) and not mon.found_frame(99)
+    assert mon.lost_ranges().tolist() == [[11, 11], [13, 13]]
+    mon.set_loss_counts(98, 2, 0, 100)
+    r = mon.snapshot(now=0).checks[0]
+    assert "lost ids 11, 13" in r.message and r.details["lost_ids_known"] == 2
