@@ -651,3 +651,22 @@ def test_a_late_frame_is_no_longer_lost():
     mon.set_loss_counts(98, 2, 0, 100)
     r = mon.snapshot(now=0).checks[0]
     assert "lost ids 11, 13" in r.message and r.details["lost_ids_known"] == 2
+
+
+def test_warm_up_uses_the_shape_and_dtype_the_source_announces(tmp_path, monkeypatch):
+    import h5py
+
+    from tango_dqm.engine import Engine, EngineConfig
+
+    seen = []
+    real = Engine._warm_up
+    monkeypatch.setattr(Engine, "_warm_up", lambda self, shape, dtype: seen.append((shape, dtype))
+                        or real(self, shape, dtype))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=np.zeros((3, 12, 20), np.float32))
+    for uri in ("sim://?shape=24x16&dtype=uint8", f"hdf5://{tmp_path / 'f.h5'}", "zmq://127.0.0.1:1"):
+        e = Engine(EngineConfig([uri], ["roi", "profile"]))
+        assert e.warmup_s > 0
+        e.close()
+    # zmq announces nothing: warmed up on uint16 of a small shape
+    assert seen == [((24, 16), "uint8"), ((12, 20), "float32"), (None, None)]
