@@ -589,8 +589,13 @@ class Engine:
             c.latency_ms = (now - t_recv) * 1e3
             self._results = merged
             self._frame_id = frame.frame_id
-            if c.expected is not None and c.completed + lost >= c.expected:
-                self._end_reason = self._end_reason or "all expected events completed"
+            # By count only once every announced frame was received (analysed or bad), never
+            # counting lost ids, so every frame present is analysed whatever the timing;
+            # streams without an end marker (bsread frames=N) end here, others at series end.
+            if c.expected is not None and c.completed + c.bad >= c.expected:
+                self._end_reason = self._end_reason or (
+                    "all expected events completed" if c.dropped == 0 and c.bad == 0
+                    else f"all {c.expected} announced frames received")
                 run.stop.set()
         flag = self.quality.update(frame.frame_id, merged, now)
         if self.products is not None:
