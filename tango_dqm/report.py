@@ -367,8 +367,9 @@ def _loss_counts(counters: dict[str, Any]) -> dict[str, Any]:
         return int(v) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) else None
     if num("completed") is None:
         return {}
+    # "dropped" counts every lost event once, events whose primary frame never arrived included
     return {"completed": num("completed"), "total": num("total") or 0, "expected": num("expected"),
-            "lost": (num("dropped") or 0) + (num("orphaned") or 0), "bad": num("bad") or 0}
+            "lost": num("dropped") or 0, "bad": num("bad") or 0}
 
 
 def _scan_counters(path: Path) -> dict[str, Any]:
