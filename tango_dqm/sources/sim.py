@@ -48,6 +48,7 @@ class SimSource(Source):
             raise SourceError(f"source {spec.uri!r}: frames and rate must be >= 0")
         self.expected_frames = self.frames or None
         self.image_shape = scene.shape
+        self.image_dtype = str(scene.dtype)
         self._gen: FrameGenerator | None = None
 
     def open(self) -> None:
