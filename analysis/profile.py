@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -58,41 +58,79 @@ from tango_dqm.kernels import as_2d
 _NAN = float("nan")
 _AXES = ("x", "y")
 _FIT = ("amplitude", "mean", "sigma", "offset")
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_NO_MASK = np.zeros((1, 1), np.uint8)
 
 
 # ---- kernels -------------------------------------------------------------------------
 
 
 @numba.njit(nogil=True, cache=True)
-def _project_int(a, px, py):  # pragma: no cover - compiled
-    """Column sums into ``px`` and row sums into ``py`` (int64, exact), in one pass over ``a``."""
-    for i in range(a.shape[0]):
-        row = a[i]
-        s = 0
-        for j in range(row.shape[0]):
-            v = np.int64(row[j])
-            px[j] += v
-            s += v
-        py[i] = s
-
-
-# reassoc lets the row sum vectorise; the result is still deterministic for a given build.
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-def _project_float(a, px, py):  # pragma: no cover - compiled
-    """Column and row sums (float64) of a float frame, in one pass."""
-    for i in range(a.shape[0]):
-        row = a[i]
+def _project_clean(raw, val, mask, use_mask, level, px, py):  # pragma: no cover - compiled
+    """Column sums into ``px`` and row sums into ``py`` of ``val``, in one pass, with each
+    excluded pixel (``raw`` at or above ``level`` or not finite, or ``mask`` nonzero) replaced
+    by the mean of the valid pixels among its 8 neighbours. Without a valid neighbour a
+    masked pixel counts 0 and a saturated one keeps its value (a saturated area is at least
+    that bright). Returns the number of excluded pixels."""
+    rows, cols = val.shape
+    n_bad = 0
+    for i in range(rows):
         s = 0.0
-        for j in range(row.shape[0]):
-            v = np.float64(row[j])
+        for j in range(cols):
+            masked = use_mask and mask[i, j] != 0
+            if masked or not raw[i, j] < level:
+                n_bad += 1
+                t = 0.0
+                c = 0
+                for ii in range(max(i - 1, 0), min(i + 2, rows)):
+                    for jj in range(max(j - 1, 0), min(j + 2, cols)):
+                        if (ii != i or jj != j) and raw[ii, jj] < level and not (use_mask and mask[ii, jj] != 0):
+                            t += np.float64(val[ii, jj])
+                            c += 1
+                if c:
+                    v = t / c
+                elif masked:
+                    v = 0.0
+                else:
+                    v = np.float64(val[i, j])
+            else:
+                v = np.float64(val[i, j])
             px[j] += v
             s += v
         py[i] = s
+    return n_bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _fwhm(p, imax, bg):  # pragma: no cover - compiled
+    """Width where ``p - bg`` crosses half of ``p[imax] - bg``, walking outwards from
+    ``imax``, linearly interpolated; NaN when a side does not cross inside ``p``."""
+    n = p.shape[0]
+    half = 0.5 * (p[imax] - bg)
+    if not half > 0.0:
+        return np.nan
+    i = imax
+    while i > 0 and p[i - 1] - bg >= half:
+        i -= 1
+    if i == 0:
+        return np.nan
+    lo = p[i - 1] - bg
+    hi = p[i] - bg
+    left = (i - 1) + (half - lo) / (hi - lo)
+    i = imax
+    while i < n - 1 and p[i + 1] - bg >= half:
+        i += 1
+    if i == n - 1:
+        return np.nan
+    hi = p[i] - bg
+    lo = p[i + 1] - bg
+    right = i + (hi - half) / (hi - lo)
+    return right - left
 
 
 @numba.njit(nogil=True, cache=True)
 def _axis_stats(p):  # pragma: no cover - compiled
-    """Centroid, RMS and FWHM (indices relative to the start of ``p``) after min subtraction."""
+    """Background, peak index, centroid, RMS and FWHM (indices relative to the start of ``p``)."""
     n = p.shape[0]
     nan = np.nan
     mn = p[0]
@@ -103,40 +141,39 @@ def _axis_stats(p):  # pragma: no cover - compiled
             mn = v
         if v > p[imax]:
             imax = i
+    if not p[imax] > mn:  # flat (or NaN) projection: nothing to measure
+        return nan, imax, nan, nan, nan
+    # Background: the median of the points far from the peak (beyond 2, else 1.5, else 1
+    # first-guess FWHM), at least max(3, n/10) of them; else the minimum.
+    w0 = _fwhm(p, imax, mn)
+    if not w0 > 0.0:
+        w0 = n / 4.0
+    bg = mn
+    for k in (2.0, 1.5, 1.0):
+        far = np.empty(n)
+        m = 0
+        for i in range(n):
+            if abs(i - imax) > k * w0:
+                far[m] = p[i]
+                m += 1
+        if m >= max(3, n // 10):
+            bg = np.median(far[:m])
+            break
     total = 0.0
     first = 0.0
     for i in range(n):
-        q = p[i] - mn
+        q = p[i] - bg
         total += q
         first += i * q
-    if not total > 0.0:  # flat (or NaN) projection: nothing to measure
-        return nan, nan, nan
+    if not total > 0.0:
+        return bg, imax, nan, nan, nan
     c = first / total
     second = 0.0
     for i in range(n):
         d = i - c
-        second += d * d * (p[i] - mn)
-    rms = math.sqrt(second / total)
-    half = 0.5 * (p[imax] - mn)
-    i = imax
-    while i > 0 and p[i - 1] - mn >= half:
-        i -= 1
-    if i == 0:
-        left = nan
-    else:  # q[i-1] < half <= q[i]
-        lo = p[i - 1] - mn
-        hi = p[i] - mn
-        left = (i - 1) + (half - lo) / (hi - lo)
-    i = imax
-    while i < n - 1 and p[i + 1] - mn >= half:
-        i += 1
-    if i == n - 1:
-        right = nan
-    else:  # q[i] >= half > q[i+1]
-        hi = p[i] - mn
-        lo = p[i + 1] - mn
-        right = i + (hi - half) / (hi - lo)
-    return c, rms, right - left
+        second += d * d * (p[i] - bg)
+    rms = math.sqrt(second / total) if second > 0.0 else nan
+    return bg, imax, c, rms, _fwhm(p, imax, bg)
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -146,16 +183,40 @@ def _gauss(x, amplitude, mean, sigma, offset):
     return amplitude * np.exp(-0.5 * ((x - mean) / sigma) ** 2) + offset
 
 
-def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float) -> tuple[float, float, float, float]:
-    """Fit ``a exp(-(x-m)^2/2s^2) + c`` to projection ``p``; x in full-image pixels. NaNs on failure."""
+class AxisStats(NamedTuple):
+    """Statistics of one projection; positions relative to its first element."""
+
+    background: float
+    peak: int
+    centroid: float
+    rms: float
+    fwhm: float
+
+
+def axis_stats(p: np.ndarray) -> AxisStats:
+    """Background, peak index, centroid, RMS and FWHM of a projection (see the module docstring)."""
+    if p.size == 0:
+        return AxisStats(_NAN, 0, _NAN, _NAN, _NAN)
+    bg, imax, c, rms, fwhm = _axis_stats(np.ascontiguousarray(p, dtype=np.float64))
+    return AxisStats(float(bg), int(imax), float(c), float(rms), float(fwhm))
+
+
+def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float, fwhm: float = _NAN,
+                 background: float = _NAN) -> tuple[float, float, float, float]:
+    """Fit ``a exp(-(x-m)^2/2s^2) + c`` to projection ``p``; x in full-image pixels. NaNs on failure.
+
+    Starts from the robust estimates: m = centroid, s = FWHM / 2.3548 (RMS when the FWHM is
+    unknown), c = the background (the minimum when unknown), a = the peak above c.
+    """
     nan4 = (_NAN, _NAN, _NAN, _NAN)
-    if p.size < 5 or not (math.isfinite(centroid) and math.isfinite(rms) and rms > 0):
+    width = fwhm / _FWHM_PER_SIGMA if math.isfinite(fwhm) and fwhm > 0 else rms
+    if p.size < 5 or not (math.isfinite(centroid) and math.isfinite(width) and width > 0):
         return nan4
     from scipy.optimize import curve_fit  # deferred: only needed when fitting
 
     x = np.arange(p.size, dtype=np.float64) + offset
-    lo, hi = float(p.min()), float(p.max())
-    p0 = (hi - lo, centroid, rms, lo)
+    lo = background if math.isfinite(background) else float(p.min())
+    p0 = (float(p.max()) - lo, centroid, width, lo)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # OptimizeWarning (no covariance) is not a failure
@@ -168,27 +229,31 @@ def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float) -> tup
     return a, m, abs(s), c
 
 
-def project(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(column sums, row sums) of a 2-D region as float64, in one pass (exact for integer data)."""
+def project(region: np.ndarray, raw: np.ndarray | None = None, mask: np.ndarray | None = None,
+            saturation_level: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """(column sums, row sums) of a 2-D region as float64, in one pass (exact for integer data).
+
+    Pixels whose ``raw`` value (the region itself when None) is at or above
+    ``saturation_level`` or not finite, and pixels where ``mask`` is nonzero, are replaced by
+    the mean of their valid neighbours (see ``_project_clean``).
+    """
     if region.dtype.kind == "b":
         region = region.view(np.uint8)
-    if region.dtype.kind in "iu" and region.dtype.itemsize <= 4:
-        px = np.zeros(region.shape[1], np.int64)
-        py = np.zeros(region.shape[0], np.int64)
-        _project_int(region, px, py)
-        return px.astype(np.float64), py.astype(np.float64)
+    raw = region if raw is None else (raw.view(np.uint8) if raw.dtype.kind == "b" else raw)
+    if raw.shape != region.shape or (mask is not None and mask.shape != region.shape):
+        raise ValueError(f"profile: raw {raw.shape}, mask {None if mask is None else mask.shape} and region "
+                         f"{region.shape} differ")
     px = np.zeros(region.shape[1], np.float64)
     py = np.zeros(region.shape[0], np.float64)
-    _project_float(region, px, py)
+    m = _NO_MASK if mask is None else (mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
+    _project_clean(raw, region, m, mask is not None, float(saturation_level), px, py)
     return px, py
 
 
 def projection_stats(p: np.ndarray, offset: int) -> tuple[float, float, float]:
     """Centroid (full-image pixels), RMS width and FWHM of one projection."""
-    if p.size == 0:
-        return _NAN, _NAN, _NAN
-    c, rms, fwhm = _axis_stats(np.ascontiguousarray(p, dtype=np.float64))
-    return c + offset, rms, fwhm
+    st = axis_stats(p)
+    return st.centroid + offset, st.rms, st.fwhm
 
 
 # ---- the analysis ----------------------------------------------------------------------
@@ -204,6 +269,9 @@ class Profile(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("profile_fit", bool, False, label="Profile Gaussian fit",
                   description="fit a Gaussian + offset to each projection (costs ~1 ms per frame)"),
+        # Identical to the roi analysis' declaration, so all share one parameter.
+        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
+                  description="pixels at or above this value count as saturated", min=0),
         MASK,
         DARK,
     ]
@@ -225,28 +293,37 @@ class Profile(Analysis):
         Result("profile_run_frames", int, label="Profile frames in run", description="run summary", run_summary=True),
     ]
 
-    def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The region to analyse (dark-subtracted, masked pixels 0) and its
-        (offset_x, size_x, offset_y, size_y) in the frame."""
+    def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                           tuple[int, int, int, int]]:
+        """The region to analyse (dark-subtracted), its raw values (for the saturation test),
+        its mask (None: no mask) and its (offset_x, size_x, offset_y, size_y) in the frame."""
         image = as_2d(frame.data)
         roi = params.roi_profile
         if roi is None:
-            return corrected(image, params, masked_value=0), (0, image.shape[1], 0, image.shape[0])
-        roi.check_fits(image.shape, "roi_profile")  # RoiError names the rule
-        return corrected(image, params, roi.slices(), masked_value=0), \
-            (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
+            slices, key = None, (0, image.shape[1], 0, image.shape[0])
+        else:
+            roi.check_fits(image.shape, "roi_profile")  # RoiError names the rule
+            slices, key = roi.slices(), (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
+        mask = params.get("mask")
+        if mask is not None:
+            if mask.shape != image.shape[-2:]:
+                raise ValueError(f"mask shape {mask.shape} does not match the frame shape {image.shape[-2:]}")
+            mask = mask if slices is None else mask[slices]
+        raw = image if slices is None else image[slices]
+        return corrected(image, params, slices), raw, mask, key
 
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:
-        region, key = self._input(frame, params)
+        region, raw, mask, key = self._input(frame, params)
         ox, sx, oy, sy = key
-        px, py = project(region)
+        px, py = project(region, raw, mask, params.saturation_level)
         out: dict[str, Any] = {"profile_x": px, "profile_y": py}
         for ax, p, off in (("x", px, ox), ("y", py, oy)):
-            c, rms, fwhm = projection_stats(p, off)
+            st = axis_stats(p)
+            c = st.centroid + off
             out[f"profile_centroid_{ax}"] = c
-            out[f"profile_rms_{ax}"] = rms
-            out[f"profile_fwhm_{ax}"] = fwhm
-            fit = gaussian_fit(p, off, c, rms) if params.profile_fit else (_NAN,) * 4
+            out[f"profile_rms_{ax}"] = st.rms
+            out[f"profile_fwhm_{ax}"] = st.fwhm
+            fit = gaussian_fit(p, off, c, st.rms, st.fwhm, st.background) if params.profile_fit else (_NAN,) * 4
             for what, v in zip(_FIT, fit):
                 out[f"profile_fit_{what}_{ax}"] = v
         # Not a result: tells accumulate() which region these projections belong to.
@@ -301,4 +378,4 @@ class Profile(Analysis):
         return out
 
 
-__all__ = ["Profile", "gaussian_fit", "project", "projection_stats"]
+__all__ = ["AxisStats", "Profile", "axis_stats", "gaussian_fit", "project", "projection_stats"]

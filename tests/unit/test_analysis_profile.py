@@ -8,6 +8,7 @@ import pytest
 
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.engine import Engine, EngineConfig, EngineState
+from tango_dqm.analysis.profile import axis_stats
 from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.profile:Profile"
@@ -29,9 +30,9 @@ def spot(shape=(200, 260), cx=140.3, cy=90.6, sx=6.0, sy=9.0, amplitude=1000.0, 
     return background + amplitude * np.exp(-0.5 * ((x - cx) / sx) ** 2 - 0.5 * ((y - cy) / sy) ** 2)
 
 
-def moments(p: np.ndarray, offset: int):
-    """Independent centroid/RMS of a min-subtracted projection."""
-    q = p - p.min()
+def moments(p: np.ndarray, offset: int, background: float):
+    """Independent centroid/RMS of a projection minus a given background."""
+    q = p - background
     i = np.arange(p.size) + offset
     c = (i * q).sum() / q.sum()
     return c, math.sqrt(((i - c) ** 2 * q).sum() / q.sum())
@@ -45,10 +46,16 @@ def test_projections_are_exact_row_and_column_sums(analysis):
     assert r["profile_x"].dtype == np.float64 and r["profile_y"].dtype == np.float64
     np.testing.assert_array_equal(r["profile_x"], region.sum(axis=0))
     np.testing.assert_array_equal(r["profile_y"], region.sum(axis=1))
+    img = np.rint(spot(shape=(70, 90), cx=30.2, cy=20.7, sx=4.0, sy=3.0) + rng.normal(0, 3, (70, 90)))
+    img = img.astype(np.uint16)
+    r = analysis.process(Frame(img, 0), params(analysis, roi_profile=[5, 40, 7, 30]))
+    region = img[7:37, 5:45].astype(np.int64)
     for ax, proj, off in (("x", region.sum(axis=0), 5), ("y", region.sum(axis=1), 7)):
-        c, rms = moments(proj.astype(np.float64), off)
-        assert r[f"profile_centroid_{ax}"] == pytest.approx(c, rel=1e-12)
-        assert r[f"profile_rms_{ax}"] == pytest.approx(rms, rel=1e-12)
+        bg = axis_stats(proj.astype(np.float64)).background  # the moments given that background
+        assert proj.min() <= bg <= np.median(proj)
+        c, rms = moments(proj.astype(np.float64), off, bg)
+        assert r[f"profile_centroid_{ax}"] == pytest.approx(c, rel=1e-9)
+        assert r[f"profile_rms_{ax}"] == pytest.approx(rms, rel=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16, np.int32])
@@ -132,8 +139,11 @@ def test_run_mean_projection_and_merge(analysis):
     np.testing.assert_allclose(whole["profile_run_x"], mean_x, rtol=1e-12)
     np.testing.assert_allclose(whole["profile_run_y"], mean_y, rtol=1e-12)
     assert whole["profile_run_frames"] == 10
-    assert whole["profile_run_centroid_x"] == pytest.approx(moments(mean_x, 60)[0], rel=1e-12)
-    assert whole["profile_run_centroid_y"] == pytest.approx(moments(mean_y, 20)[0], rel=1e-12)
+    assert whole["profile_run_centroid_x"] == pytest.approx(moments(mean_x, 60, axis_stats(mean_x).background)[0],
+                                                            rel=1e-12)
+    assert whole["profile_run_centroid_y"] == pytest.approx(moments(mean_y, 20, axis_stats(mean_y).background)[0],
+                                                            rel=1e-12)
+    assert whole["profile_run_centroid_y"] == pytest.approx(82.25, abs=0.2)
     assert whole["profile_run_centroid_x"] == pytest.approx(134.5, abs=0.2)
     # two workers, merged in either grouping, give the same finish
     a, b, c = run(analysis, frames[:3], p), run(analysis, frames[3:7], p), run(analysis, frames[7:], p)
