@@ -65,38 +65,63 @@ _NO_MASK = np.zeros((1, 1), np.uint8)
 # ---- kernels -------------------------------------------------------------------------
 
 
-@numba.njit(nogil=True, cache=True)
-def _project_clean(raw, val, mask, use_mask, level, px, py):  # pragma: no cover - compiled
-    """Column sums into ``px`` and row sums into ``py`` of ``val``, in one pass, with each
-    excluded pixel (``raw`` at or above ``level`` or not finite, or ``mask`` nonzero) replaced
-    by the mean of the valid pixels among its 8 neighbours. Without a valid neighbour a
-    masked pixel counts 0 and a saturated one keeps its value (a saturated area is at least
-    that bright). Returns the number of excluded pixels."""
+@numba.njit(nogil=True, cache=True, inline="always")
+def _excluded(raw, mask, use_mask, use_level, level, i, j):  # pragma: no cover - compiled
+    if use_mask and mask[i, j] != 0:
+        return True
+    return use_level and not raw[i, j] < level  # NaN is excluded too
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+def _project_clean(raw, val, mask, use_mask, use_level, level, px, py):  # pragma: no cover - compiled
+    """Column sums into ``px`` and row sums into ``py`` of ``val`` in one pass over the
+    frame, each excluded pixel (``raw`` at or above ``level`` or NaN, or ``mask`` nonzero)
+    replaced by the mean of the valid pixels among its 8 neighbours. Without a valid
+    neighbour a masked pixel counts 0 and a saturated one keeps its value (a saturated
+    area is at least that bright). Returns the number of excluded pixels.
+
+    Each row is first only tested (a vectorised compare); rows without an excluded pixel,
+    nearly all of them, are summed on the fast path while still in cache."""
     rows, cols = val.shape
     n_bad = 0
     for i in range(rows):
+        row = val[i]
+        nb = 0
+        if use_level:
+            rrow = raw[i]
+            for j in range(cols):
+                nb += not rrow[j] < level
+        if use_mask:
+            mrow = mask[i]
+            for j in range(cols):
+                nb += mrow[j] != 0
         s = 0.0
-        for j in range(cols):
-            masked = use_mask and mask[i, j] != 0
-            if masked or not raw[i, j] < level:
-                n_bad += 1
-                t = 0.0
-                c = 0
-                for ii in range(max(i - 1, 0), min(i + 2, rows)):
-                    for jj in range(max(j - 1, 0), min(j + 2, cols)):
-                        if (ii != i or jj != j) and raw[ii, jj] < level and not (use_mask and mask[ii, jj] != 0):
-                            t += np.float64(val[ii, jj])
-                            c += 1
-                if c:
-                    v = t / c
-                elif masked:
-                    v = 0.0
+        if nb == 0:
+            for j in range(cols):
+                v = np.float64(row[j])
+                px[j] += v
+                s += v
+        else:
+            for j in range(cols):
+                if _excluded(raw, mask, use_mask, use_level, level, i, j):
+                    n_bad += 1
+                    t = 0.0
+                    c = 0
+                    for ii in range(max(i - 1, 0), min(i + 2, rows)):
+                        for jj in range(max(j - 1, 0), min(j + 2, cols)):
+                            if (ii != i or jj != j) and not _excluded(raw, mask, use_mask, use_level, level, ii, jj):
+                                t += np.float64(val[ii, jj])
+                                c += 1
+                    if c:
+                        v = t / c
+                    elif use_mask and mask[i, j] != 0:
+                        v = 0.0
+                    else:
+                        v = np.float64(row[j])
                 else:
-                    v = np.float64(val[i, j])
-            else:
-                v = np.float64(val[i, j])
-            px[j] += v
-            s += v
+                    v = np.float64(row[j])
+                px[j] += v
+                s += v
         py[i] = s
     return n_bad
 
@@ -246,7 +271,16 @@ def project(region: np.ndarray, raw: np.ndarray | None = None, mask: np.ndarray 
     px = np.zeros(region.shape[1], np.float64)
     py = np.zeros(region.shape[0], np.float64)
     m = _NO_MASK if mask is None else (mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
-    _project_clean(raw, region, m, mask is not None, float(saturation_level), px, py)
+    # the level in the raw dtype, so the per-pixel test is a plain compare of that type
+    if raw.dtype.kind in "iu":
+        info = np.iinfo(raw.dtype)
+        use_level = not saturation_level > info.max
+        level = raw.dtype.type(min(max(math.ceil(saturation_level), info.min), info.max)) if use_level \
+            else raw.dtype.type(info.max)
+    else:
+        use_level = True  # NaN and inf are excluded even without a finite level
+        level = raw.dtype.type(saturation_level)
+    _project_clean(raw, region, m, mask is not None, use_level, level, px, py)
     return px, py
 
 
