@@ -85,9 +85,9 @@ def _neighbour_mean(a, i, j):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate_int(a, s, ss, mx, rs, rss):  # pragma: no cover - compiled
-    """s += a, ss += a*a (int64, exact), mx = max(mx, a), and the moments of the residual
-    against the 4-neighbour mean (rs, rss, float64); one pass."""
+def _accumulate_int(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
+    """s += a, ss += a*a (int64, exact), the two largest values (mx >= mx2), and the moments
+    of the residual against the 4-neighbour mean (rs, rss, float64); one pass."""
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             v = a[i, j]
@@ -95,14 +95,17 @@ def _accumulate_int(a, s, ss, mx, rs, rss):  # pragma: no cover - compiled
             s[i, j] += iv
             ss[i, j] += iv * iv
             if v > mx[i, j]:
+                mx2[i, j] = mx[i, j]
                 mx[i, j] = v
+            elif v > mx2[i, j]:
+                mx2[i, j] = v
             r = np.float64(v) - _neighbour_mean(a, i, j)
             rs[i, j] += r
             rss[i, j] += r * r
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate_float(a, s, ss, mx, rs, rss):  # pragma: no cover - compiled
+def _accumulate_float(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             v = a[i, j]
@@ -110,24 +113,27 @@ def _accumulate_float(a, s, ss, mx, rs, rss):  # pragma: no cover - compiled
             s[i, j] += fv
             ss[i, j] += fv * fv
             if v > mx[i, j]:
+                mx2[i, j] = mx[i, j]
                 mx[i, j] = v
+            elif v > mx2[i, j]:
+                mx2[i, j] = v
             r = fv - _neighbour_mean(a, i, j)
             rs[i, j] += r
             rss[i, j] += r * r
 
 
 class PixelMap:
-    """Per-pixel run accumulator: frame count, sum, sum of squares and maximum, and the sum
-    and sum of squares of the residual against the 4-neighbour mean (the pixel's noise
-    without the beam's own motion or intensity changes)."""
+    """Per-pixel run accumulator: frame count, sum, sum of squares, the largest and second
+    largest value, and the sum and sum of squares of the residual against the 4-neighbour
+    mean (the pixel's noise without the beam's own motion or intensity changes)."""
 
-    __slots__ = ("n", "sum", "sumsq", "max", "rsum", "rsumsq", "settings")
+    __slots__ = ("n", "sum", "sumsq", "max", "max2", "rsum", "rsumsq", "settings")
 
     def __init__(self, n: int = 0, s: np.ndarray | None = None, ss: np.ndarray | None = None,
                  mx: np.ndarray | None = None, settings: tuple | None = None,
-                 rs: np.ndarray | None = None, rss: np.ndarray | None = None):
+                 rs: np.ndarray | None = None, rss: np.ndarray | None = None, mx2: np.ndarray | None = None):
         self.n, self.sum, self.sumsq, self.max, self.settings = n, s, ss, mx, settings
-        self.rsum, self.rsumsq = rs, rss
+        self.rsum, self.rsumsq, self.max2 = rs, rss, mx2
 
     def add(self, image: np.ndarray, settings: tuple) -> None:
         exact = image.dtype.kind in "iu" and image.dtype.itemsize <= 2
@@ -137,6 +143,7 @@ class PixelMap:
             self.sumsq = np.zeros(image.shape, acc_type)
             lowest = np.iinfo(image.dtype).min if image.dtype.kind in "iu" else -np.inf
             self.max = np.full(image.shape, lowest, image.dtype)
+            self.max2 = np.full(image.shape, lowest, image.dtype)
             self.rsum = np.zeros(image.shape, np.float64)
             self.rsumsq = np.zeros(image.shape, np.float64)
         else:
@@ -146,7 +153,7 @@ class PixelMap:
             if image.dtype != self.max.dtype:
                 raise ValueError(f"pixels: frame dtype changed during the run from {self.max.dtype} to "
                                  f"{image.dtype}; Reset to start a new map")
-        (_accumulate_int if exact else _accumulate_float)(image, self.sum, self.sumsq, self.max,
+        (_accumulate_int if exact else _accumulate_float)(image, self.sum, self.sumsq, self.max, self.max2,
                                                           self.rsum, self.rsumsq)
         self.n += 1
         self.settings = settings
@@ -159,14 +166,16 @@ class PixelMap:
         if self.sum.shape != other.sum.shape or self.max.dtype != other.max.dtype:
             raise ValueError(f"pixels: cannot merge maps of {self.sum.shape} {self.max.dtype} and "
                              f"{other.sum.shape} {other.max.dtype}")
+        # second largest of the union of two top-two pairs
+        mx2 = np.maximum(np.minimum(self.max, other.max), np.maximum(self.max2, other.max2))
         return PixelMap(self.n + other.n, self.sum + other.sum, self.sumsq + other.sumsq,
                         np.maximum(self.max, other.max), other.settings,
-                        self.rsum + other.rsum, self.rsumsq + other.rsumsq)
+                        self.rsum + other.rsum, self.rsumsq + other.rsumsq, mx2)
 
     def copy(self) -> "PixelMap":
         c = lambda a: None if a is None else a.copy()  # noqa: E731
         return PixelMap(self.n, c(self.sum), c(self.sumsq), c(self.max), self.settings, c(self.rsum),
-                        c(self.rsumsq))
+                        c(self.rsumsq), c(self.max2))
 
 
 def _ring(size: int) -> np.ndarray:
@@ -178,16 +187,19 @@ def _ring(size: int) -> np.ndarray:
 def run_moments(acc: "PixelMap") -> tuple[np.ndarray, np.ndarray, int]:
     """(trimmed mean, noise variance per frame, frames behind the mean) of every pixel.
 
-    The mean is trimmed: each pixel's single largest value is left out, so one zinger or
-    saturating event in a run does not move it (a hot pixel is high in every frame). With
-    fewer than 3 frames nothing is left out. The noise variance is the sample variance of
+    The mean is trimmed: each pixel's two largest values are left out, so up to two zingers
+    or saturating events in a run do not move it (a hot pixel is high in every frame). With
+    3 frames only the largest is left out, with fewer nothing. The noise variance is the sample variance of
     the pixel's residual against the mean of its 4 direct neighbours, divided by 1.25 (the
     neighbour mean's share for independent noise): unlike the pixel's own variance over the
     run, it does not count a beam that moves or changes intensity as noise.
     """
     n = acc.n
     s = acc.sum.astype(np.float64)
-    if n >= 3:
+    if n >= 4:
+        k = n - 2
+        m = (s - acc.max.astype(np.float64) - acc.max2.astype(np.float64)) / k
+    elif n == 3:
         k = n - 1
         m = (s - acc.max.astype(np.float64)) / k
     else:

@@ -65,8 +65,9 @@ def test_a_zinger_never_makes_a_pixel_hot(analysis):
     _, out = run(analysis, frames, params(analysis))
     hits = (np.stack(frames) == 65535).sum(axis=0)
     assert np.count_nonzero(hits == 1) > 400  # 600 zingers in 30 frames of 30720 pixels
-    # one hit in a run is trimmed away; the few pixels hit twice (~6 here) may be hot
-    assert positions(out["pixels_map"] == 1) <= positions(hits >= 2)
+    assert np.count_nonzero(hits == 2) >= 3
+    # up to two hits in a run are trimmed away; only a pixel hit three times could be hot
+    assert positions(out["pixels_map"] == 1) <= positions(hits >= 3)
 
 
 def test_mean_and_std_maps_against_numpy(analysis):
