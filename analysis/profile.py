@@ -159,23 +159,39 @@ def _axis_stats(p):  # pragma: no cover - compiled
     n = p.shape[0]
     nan = np.nan
     mn = p[0]
-    imax = 0
+    mx = p[0]
     for i in range(n):
-        v = p[i]
-        if v < mn:
-            mn = v
-        if v > p[imax]:
+        if p[i] < mn:
+            mn = p[i]
+        if p[i] > mx:
+            mx = p[i]
+    if not mx > mn:  # flat (or NaN) projection: nothing to measure
+        return nan, 0, nan, nan, nan
+    # The peak: the maximum of the 3-point median of p (a one-column spike, i.e. a hot
+    # pixel the exclusion did not catch, is no peak), refined to p's maximum next to it.
+    imed = 0
+    best = -np.inf
+    for i in range(n):
+        if 0 < i < n - 1:
+            a, b, c = p[i - 1], p[i], p[i + 1]
+            v = max(min(a, b), min(max(a, b), c))
+        else:
+            v = p[i]
+        if v > best:
+            best = v
+            imed = i
+    imax = imed
+    for i in range(max(imed - 1, 0), min(imed + 2, n)):
+        if p[i] > p[imax]:
             imax = i
-    if not p[imax] > mn:  # flat (or NaN) projection: nothing to measure
-        return nan, imax, nan, nan, nan
     # Background: the median of the points far from the peak (beyond 2, else 1.5, else 1
     # first-guess FWHM), at least max(3, n/10) of them; else the minimum.
     w0 = _fwhm(p, imax, mn)
     if not w0 > 0.0:
         w0 = n / 4.0
     bg = mn
+    far = np.empty(n)
     for k in (2.0, 1.5, 1.0):
-        far = np.empty(n)
         m = 0
         for i in range(n):
             if abs(i - imax) > k * w0:
@@ -184,21 +200,28 @@ def _axis_stats(p):  # pragma: no cover - compiled
         if m >= max(3, n // 10):
             bg = np.median(far[:m])
             break
+    fwhm = _fwhm(p, imax, bg)
+    # Moments inside +-3 FWHM of the peak (all of a Gaussian: +-7 sigma): far-away hot
+    # pixels and background errors get no lever arm. The whole projection without a FWHM.
+    lo, hi = 0, n
+    if fwhm > 0.0:
+        lo = max(0, int(math.floor(imax - 3.0 * fwhm)))
+        hi = min(n, int(math.ceil(imax + 3.0 * fwhm)) + 1)
     total = 0.0
     first = 0.0
-    for i in range(n):
+    for i in range(lo, hi):
         q = p[i] - bg
         total += q
         first += i * q
     if not total > 0.0:
-        return bg, imax, nan, nan, nan
+        return bg, imax, nan, nan, fwhm
     c = first / total
     second = 0.0
-    for i in range(n):
+    for i in range(lo, hi):
         d = i - c
         second += d * d * (p[i] - bg)
     rms = math.sqrt(second / total) if second > 0.0 else nan
-    return bg, imax, c, rms, _fwhm(p, imax, bg)
+    return bg, imax, c, rms, fwhm
 
 
 # ---- helpers -------------------------------------------------------------------------

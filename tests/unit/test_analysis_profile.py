@@ -30,10 +30,11 @@ def spot(shape=(200, 260), cx=140.3, cy=90.6, sx=6.0, sy=9.0, amplitude=1000.0, 
     return background + amplitude * np.exp(-0.5 * ((x - cx) / sx) ** 2 - 0.5 * ((y - cy) / sy) ** 2)
 
 
-def moments(p: np.ndarray, offset: int, background: float):
-    """Independent centroid/RMS of a projection minus a given background."""
-    q = p - background
-    i = np.arange(p.size) + offset
+def moments(p: np.ndarray, offset: int, background: float, window: tuple[int, int] | None = None):
+    """Independent centroid/RMS of a projection minus a given background, inside window [lo, hi)."""
+    lo, hi = window or (0, p.size)
+    q = p[lo:hi] - background
+    i = np.arange(lo, hi) + offset
     c = (i * q).sum() / q.sum()
     return c, math.sqrt(((i - c) ** 2 * q).sum() / q.sum())
 
@@ -139,10 +140,11 @@ def test_run_mean_projection_and_merge(analysis):
     np.testing.assert_allclose(whole["profile_run_x"], mean_x, rtol=1e-12)
     np.testing.assert_allclose(whole["profile_run_y"], mean_y, rtol=1e-12)
     assert whole["profile_run_frames"] == 10
-    assert whole["profile_run_centroid_x"] == pytest.approx(moments(mean_x, 60, axis_stats(mean_x).background)[0],
-                                                            rel=1e-12)
-    assert whole["profile_run_centroid_y"] == pytest.approx(moments(mean_y, 20, axis_stats(mean_y).background)[0],
-                                                            rel=1e-12)
+    for ax, m, off in (("x", mean_x, 60), ("y", mean_y, 20)):
+        st = axis_stats(m)  # the moments given the background and the +-3 FWHM window
+        window = (max(0, math.floor(st.peak - 3 * st.fwhm)), min(m.size, math.ceil(st.peak + 3 * st.fwhm) + 1))
+        assert whole[f"profile_run_centroid_{ax}"] == pytest.approx(moments(m, off, st.background, window)[0],
+                                                                    rel=1e-12)
     assert whole["profile_run_centroid_y"] == pytest.approx(82.25, abs=0.2)
     assert whole["profile_run_centroid_x"] == pytest.approx(134.5, abs=0.2)
     # two workers, merged in either grouping, give the same finish
