@@ -10,7 +10,8 @@ reads the pool from its own start offset, chosen by a random generator seeded wi
 ``(seed, frame_id)``: a pixel sees an independent value in every frame (unless two of
 the ~N possible offsets coincide), the frame's own pixels are independent, and a frame
 costs one numba pass over the image plus the spot window (~1 ms for 1024x1024 uint16).
-On top of the noise, per frame: a global offset (``offset_jitter``, counts rms), beam
+On top of the noise, per frame: a global offset (``offset_jitter``, counts rms, rounded to
+whole counts for integer frames), beam
 intensity jitter (``intensity_jitter``, relative rms), beam position jitter on top of
 the drift (``jitter_x``/``jitter_y``, pixels rms), Poisson-like shot noise of the spot
 (``shot_noise``: sqrt(signal) counts rms) and zingers (``zingers``: mean number of
@@ -56,14 +57,10 @@ class Scene:
 
 @numba.njit(nogil=True, cache=True)
 def _fill_int(pool, start, offset, lo, hi, out):  # pragma: no cover - compiled
-    """out[k] = round(clip(pool[start + k] + offset)) for an integer frame, one pass."""
+    """out[k] = clip(pool[start + k] + offset) in integers (vectorises), one pass."""
     for k in range(out.shape[0]):
-        v = math.floor(pool[start + k] + offset + 0.5)
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-        out[k] = v
+        v = pool[start + k] + offset
+        out[k] = min(max(v, lo), hi)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -92,9 +89,13 @@ class FrameGenerator:
         self._lo, self._hi = self._limits()
         n_px = rows * cols
         n_pool = 2 * n_px + _POOL_EXTRA
-        # float32: half the memory of float64; the rounding to counts happens per frame
-        self._pool = (scene.background + scene.noise * rng.standard_normal(n_pool, np.float32)).astype(np.float32)
-        self._unit = rng.standard_normal(n_pool, np.float32)  # shot noise of the spot window
+        pool = scene.background + scene.noise * rng.standard_normal(n_pool, np.float32)
+        if self.dtype.kind in "ui":  # counts already (int64 only for 32-bit frames: no overflow)
+            self._pool = np.rint(pool).astype(np.int64 if self.dtype.itemsize >= 4 else np.int32)
+        else:
+            self._pool = pool.astype(np.float32)
+        # shot noise of the spot window (at most a frame): unit normals, read at its own offset
+        self._unit = rng.standard_normal(n_px + _POOL_EXTRA, np.float32)
         picks = rng.choice(n_px, size=min(n_px, scene.hot_pixels + scene.dead_pixels), replace=False)
         self.hot_index = np.sort(picks[: scene.hot_pixels])
         self.dead_index = np.sort(picks[scene.hot_pixels:])
@@ -144,7 +145,8 @@ class FrameGenerator:
         offset = s.offset_jitter * float(z[0])
         img = np.empty(n_px, self.dtype)
         if self.dtype.kind in "ui":
-            _fill_int(self._pool, start, offset, self._lo, self._hi, img)
+            t = self._pool.dtype.type
+            _fill_int(self._pool, start, t(round(offset)), t(self._lo), t(self._hi), img)
         else:
             _fill_float(self._pool, start, offset, img)
         img = img.reshape(rows, cols)
