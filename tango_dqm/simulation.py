@@ -96,9 +96,18 @@ class FrameGenerator:
             self._pool = pool.astype(np.float32)
         # shot noise of the spot window (at most a frame): unit normals, read at its own offset
         self._unit = rng.standard_normal(n_px + _POOL_EXTRA, np.float32)
+        self._fill(0, 0.0, np.empty(1, self.dtype))  # compile (or load) the kernel now, not in frame 0
         picks = rng.choice(n_px, size=min(n_px, scene.hot_pixels + scene.dead_pixels), replace=False)
         self.hot_index = np.sort(picks[: scene.hot_pixels])
         self.dead_index = np.sort(picks[scene.hot_pixels:])
+
+    def _fill(self, start: int, offset: float, out: np.ndarray) -> np.ndarray:
+        if self.dtype.kind in "ui":
+            t = self._pool.dtype.type
+            _fill_int(self._pool, start, t(round(offset)), t(self._lo), t(self._hi), out)
+        else:
+            _fill_float(self._pool, start, float(offset), out)
+        return out
 
     def _limits(self) -> tuple[float, float]:
         if self.dtype.kind in "ui":
@@ -143,13 +152,7 @@ class FrameGenerator:
         rng, u, z = self._draws(frame_id)
         start = min(int(u[0] * (self._pool.size - n_px + 1)), self._pool.size - n_px)
         offset = s.offset_jitter * float(z[0])
-        img = np.empty(n_px, self.dtype)
-        if self.dtype.kind in "ui":
-            t = self._pool.dtype.type
-            _fill_int(self._pool, start, t(round(offset)), t(self._lo), t(self._hi), img)
-        else:
-            _fill_float(self._pool, start, offset, img)
-        img = img.reshape(rows, cols)
+        img = self._fill(start, offset, np.empty(n_px, self.dtype)).reshape(rows, cols)
         cx, cy, amplitude = self.truth(frame_id)
         if amplitude and s.sigma > 0:
             r = int(np.ceil(5 * s.sigma))
