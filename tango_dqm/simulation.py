@@ -4,12 +4,14 @@ Shared by the ``sim://`` source and the DetectorSimulator device. A frame depend
 only on the scene and the frame id, so a replay is bit-identical to the live run.
 
 Every frame has its own noise realisation. Drawing ~1 Mpixel of normal deviates per
-frame would cost ~20 ms, so the generator draws once a pool of about two frames of
-read noise (plus a pool of unit normals for the shot noise of the spot) and each frame
-reads the pool from its own start offset, chosen by a random generator seeded with
-``(seed, frame_id)``: a pixel sees an independent value in every frame (unless two of
-the ~N possible offsets coincide), the frame's own pixels are independent, and a frame
-costs one numba pass over the image plus the spot window (~1 ms for 1024x1024 uint16).
+frame would cost ~20 ms, so the generator draws once two pools of read noise (about two
+and one frames long, each with half the variance; plus a pool of unit normals for the
+shot noise of the spot) and each frame adds the two pools read from its own start
+offsets, chosen by a random generator seeded with ``(seed, frame_id)``: the frame's
+pixels are independent, and two frames share a value only if both their offsets differ
+by the same amount (~1/N per pair of frames), so trends and run histograms are made of
+independent draws. A frame costs one numba pass over the image plus the spot window
+(~1.5 ms for 1024x1024 uint16).
 On top of the noise, per frame: a global offset (``offset_jitter``, counts rms, rounded to
 whole counts for integer frames), beam
 intensity jitter (``intensity_jitter``, relative rms), beam position jitter on top of
@@ -56,17 +58,17 @@ class Scene:
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_int(pool, start, offset, lo, hi, out):  # pragma: no cover - compiled
-    """out[k] = clip(pool[start + k] + offset) in integers (vectorises), one pass."""
+def _fill_int(pool_a, start_a, pool_b, start_b, offset, lo, hi, out):  # pragma: no cover - compiled
+    """out[k] = clip(pool_a[start_a + k] + pool_b[start_b + k] + offset), in int64 (vectorises)."""
     for k in range(out.shape[0]):
-        v = pool[start + k] + offset
+        v = np.int64(pool_a[start_a + k]) + np.int64(pool_b[start_b + k]) + offset
         out[k] = min(max(v, lo), hi)
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_float(pool, start, offset, out):  # pragma: no cover - compiled
+def _fill_float(pool_a, start_a, pool_b, start_b, offset, out):  # pragma: no cover - compiled
     for k in range(out.shape[0]):
-        out[k] = pool[start + k] + offset
+        out[k] = pool_a[start_a + k] + pool_b[start_b + k] + offset
 
 
 class FrameGenerator:
@@ -88,25 +90,33 @@ class FrameGenerator:
         rng = np.random.default_rng(scene.seed)
         self._lo, self._hi = self._limits()
         n_px = rows * cols
-        n_pool = 2 * n_px + _POOL_EXTRA
-        pool = scene.background + scene.noise * rng.standard_normal(n_pool, np.float32)
-        if self.dtype.kind in "ui":  # counts already (int64 only for 32-bit frames: no overflow)
-            self._pool = np.rint(pool).astype(np.int64 if self.dtype.itemsize >= 4 else np.int32)
+        # Two pools of different lengths, each with half the noise variance, read at
+        # independent offsets: two frames share a pixel value only if both offsets differ by
+        # the same amount (~1/N per pair of frames), so even a run histogram of many frames
+        # is made of independent draws.
+        half = scene.noise / math.sqrt(2.0)
+        # (at least 1M and 0.5M values: small frames then never share values in practice)
+        pool_a = scene.background + half * rng.standard_normal(max(2 * n_px, 1 << 20) + _POOL_EXTRA, np.float32)
+        pool_b = half * rng.standard_normal(max(n_px, 1 << 19) + 2 * _POOL_EXTRA, np.float32)
+        if self.dtype.kind in "ui":  # counts already; the sum is formed in int64
+            lim = np.iinfo(np.int32)
+            self._pool = np.clip(np.rint(pool_a), lim.min, lim.max).astype(np.int32)
+            self._pool_b = np.clip(np.rint(pool_b), lim.min, lim.max).astype(np.int32)
         else:
-            self._pool = pool.astype(np.float32)
+            self._pool, self._pool_b = pool_a.astype(np.float32), pool_b.astype(np.float32)
         # shot noise of the spot window (at most a frame): unit normals, read at its own offset
         self._unit = rng.standard_normal(n_px + _POOL_EXTRA, np.float32)
-        self._fill(0, 0.0, np.empty(1, self.dtype))  # compile (or load) the kernel now, not in frame 0
+        self._fill(0, 0, 0.0, np.empty(1, self.dtype))  # compile (or load) the kernel now, not in frame 0
         picks = rng.choice(n_px, size=min(n_px, scene.hot_pixels + scene.dead_pixels), replace=False)
         self.hot_index = np.sort(picks[: scene.hot_pixels])
         self.dead_index = np.sort(picks[scene.hot_pixels:])
 
-    def _fill(self, start: int, offset: float, out: np.ndarray) -> np.ndarray:
+    def _fill(self, start_a: int, start_b: int, offset: float, out: np.ndarray) -> np.ndarray:
         if self.dtype.kind in "ui":
-            t = self._pool.dtype.type
-            _fill_int(self._pool, start, t(round(offset)), t(self._lo), t(self._hi), out)
+            _fill_int(self._pool, start_a, self._pool_b, start_b, np.int64(round(offset)), np.int64(self._lo),
+                      np.int64(self._hi), out)
         else:
-            _fill_float(self._pool, start, float(offset), out)
+            _fill_float(self._pool, start_a, self._pool_b, start_b, float(offset), out)
         return out
 
     def _limits(self) -> tuple[float, float]:
@@ -122,9 +132,9 @@ class FrameGenerator:
 
     def _draws(self, frame_id: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
         """The frame's generator and its first draws, always in this order (determinism):
-        two uniforms (pool starts) and four normals (offset, jitter x, jitter y, intensity)."""
+        three uniforms (pool starts) and four normals (offset, jitter x, jitter y, intensity)."""
         rng = np.random.default_rng([self.scene.seed & (2**63 - 1), frame_id & (2**63 - 1), 0x5157])
-        return rng, rng.random(2), rng.standard_normal(4)
+        return rng, rng.random(3), rng.standard_normal(4)
 
     def spot_centre(self, frame_id: int) -> tuple[float, float]:
         """The spot centre of frame ``frame_id`` (drift and position jitter included): the truth."""
@@ -151,8 +161,9 @@ class FrameGenerator:
         n_px = rows * cols
         rng, u, z = self._draws(frame_id)
         start = min(int(u[0] * (self._pool.size - n_px + 1)), self._pool.size - n_px)
+        start_b = min(int(u[2] * (self._pool_b.size - n_px + 1)), self._pool_b.size - n_px)
         offset = s.offset_jitter * float(z[0])
-        img = self._fill(start, offset, np.empty(n_px, self.dtype)).reshape(rows, cols)
+        img = self._fill(start, start_b, offset, np.empty(n_px, self.dtype)).reshape(rows, cols)
         cx, cy, amplitude = self.truth(frame_id)
         if amplitude and s.sigma > 0:
             r = int(np.ceil(5 * s.sigma))
