@@ -2,10 +2,11 @@
 
 | parameter            | type  | default | meaning                                                         |
 |----------------------|-------|---------|-----------------------------------------------------------------|
-| saturation_level     | int   | 65535   | pixels >= this count as saturated (shared with the roi analysis) |
-| hot_sigma            | float | 5.0     | hot: run mean this many robust (MAD) sigmas above its reference  |
+| saturation_level     | int   | 65535   | pixels >= this count as saturated (shared with roi and profile)  |
+| hot_sigma            | float | 5.0     | hot: run mean this many of its standard errors above its reference |
+| hot_ratio            | float | 2.0     | hot: and at least this many times its reference                  |
 | pixels_hot_reference | enum  | local   | local (8-neighbour median), global (map median) or either        |
-| dead_threshold       | float | 0.0     | dead: the pixel's maximum over the run never exceeds this        |
+| dead_threshold       | float | 0.0     | dead: run maximum never above this while the neighbourhood's is  |
 | pixels_min_frames    | int   | 10      | fewer accumulated frames: finish reports INSUFFICIENT            |
 
 | result               | when   | kind   | type    | meaning                                                 |
@@ -25,26 +26,24 @@ map-based classification needs the whole run and is done in ``finish`` only. It 
 done every N frames because ``process`` is pure (it sees one frame and never the
 accumulator) and ``accumulate`` has no parameters and returns no published results.
 
-The accumulator holds per-pixel sum and sum of squares (int64, exact, for integer
-frames up to 16 bits; float64 otherwise) and maximum, plus the frame count (every
-frame covers every pixel, so one count serves all pixels). It is updated by one
-numba pass per frame and merges by addition (sums, count) and maximum.
+The accumulator holds per pixel: sum and sum of squares (int64, exact, for integer frames
+up to 16 bits; float64 otherwise), the two largest values, and the sum and sum of squares
+of the residual against the mean of the 4 direct neighbours (float64), plus the frame
+count. It is updated by one numba pass per frame and merges by addition and top-two.
 
-Classification in ``finish`` (with the parameter values of the last accumulated frame):
+Classification in ``finish`` (with the parameter values of the last accumulated frame),
+see docs/analyses.md for the reasoning and the limits:
 
-- dead: run maximum <= dead_threshold.
-- hot: ``m - reference > hot_sigma * s``. ``m`` is the pixel's run mean without its
-  single largest value, ``(sum - max) / (n - 1)``: one cosmic-ray hit or saturating
-  event in a run does not make a pixel hot (a hot pixel is high in every frame).
-  ``s = 1.4826 * MAD`` of ``m - reference`` over the map (the robust sigma).
-  ``local`` reference = the median of the 8 neighbours in the map of ``m`` (mirror
-  boundary): finds single hot pixels and small clusters (no pixel with more than 3
-  hot neighbours, e.g. a 2x2 block) under a beam or a gradient, as long as the image
-  is smooth on the scale of a few pixels (a spot of amplitude A and width sigma leaves
-  about A / (2 sigma^2) at its peak, which must stay below the threshold; look for hot
-  pixels under sharp spots in a dark run). ``global`` = the median of the whole map:
-  right for dark or flat-field runs, but flags a bright beam spot as hot. ``either``
-  = hot by either reference.
+- ``m``: run mean without the pixel's two largest values (up to two zingers per run
+  never make a pixel hot; a hot pixel is high in every frame).
+- noise ``V``: median over the 24 pixels around of the residual variance / 1.25 (a beam
+  that drifts or changes intensity is not noise; a hot pixel does not inflate its own).
+- reference ``R``: median of ``m`` over the 8 neighbours (``local``) or over the map
+  (``global``); ``either``: hot by either.
+- hot: ``m - R > hot_sigma * sqrt(V (1 + pi/16) / k)`` and ``m - R >= (hot_ratio - 1) |R|``
+  (significance keeps shot noise out, the ratio keeps beam curvature out).
+- dead: run maximum <= dead_threshold while the median of the run maxima of the 24
+  pixels around exceeds it.
 - saturated in the run: run maximum >= saturation_level.
 
 ``pixels_map`` takes the first that applies of dead (2), hot (1), saturated (3), else 0;

@@ -4,11 +4,12 @@
 |--------------|------|---------|------------------------------------------------------------------|
 | roi_profile  | roi  | []      | region [offset_x, size_x, offset_y, size_y]; [] = the full frame  |
 | profile_fit  | bool | False   | also fit a Gaussian + offset to each projection (costs ~1 ms)     |
+| saturation_level | int | 65535 | pixels >= this are excluded (shared with roi and pixels)        |
 
 | result (per frame)          | kind     | type    | meaning                                                  |
 |-----------------------------|----------|---------|----------------------------------------------------------|
-| profile_x                   | spectrum | float64 | column sums of the ROI (projection onto x), length size_x |
-| profile_y                   | spectrum | float64 | row sums of the ROI (projection onto y), length size_y    |
+| profile_x                   | spectrum | float64 | column sums of the cleaned ROI (onto x), length size_x    |
+| profile_y                   | spectrum | float64 | row sums of the cleaned ROI (onto y), length size_y       |
 | profile_centroid_x / _y     | scalar   | float   | centre of mass, full-image pixel coordinates             |
 | profile_rms_x / _y          | scalar   | float   | RMS width (second central moment), pixels                 |
 | profile_fwhm_x / _y         | scalar   | float   | full width at half maximum, pixels (linear interpolation) |
@@ -25,18 +26,21 @@
 | profile_run_fwhm_x / _y         | scalar   | float   | FWHM of the run-mean projections                 |
 | profile_run_frames              | scalar   | int     | frames summed into the run-mean projections      |
 
-Definitions. Each projection ``p`` is first background-subtracted by its own minimum
-(``q = p - min(p)``); centroid, RMS and FWHM are computed from ``q``:
-centroid = sum(i q_i) / sum(q_i), RMS = sqrt(sum((i - centroid)^2 q_i) / sum(q_i)),
-FWHM = distance between the two points where ``q`` crosses half of its maximum,
-linearly interpolated between pixels, walking outwards from the maximum. A crossing
-that does not happen inside the ROI gives NaN, as does a flat projection. For a
-Gaussian spot FWHM = 2.3548 sigma and RMS = sigma (if the ROI holds the whole spot).
+Definitions (see docs/analyses.md for the reasoning and the limits). Pixels whose raw
+value is >= ``saturation_level`` (or NaN), and masked pixels, are replaced in the
+projections by the mean of their valid 8 neighbours. In each projection ``p``: the peak
+is the maximum of its 3-point median; the background ``b`` is the median of the points
+further than 2 first-guess FWHM from the peak (else 1.5, else 1; the minimum if too few);
+FWHM = distance between the two points where ``p - b`` crosses half of its value at the
+peak, linearly interpolated, walking outwards from the peak; centroid and RMS are the
+first and second moments of ``q = p - b`` within +-3 FWHM of the peak (all of ``p``
+without a FWHM). A crossing that does not happen inside the ROI gives NaN, as does a
+flat projection. For a Gaussian spot FWHM = 2.3548 sigma and RMS = sigma.
 
 The Gaussian fit ``a exp(-(x - m)^2 / (2 s^2)) + c`` uses ``scipy.optimize.curve_fit``
-on the raw projection with start values from the moments (a = max - min, m = centroid,
-s = RMS, c = min). A fit that does not converge gives NaN values, never an exception.
-With ``profile_fit`` off the fit results are NaN.
+on the cleaned projection with start values from the robust estimates (a = peak - b,
+m = centroid, s = FWHM / 2.3548, c = b). A fit that does not converge gives NaN values,
+never an exception. With ``profile_fit`` off the fit results are NaN.
 
 The run accumulator sums the projections (exactly, in float64) per region; if the
 ROI changes during a run, finish reports the region of the most recent frame.

@@ -3,7 +3,8 @@
 Scene keys: background, noise, spot_x, spot_y, sigma, amplitude, drift_x, drift_y,
 hot_pixels, dead_pixels, hot_value, jitter_x, jitter_y (beam position jitter, px rms),
 intensity_jitter (relative rms), offset_jitter (counts rms), shot_noise (0/1), zingers
-(mean zingers per frame), zinger_value (see :class:`tango_dqm.simulation.Scene`). ``frames=0`` runs until stopped; ``rate=0`` runs flat out.
+(mean zingers per frame), zinger_value (see :class:`tango_dqm.simulation.Scene`).
+``frames=0`` runs until stopped; ``rate=0`` runs flat out.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
-from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tango_dqm.analysis.profile import axis_stats
+from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tests.helpers import run_scan
 
 SPEC = "tango_dqm.analysis.profile:Profile"
