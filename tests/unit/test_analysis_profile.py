@@ -203,3 +203,31 @@ def test_runs_in_the_engine():
     assert snap.results["profile_centroid_x"] == pytest.approx(127.5, abs=1.0)  # sim spot at the centre
     assert snap.summary["profile_run_frames"] == 20
     assert snap.summary["profile_run_centroid_y"] == pytest.approx(127.5, abs=1.0)
+
+
+def test_saturation_parameter_is_shared_with_roi(analysis):
+    from tango_dqm.analysis.roi import RoiStats  # the test may look; the plugin may not import it
+
+    mine = next(p for p in analysis.parameters if p.name == "saturation_level")
+    assert mine == next(p for p in RoiStats.parameters if p.name == "saturation_level")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_saturated_and_nan_pixels_are_replaced_by_their_neighbours(analysis, dtype):
+    img = spot(amplitude=3000.0).astype(dtype)
+    expected = analysis.process(Frame(img, 0), params(analysis))
+    bad = img.copy()
+    bad[20, 30] = 65535  # far from the spot: would pull the centroid by ~1 px
+    bad[90, 140] = 65535  # at the spot's peak
+    if np.dtype(dtype).kind == "f":
+        bad[150, 200] = np.nan
+    r = analysis.process(Frame(bad, 0), params(analysis))
+    for ax in "xy":
+        assert r[f"profile_centroid_{ax}"] == pytest.approx(expected[f"profile_centroid_{ax}"], abs=0.01)
+        assert r[f"profile_fwhm_{ax}"] == pytest.approx(expected[f"profile_fwhm_{ax}"], rel=0.003)
+    assert np.isfinite(r["profile_x"]).all()
+    # the replacement is the mean of the 8 neighbours: the column sum barely changes
+    assert r["profile_x"][30] == pytest.approx(expected["profile_x"][30], rel=1e-3)
+    # a level above every value excludes nothing: the column holds the 65535 again
+    r = analysis.process(Frame(bad, 0), params(analysis, saturation_level=10**6))
+    assert r["profile_x"][30] > expected["profile_x"][30] + 60000
