@@ -75,22 +75,23 @@ def _finite_stats(values: np.ndarray) -> dict[str, float | None]:
 
 
 def status_text(row: dict[str, Any]) -> str:
-    """What happened to the scan, in words: never "complete" for a stopped or lossy one."""
+    """What happened to the scan, in the report's words (report._status): ``complete`` only for a
+    finished scan that analysed every frame and lost none, else e.g. ``stopped: 0/300 completed, 0 lost``."""
     if row.get("error"):
         return "unreadable"
+    if row.get("complete"):
+        completed = row.get("frames_completed") if row.get("counters") else None
+        if completed is None:  # a file without counters: finished, but nothing says all arrived
+            return "finished" if row.get("frames") else "finished: no frames"
+        lost, bad, total = row.get("frames_lost") or 0, row.get("frames_bad") or 0, row.get("total") or 0
+        expected, stopped = row.get("frames_expected"), row.get("end_reason") == "stopped"
+        if completed > 0 and not lost and not bad and not stopped and (expected is None or completed >= expected):
+            return "complete"
+        return (f"{'stopped' if stopped else 'finished'}: {completed}/{total} completed, {lost} lost"
+                + (f", {bad} bad" if bad else ""))
     if row.get("running"):
         return "running"
-    if not row.get("complete"):
-        return "incomplete (writer stopped; recovered)" if row.get("recovered") else "incomplete (writer stopped)"
-    done, lost, bad = row.get("frames_completed"), row.get("frames_lost") or 0, row.get("frames_bad") or 0
-    reason = str(row.get("end_reason") or "")
-    if done == 0:
-        return f"{reason or 'ended'}, no frames"
-    if reason == "stopped":
-        return "stopped"
-    if lost or bad:
-        return f"ended, {lost} lost, {bad} bad"
-    return "complete"
+    return "incomplete (writer stopped; recovered)" if row.get("recovered") else "incomplete (writer stopped)"
 
 
 def read_row(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -167,6 +168,8 @@ def _fill_from_file(entry: h5py.Group, row: dict[str, Any]) -> None:
         row["frames_completed"] = _int(c.get("completed"))
         row["frames_lost"] = _int(c.get("dropped"))
         row["frames_bad"] = _int(c.get("bad"))
+        row["total"] = _int(c.get("total"))
+        row["counters"] = row["frames_completed"] is not None
     main = value("provenance/main_result", None)
     if not main:
         data = entry.get("data")

@@ -43,10 +43,10 @@ def test_rows_csv_json_and_status(tmp_path):
     assert a["sample"] == md["sample"] and a["operator"] == "ann" and a["proposal"] == "p17"
     assert json.loads(a["metadata"]) == {"pmt_serial": "SN-1"}
     assert a["verdict"] == "WARNING" and "above 10 on frames 3-5" in a["reasons"]
-    assert a["status"] == "ended, 1 lost, 1 bad"  # not "complete"
+    assert a["status"] == "finished: 10/12 completed, 1 lost, 1 bad"  # not "complete"
     assert (a["main_result"], float(a["main_mean"]), float(a["main_max"])) == ("net_signal", 4.5, 9.0)
     assert float(a["duration_s"]) >= 0 and a["report"] == ""
-    assert b["mode"] == "live" and b["status"] == "stopped, no frames" and b["frames_completed"] == "0"
+    assert b["mode"] == "live" and b["status"] == "stopped: 0/0 completed, 0 lost" and b["frames_completed"] == "0"
 
     doc = json.loads((tmp_path / "runs.json").read_text(encoding="utf-8"))
     ra = doc["runs"][0]
@@ -57,14 +57,23 @@ def test_rows_csv_json_and_status(tmp_path):
     assert "Si, wafer &quot;7&quot;" in page
 
 
-def test_status_words():
-    base = {"complete": True, "frames_completed": 5, "frames_lost": 0, "frames_bad": 0, "end_reason": "series end"}
-    assert status_text(base) == "complete"
-    assert status_text({**base, "end_reason": "stopped"}) == "stopped"
-    assert status_text({**base, "frames_completed": 0, "end_reason": "stopped"}) == "stopped, no frames"
-    assert status_text({**base, "complete": False, "running": True}) == "running"
-    assert status_text({**base, "complete": False}) == "incomplete (writer stopped)"
-    assert status_text({**base, "error": "boom"}) == "unreadable"
+def test_status_words_match_the_report():
+    from tango_dqm.report import _status
+
+    base = {"complete": True, "counters": True, "frames_completed": 5, "frames_lost": 0, "frames_bad": 0,
+            "total": 5, "frames_expected": 5, "end_reason": "series end", "frames": 5}
+    for change, words in (({}, "complete"), ({"end_reason": "stopped"}, "stopped: 5/5 completed, 0 lost"),
+                          ({"frames_completed": 0, "end_reason": "stopped"}, "stopped: 0/5 completed, 0 lost"),
+                          ({"frames_lost": 2, "total": 7, "frames_expected": 7}, "finished: 5/7 completed, 2 lost"),
+                          ({"complete": False, "running": True}, "running"),
+                          ({"complete": False}, "incomplete (writer stopped)"), ({"error": "boom"}, "unreadable")):
+        row = {**base, **change}
+        assert status_text(row) == words
+        info = {"complete": row["complete"], "running": row.get("running"), "error": row.get("error"),
+                "end_reason": row["end_reason"], "frames": 5, "completed": row["frames_completed"],
+                "lost": row["frames_lost"], "bad": row["frames_bad"], "total": row["total"],
+                "expected": row["frames_expected"]}
+        assert _status(info) == words
 
 
 def test_log_follows_marks_and_unreadable_files(tmp_path):
