@@ -375,17 +375,6 @@ def _loss_counts(counters: dict[str, Any]) -> dict[str, Any]:
             "lost": num("dropped") or 0, "bad": num("bad") or 0}
 
 
-def _scan_counters(path: Path) -> dict[str, Any]:
-    try:
-        with open_scan(path) as f:
-            g = f.get("entry/summary/counters")
-            if not isinstance(g, h5py.Group):
-                return {}
-            return _loss_counts({k: _decode(v[()]) for k, v in g.items() if isinstance(v, h5py.Dataset)})
-    except (StorageError, OSError, KeyError, ValueError):
-        return {}
-
-
 def _status(info: dict[str, Any]) -> str:
     """``complete`` only for a finished scan that analysed every frame and lost none; otherwise
     e.g. ``finished: 289/300 completed, 11 lost`` or ``stopped: 0/300 completed, 0 lost``."""

@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-
 from tango_dqm.cli import main as cli_main
 from tango_dqm.engine import Counters
 from tango_dqm.plugin import Result
