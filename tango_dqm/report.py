@@ -434,7 +434,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;
 h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.nowrap,td.num{white-space:nowrap}
 .verdict{font-weight:bold;padding:.1em .5em;border-radius:.3em;color:#fff}
 .mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
 .plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0;max-width:100%}
@@ -632,7 +632,8 @@ def _frames_text(ids: np.ndarray, limit: int = 20) -> str:
 def _range_check_frames(data: _ScanData) -> dict[str, np.ndarray]:
     """Per range check (by name): ids of the frames outside its warning range (limits are outside)."""
     try:
-        checks = json.loads(data.provenance.get("thresholds_json") or "[]")
+        # a list of check configs is stored as one JSON dataset ("thresholds"), a dict also as "*_json"
+        checks = json.loads(data.provenance.get("thresholds_json") or data.provenance.get("thresholds") or "[]")
     except (TypeError, ValueError):
         return {}
     series = {s.name: s.values for s in data.scalars}
@@ -860,14 +861,14 @@ def write_run_list(root: str | os.PathLike) -> Path:
         reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("reasons") or [])
         frames = _esc(r.get("frames_completed")) + (f" / {_esc(r['frames_expected'])}"
                                                     if r.get("frames_expected") is not None else "")
-        main = (f"{_esc(r['main_result'])}: mean {_esc(_fmt(r['main_mean']))}"
+        main = (f"{_esc(r['main_result'])}<br><span class=nowrap>mean {_esc(_fmt(r['main_mean']))}</span>"
                 if r.get("main_result") and r.get("main_mean") is not None else "")
         duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
         mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
         body_rows.append(
             f"<tr><td>{link}<br>{h5_link}{'' if r.get('report') else ' <span class=muted>no report</span>'}"
             f"{f' <span class=muted>({_esc(folder)})</span>' if folder != '.' else ''}</td>"
-            f"<td>{_esc(str(r.get('start') or '')[:19].replace('T', ' '))}<br>"
+            f"<td class=nowrap>{'<br>'.join(_esc(p) for p in str(r.get('start') or '')[:19].split('T'))}<br>"
             f"<span class=muted>{_esc(duration)}</span></td><td>{_esc(r.get('mode'))}</td>"
             f'<td class="num">{frames}</td><td class="num">{_esc(r.get("frames_lost"))}</td>'
             f'<td class="num">{_esc(r.get("frames_bad"))}</td><td>{_esc(status)}</td>'

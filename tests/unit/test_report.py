@@ -297,7 +297,8 @@ def test_verdict_reasons_with_frames_and_metadata_come_first(tmp_path):
     text = write_report(w.path).read_text(encoding="utf-8")
     top = text.index("<h2>Summary")
     assert text.index("WARNING x_range: 4 frames outside") < top
-    assert text.index("4 frames: 105-107, 112") < top          # the frames concerned, by id
+    # the frames concerned, by id, under the reason of the check
+    assert text.index("x_range: 4 frames outside<br><span class=frames>4 frames: 105-107, 112</span>") < top
     assert text.index("frames judged WARNING: 4 frames: 105-107, 112") < top
     assert text.index("Au &lt;foil&gt;") < top and "SN-9" in text[:top]
     assert "y</th><td>scalar: no value in any frame (all NaN)" in text  # listed, not drawn empty
