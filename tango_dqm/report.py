@@ -437,14 +437,15 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:to
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.nowrap,td.num{white-space:nowrap}
 .verdict{font-weight:bold;padding:.1em .5em;border-radius:.3em;color:#fff}
 .mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
-.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0;max-width:100%}
-.plots img{max-width:100%;height:auto}td{overflow-wrap:anywhere}
+.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0;flex:0 1 600px;max-width:100%}
+.plots img{width:100%;height:auto}td{overflow-wrap:break-word}
 figcaption{font-size:.8em;color:#555}
 pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}
 .verdict-box{border:1px solid #ccc;border-radius:.4em;padding:.3em .9em;background:#fafafa}
 .verdict-box ul.reasons{font-size:.95em}.frames{color:#555;font-size:.9em}
 .muted{color:#777}.small{font-size:.8em}
-table.runs{width:100%;table-layout:auto}table.runs td{overflow-wrap:anywhere;word-break:break-word}
+table.runs{width:100%;table-layout:auto;font-size:.85em}td.brk{overflow-wrap:anywhere}td.scan{min-width:9em}
+td.why{min-width:15em}.verdict{white-space:nowrap}
 ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
 """
 
@@ -861,20 +862,20 @@ def write_run_list(root: str | os.PathLike) -> Path:
         reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("reasons") or [])
         frames = _esc(r.get("frames_completed")) + (f" / {_esc(r['frames_expected'])}"
                                                     if r.get("frames_expected") is not None else "")
-        main = (f"{_esc(r['main_result'])}<br><span class=nowrap>mean {_esc(_fmt(r['main_mean']))}</span>"
+        main = (f"{_esc(r['main_result'])}<br>mean {_esc(_fmt(r['main_mean']))}"
                 if r.get("main_result") and r.get("main_mean") is not None else "")
         duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
         mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
         body_rows.append(
-            f"<tr><td>{link}<br>{h5_link}{'' if r.get('report') else ' <span class=muted>no report</span>'}"
+            f"<tr><td class='brk scan'>{link}<br>{h5_link}{'' if r.get('report') else ' <span class=muted>no report</span>'}"
             f"{f' <span class=muted>({_esc(folder)})</span>' if folder != '.' else ''}</td>"
             f"<td class=nowrap>{'<br>'.join(_esc(p) for p in str(r.get('start') or '')[:19].split('T'))}<br>"
             f"<span class=muted>{_esc(duration)}</span></td><td>{_esc(r.get('mode'))}</td>"
             f'<td class="num">{frames}</td><td class="num">{_esc(r.get("frames_lost"))}</td>'
             f'<td class="num">{_esc(r.get("frames_bad"))}</td><td>{_esc(status)}</td>'
-            f"<td>{_verdict_html(r.get('verdict'))}{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
+            f"<td class='brk why'>{_verdict_html(r.get('verdict'))}{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
             f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
-            f"<td>{_esc(md.get('proposal'))}</td><td>{_esc(other)}</td><td>{main}</td></tr>")
+            f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td class=brk>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     page = f"""<!DOCTYPE html>
