@@ -31,6 +31,10 @@ from tango import DevState
 __all__ = ["MonitorClient", "MonitorError", "InvalidValue", "CommandNotAllowed", "NotConfigured",
            "ScanFault", "MonitorTimeout", "COUNTERS", "STATIC_ATTRIBUTES"]
 
+#: how long MonitorClient.start waits for a scan to finish unless told otherwise (s)
+DEFAULT_SCAN_TIMEOUT = 3600.0
+_DEFAULT = object()  # start(timeout=...) not given: the client's scan_timeout
+
 #: counters in :meth:`MonitorClient.snapshot`
 COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "eventRate")
 
@@ -103,7 +107,8 @@ class MonitorClient:
     seconds (each command and attribute read); waits have their own ``timeout`` argument.
     """
 
-    def __init__(self, device: str | tango.DeviceProxy, timeout: float = 10.0, poll_interval: float = 0.1):
+    def __init__(self, device: str | tango.DeviceProxy, timeout: float = 10.0, poll_interval: float = 0.1,
+                 scan_timeout: float | None = DEFAULT_SCAN_TIMEOUT):
         try:
             self.proxy = device if isinstance(device, tango.DeviceProxy) else tango.DeviceProxy(device)
         except tango.DevFailed as exc:
@@ -111,6 +116,8 @@ class MonitorClient:
         if timeout:
             self.proxy.set_timeout_millis(int(timeout * 1000))
         self.poll_interval = poll_interval
+        #: how long :meth:`start` waits for a scan by default (None: for ever)
+        self.scan_timeout = scan_timeout
         self.name = self.proxy.dev_name()
         self._results: list[str] | None = None
         self._verdict_labels: list[str] | None = None
@@ -194,7 +201,7 @@ class MonitorClient:
 
     # ---- commands ----------------------------------------------------------------------
 
-    def start(self, wait: bool = True, timeout: float | None = None,
+    def start(self, wait: bool = True, timeout: float | None | object = _DEFAULT,
               progress: Callable[[dict[str, Any]], Any] | None = None) -> str:
         """Start a scan; returns its scan id.
 
@@ -202,12 +209,13 @@ class MonitorClient:
         RUNNING, normally to CLOSE: results frozen and readable). ``progress(snapshot)`` is
         called at every poll while waiting and once at the end. Raises :class:`ScanFault`
         with the Status text when the scan ends in FAULT, :class:`MonitorTimeout` after
-        ``timeout`` seconds (the scan keeps running), :class:`CommandNotAllowed` when the
-        device is RUNNING or FAULT (run :meth:`reset` first).
+        ``timeout`` seconds (default ``scan_timeout``, one hour; None waits for ever; the scan
+        keeps running), :class:`CommandNotAllowed` when the device is RUNNING or FAULT (run
+        :meth:`reset` first) or when ``RequiredMetadata`` keys are not set (see :meth:`set_metadata`).
         """
         scan_id = self._command("Start")
         if wait:
-            self._wait_end(scan_id, timeout, progress)
+            self._wait_end(scan_id, self.scan_timeout if timeout is _DEFAULT else timeout, progress)  # type: ignore[arg-type]
         return scan_id
 
     def live(self) -> str:
