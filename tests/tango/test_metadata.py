@@ -95,3 +95,18 @@ def test_live_is_not_refused_and_records_its_mode(tmp_path):
     with h5py.File(path, "r") as f:
         assert f["entry/provenance/mode"][()].decode() == "live"
         assert json.loads(f["entry/provenance/metadata_json"][()]) == {}
+
+
+def test_metadata_memorized_across_restart_and_init(tmp_path):
+    db = str(tmp_path / "tango.db")
+    with context(["sim://?frames=5&shape=16x16"], db=db) as p:
+        p.sample = "Cu mesh"
+        p.scanMetadata = '{"pmt_serial": "SN-1", "hv": 1200}'
+        with pytest.raises(tango.DevFailed):
+            p.scanMetadata = "[]"  # refused: not memorized either
+        p.Init()
+        assert p.sample == "Cu mesh" and json.loads(p.scanMetadata) == {"hv": 1200, "pmt_serial": "SN-1"}
+    with context(["sim://?frames=5&shape=16x16"], db=db) as p:
+        assert p.sample == "Cu mesh"
+        assert json.loads(p.scanMetadata) == {"hv": 1200, "pmt_serial": "SN-1"}
+        assert p.operator == ""
