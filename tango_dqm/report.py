@@ -867,13 +867,15 @@ def write_run_list(root: str | os.PathLike) -> Path:
         duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
         mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
         body_rows.append(
-            f"<tr><td class='brk scan'>{link}<br>{h5_link}{'' if r.get('report') else ' <span class=muted>no report</span>'}"
+            f"<tr><td class='brk scan'>{link}<br>{h5_link}"
+            f"{'' if r.get('report') else ' <span class=muted>no report</span>'}"
             f"{f' <span class=muted>({_esc(folder)})</span>' if folder != '.' else ''}</td>"
             f"<td class=nowrap>{'<br>'.join(_esc(p) for p in str(r.get('start') or '')[:19].split('T'))}<br>"
             f"<span class=muted>{_esc(duration)}</span></td><td>{_esc(r.get('mode'))}</td>"
             f'<td class="num">{frames}</td><td class="num">{_esc(r.get("frames_lost"))}</td>'
             f'<td class="num">{_esc(r.get("frames_bad"))}</td><td>{_esc(status)}</td>'
-            f"<td class='brk why'>{_verdict_html(r.get('verdict'))}{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
+            f"<td class='brk why'>{_verdict_html(r.get('verdict'))}"
+            f"{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
             f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
             f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td class=brk>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))

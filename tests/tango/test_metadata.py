@@ -60,7 +60,8 @@ def test_required_metadata_refuses_start_then_recorded_everywhere(tmp_path):
         assert json.loads(p.scanMetadata) == {"pmt_serial": "SN-4711"}
         scan_id = client.start(timeout=60)
         assert p.state() == tango.DevState.CLOSE
-        results = Path(p.outputFile)
+        _wait_file(out / "runs.json", scan_id)
+        results = Path(p.Flag("PMT noisy"))  # the run log follows the mark
 
     with h5py.File(results, "r") as f:
         prov = f["entry/provenance"]
@@ -68,7 +69,8 @@ def test_required_metadata_refuses_start_then_recorded_everywhere(tmp_path):
         assert prov["metadata/pmt_serial"][()].decode() == "SN-4711"
         assert prov["mode"][()].decode() == "scan"
 
-    _wait_file(out / "index.html", "SN-4711")
+    _wait_file(out / "runs.csv", "PMT noisy")
+    _wait_file(out / "index.html", "PMT noisy")
     rows = list(csv.DictReader((out / "runs.csv").open(encoding="utf-8")))
     assert len(rows) == 1
     row = rows[0]
@@ -78,6 +80,7 @@ def test_required_metadata_refuses_start_then_recorded_everywhere(tmp_path):
     assert (row["mode"], row["frames_completed"], row["frames_lost"], row["frames_bad"]) == ("scan", "20", "0", "0")
     runs = json.loads((out / "runs.json").read_text(encoding="utf-8"))["runs"]
     assert runs[0]["metadata"] == md and runs[0]["frames_expected"] == 20
+    assert (row["flag"], row["flag_reason"], row["file"]) == ("flagged", "PMT noisy", f"flagged/{results.name}")
     report = _wait_file(results.with_suffix(".html"), "SN-4711")
     assert "Si wafer 7" in report and "p2026-17" in report
 

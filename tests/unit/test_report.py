@@ -291,7 +291,8 @@ def test_verdict_reasons_with_frames_and_metadata_come_first(tmp_path):
     for i in range(20):
         x = 5.0 if 5 <= i <= 7 or i == 12 else 1.0
         w.append(100 + i, 0.0, {"x": x, "y": float("nan")}, verdict="WARNING" if x > 3 else "OK")
-    report = "verdict WARNING: 1 of 1 checks failing, 0 insufficient, 0 OK; 20 frames\nWARNING x_range: 4 frames outside"
+    report = ("verdict WARNING: 1 of 1 checks failing, 0 insufficient, 0 OK; 20 frames\n"
+              "WARNING x_range: 4 frames outside")
     w.finish({}, Counters(total=20, completed=20), "WARNING", end_reason="series end",
              provenance={"quality_report": report})
     text = write_report(w.path).read_text(encoding="utf-8")
