@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from . import __version__
 from .engine import EngineError, Snapshot
@@ -25,11 +27,18 @@ from .replay import load_params, print_summary, record, replay, replay_uri
 from .sources import SourceError
 
 
+_last_progress = [0.0]
+
+
 def _progress_line(snap: Snapshot) -> None:
     c = snap.counters
     total = f"/{c.total}" if c.expected else ""
-    print(f"\r  {c.completed}{total} events, {c.event_rate:7.1f} Hz, dropped {c.dropped}, bad {c.bad}   ",
-          end="", file=sys.stderr, flush=True)
+    text = f"  {c.completed}{total} events, {c.event_rate:7.1f} Hz, dropped {c.dropped}, bad {c.bad}"
+    if sys.stderr.isatty():
+        print(f"\r{text}   ", end="", file=sys.stderr, flush=True)  # one line rewritten in place
+    elif time.monotonic() - _last_progress[0] >= 5.0:  # a log file gets whole lines, not carriage returns
+        _last_progress[0] = time.monotonic()
+        print(text, file=sys.stderr, flush=True)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -48,11 +57,26 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    snap = replay(args.source, args.analysis or ["roi"], params, args.output, _progress_line)
-    print(file=sys.stderr)
-    print_summary(snap)
+    source = args.source
+    if args.dataset:  # any HDF5 file: frames along the first axis of --dataset, ids optional
+        if "://" in source:
+            raise ValueError("--dataset takes a file path, not a URI (put dataset= into the URI instead)")
+        source = f"hdf5://{Path(source).resolve()}?dataset={quote(args.dataset)}" + (
+            f"&ids={quote(args.ids)}" if args.ids else "")
+    elif args.ids:
+        raise ValueError("--ids needs --dataset")
+    snap = replay(source, args.analysis or ["roi"], params, args.output, _progress_line)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress line
+    print_summary(snap, sys.stdout)  # the stream of now (its default was bound at import)
     if args.output:
-        print(f"results: {Path(args.output).resolve()}")
+        out = Path(args.output).resolve()
+        print(f"results: {out}")
+        for what, path in (("report", out.with_suffix(".html")), ("plots", out.with_name(out.stem + "_plots")),
+                           ("run list", out.parent / "index.html"), ("run log", out.parent / "runs.csv"),
+                           ("run log", out.parent / "runs.json")):
+            if path.exists():
+                print(f"{what}: {path}")
     return 0 if snap.state.value == "CLOSE" else 1
 
 
@@ -82,7 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("source", help="source URI, or a file written by 'record'")
         p.add_argument("--analysis", "-a", action="append", help="analysis name or module:Class (repeat)")
         p.add_argument("--params", type=Path, help="JSON or YAML file of parameter values")
-        p.add_argument("-o", "--output", type=Path, help="per-frame results and summary (HDF5)")
+        p.add_argument("-o", "--output", type=Path,
+                       help="per-frame results and summary (HDF5); its report, run list and run log go next to it")
+        p.add_argument("--dataset", help="replay this dataset of any HDF5 file (frames along the first axis)")
+        p.add_argument("--ids", help="with --dataset: a 1-D dataset of frame ids (default: the index)")
         p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("report", help="regenerate the HTML run report of results files")
@@ -96,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the CLI prints the error itself; the engine's FAULT line speaks of device properties
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: not (r.name == "tango_dqm.engine" and r.getMessage().startswith("FAULT")))
     if args.command == "report":
         from .report import main as report_main
         return report_main(args.rest)
@@ -105,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (EngineError, PluginError, SourceError, ParameterError, ValueError, OSError) as exc:
-        print(f"tango-dqm {args.command}: {exc}", file=sys.stderr)
+        hint = ""
+        if args.command in ("replay", "once") and "has no dataset" in str(exc) and not getattr(args, "dataset", None):
+            hint = "; name the frames dataset with --dataset (and the frame ids with --ids)"
+        print(f"tango-dqm {args.command}: {exc}{hint}", file=sys.stderr)
         return 2
 
 
