@@ -91,6 +91,17 @@ INT_MISSING = np.iinfo(np.int64).min
 RESERVED = ("frame_id", "timestamp", "verdict")
 SCAN_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
+# Memory bounds of a writer (a Live run writes one file for hours). HDF5 2.0 gives every
+# dataset its own 8 MiB chunk cache, and written chunks stay cached until that fills: with
+# ~40 per-frame datasets that is ~320 MiB, reached only after a million frames, so RSS looked
+# like it grew without end. Rows are written once, in blocks, so a chunk is only needed while
+# it is being filled: a few chunks per dataset (the largest chunk below is 128 KiB), fully
+# written chunks evicted first (w0=1). The metadata cache (up to 32 MiB by default, and it
+# grows with the chunk index) is capped too. Both are per open file.
+CHUNK_CACHE_BYTES = 256 * 1024
+CHUNK_CACHE_SLOTS = 61  # a prime, ~10x the chunks that fit
+METADATA_CACHE_BYTES = 512 * 1024
+
 _STR = h5py.string_dtype()
 _OPEN_WRITERS: set[Path] = set()  # files this process is writing (HDF5 would share their handle)
 _OPEN_LOCK = threading.Lock()
@@ -250,6 +261,17 @@ def _decode(value: Any) -> Any:
 # ---- the writer ----------------------------------------------------------------------------
 
 
+def _bound_metadata_cache(f: h5py.File, max_bytes: int = METADATA_CACHE_BYTES) -> None:
+    """Cap the HDF5 metadata cache of ``f`` (adaptive resizing stays on, within the cap)."""
+    cfg = f.id.get_mdc_config()
+    cfg.set_initial_size = True
+    cfg.initial_size = min(cfg.initial_size, max_bytes)
+    cfg.min_size = min(cfg.min_size, cfg.initial_size)
+    cfg.max_size = max_bytes
+    cfg.max_increment = min(cfg.max_increment, max_bytes // 4)
+    f.id.set_mdc_config(cfg)
+
+
 class _Column:
     """One per-frame dataset and its in-memory block buffer."""
 
@@ -349,7 +371,9 @@ class ScanWriter:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _acquire_writer_lock(self._path)
-            self._file = h5py.File(self._path, "w" if overwrite else "w-", libver="latest")
+            self._file = h5py.File(self._path, "w" if overwrite else "w-", libver="latest",
+                                   rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS, rdcc_w0=1.0)
+            _bound_metadata_cache(self._file)
         except FileExistsError:
             self._unregister()
             raise StorageError(f"results file {self._path} already exists; refusing to overwrite it") from None
