@@ -47,6 +47,10 @@ Rules:
   (:func:`writer_alive`), so a running scan is never recovered, marked or moved.
 - ``finish`` closes the SWMR file and reopens it (no SWMR) to add the summary, because a
   SWMR writer cannot create objects.
+- Memory is bounded whatever the length of the scan: every dataset's chunk cache is
+  ``CHUNK_CACHE_BYTES`` and the file's metadata cache at most ``METADATA_CACHE_BYTES`` (HDF5
+  2.0's defaults, 8 MiB per dataset and 32 MiB, grew a Live run's RSS by hundreds of MB).
+  One file per scan, so a Live run is one file that grows on disk at the per-frame row size.
 
 Paths are confined to an output root directory (:func:`confined_path`); :func:`mark_scan`
 flags or archives a finished scan, moves it with its report into ``root/flagged/`` or
@@ -98,9 +102,9 @@ SCAN_SUFFIXES = (".h5", ".hdf5", ".nxs")
 # it is being filled: a few chunks per dataset (the largest chunk below is 128 KiB), fully
 # written chunks evicted first (w0=1). The metadata cache (up to 32 MiB by default, and it
 # grows with the chunk index) is capped too. Both are per open file.
-CHUNK_CACHE_BYTES = 256 * 1024
-CHUNK_CACHE_SLOTS = 61  # a prime, ~10x the chunks that fit
-METADATA_CACHE_BYTES = 512 * 1024
+CHUNK_CACHE_BYTES = 128 * 1024
+CHUNK_CACHE_SLOTS = 31  # a prime, well above the chunks that fit
+METADATA_CACHE_BYTES = 256 * 1024
 
 _STR = h5py.string_dtype()
 _OPEN_WRITERS: set[Path] = set()  # files this process is writing (HDF5 would share their handle)
@@ -261,8 +265,9 @@ def _decode(value: Any) -> Any:
 # ---- the writer ----------------------------------------------------------------------------
 
 
-def _bound_metadata_cache(f: h5py.File, max_bytes: int = METADATA_CACHE_BYTES) -> None:
+def _bound_metadata_cache(f: h5py.File, max_bytes: int | None = None) -> None:
     """Cap the HDF5 metadata cache of ``f`` (adaptive resizing stays on, within the cap)."""
+    max_bytes = METADATA_CACHE_BYTES if max_bytes is None else max_bytes
     cfg = f.id.get_mdc_config()
     cfg.set_initial_size = True
     cfg.initial_size = min(cfg.initial_size, max_bytes)
