@@ -36,21 +36,22 @@ def main(argv: list[str] | None = None) -> bool:
     parser.add_argument("--shape", default="64x64", help="simulated frame shape (small: many frames/s)")
     parser.add_argument("--analyses", default=ANALYSES, help="comma-separated analyses")
     parser.add_argument("--output", default="", help="OutputDirectory (default: a temporary directory)")
+    parser.add_argument("--no-output", action="store_true", help="no OutputDirectory (for comparison)")
     args = parser.parse_args(argv)
 
     from tango_dqm.engine import Engine, EngineConfig, EngineState
 
-    tmp = tempfile.TemporaryDirectory(prefix="dqm-soak-") if not args.output else None
-    out = Path(args.output or tmp.name)  # type: ignore[union-attr]
+    tmp = tempfile.TemporaryDirectory(prefix="dqm-soak-") if not (args.output or args.no_output) else None
+    out = "" if args.no_output else str(Path(args.output or tmp.name))  # type: ignore[union-attr]
     config = EngineConfig([f"sim://?shape={args.shape}&rate=0&frames=0"], args.analyses.split(","),
-                          output_directory=str(out))
+                          output_directory=out)
     engine = Engine(config)
     engine.start(live=True)
     t0 = time.monotonic()
     duration, warmup = args.minutes * 60.0, args.warmup * 60.0
     baseline: float | None = None
     done = threading.Event()
-    print(f"soak: Live, sim {args.shape} flat out, analyses {args.analyses}, output {out}, "
+    print(f"soak: Live, sim {args.shape} flat out, analyses {args.analyses}, output {out or 'none'}, "
           f"{args.minutes:g} min, warm-up {args.warmup:g} min, bound {args.bound:g} MB", flush=True)
     print(f"{'t/s':>7} {'RSS/MB':>8} {'growth/MB':>10} {'frames':>10} {'frames/s':>9} {'file/MB':>8}", flush=True)
     last_t, last_n = 0.0, 0
