@@ -100,8 +100,9 @@ SCAN_SUFFIXES = (".h5", ".hdf5", ".nxs")
 # ~40 per-frame datasets that is ~320 MiB, reached only after a million frames, so RSS looked
 # like it grew without end. Rows are written once, in blocks, so a chunk is only needed while
 # it is being filled: a few chunks per dataset (the largest chunk below is 128 KiB), fully
-# written chunks evicted first (w0=1). The metadata cache (up to 32 MiB by default, and it
-# grows with the chunk index) is capped too. Both are per open file.
+# written chunks evicted first (w0=1). The metadata cache (up to 32 MiB by default) grows
+# with the chunk index of the spectra (a B-tree: two unlimited dimensions) and its entries
+# take ~13x their counted size in memory, so it is capped too. Both are per open file.
 CHUNK_CACHE_BYTES = 128 * 1024
 CHUNK_CACHE_SLOTS = 31  # a prime, well above the chunks that fit
 METADATA_CACHE_BYTES = 256 * 1024
@@ -378,7 +379,6 @@ class ScanWriter:
             self._lock_fd = _acquire_writer_lock(self._path)
             self._file = h5py.File(self._path, "w" if overwrite else "w-", libver="latest",
                                    rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS, rdcc_w0=1.0)
-            _bound_metadata_cache(self._file)
         except FileExistsError:
             self._unregister()
             raise StorageError(f"results file {self._path} already exists; refusing to overwrite it") from None
@@ -389,6 +389,7 @@ class ScanWriter:
             self._unregister()
             raise StorageError(f"cannot create results file {self._path}: {exc}") from exc
         try:
+            _bound_metadata_cache(self._file)
             self._create_layout(provenance or {}, title)
             self._file.swmr_mode = True
             self._file.flush()
