@@ -1,4 +1,8 @@
-"""Run every benchmark: ``python -m benchmarks`` (``make bench``)."""
+"""Run every benchmark: ``python -m benchmarks`` (``make bench``).
+
+Only ``bench_*`` modules run here. The memory soak (``python -m benchmarks.soak_live``,
+10 minutes by default) is run by hand, see docs/operations.md.
+"""
 import importlib
 import pkgutil
 from pathlib import Path
