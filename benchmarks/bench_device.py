@@ -80,7 +80,7 @@ def paced_sender(port: int, rate: float, n: int, marker_at: tuple[int, int], cle
 class Events:
     """Change-event callback: counts events per attribute, times the marker result's events."""
 
-    def __init__(self, state_name: str = "State"):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.recording = False
         self.marks: list[tuple[float, float]] = []
