@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     args = parser.parse_args(argv)
     seconds = 60.0 if args.long else args.seconds
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    too_many = [r for r in rates if r * seconds > 65535 - 1 - MARKER]
+    if too_many or not rates:
+        parser.error(f"rates {too_many or args.rates!r} x {seconds:.0f} s: give rates in Hz, and at most "
+                     f"{65535 - 1 - MARKER} frames per run (the marker pixel is uint16)")
 
     import tango
     from tango.test_context import DeviceTestContext
