@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import pkgutil
 import sys
 import time
@@ -47,6 +48,10 @@ def _num(v: float | None, unit: str) -> str:
     return f"{v:.0f}"
 
 
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def summary(figures: list[Figure]) -> None:
     print("\n=== summary: issue 11 goals, each beside its baseline from this run ===")
     w = max(len(f.what) for f in figures)
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     failed: list[str] = []
     t0 = time.perf_counter()
+    print(f"{os.cpu_count()} CPUs, load average {_load()} (figures from a loaded machine are lower; "
+          "ratios hold better)", flush=True)
     for name in names:
         print(f"\n=== bench_{name} ===", flush=True)
         t = time.perf_counter()
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                               baseline_what="kernels summed"))
     if figures:
         summary(figures)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"\nload average at the end {_load()}")
+    print(f"total {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

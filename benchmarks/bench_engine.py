@@ -1,6 +1,6 @@
 """Engine throughput against a bare pyzmq receive loop on the same stream, in the same run.
 
-    python -m benchmarks.bench_engine [--frames 2000] [--std-frames 1500] [--repeat 2]
+    python -m benchmarks.bench_engine [--frames 2000] [--std-frames 1000] [--repeat 2]
 
 A sender process pushes pre-built 1024x1024 uint16 STINS frames (the demo's scene) as
 fast as they are taken. The baseline receives them zero-copy and wraps them in numpy (no
@@ -29,7 +29,7 @@ ROI_PARAMS = {"roi_signal": [256, 512, 256, 512], "roi_background": [0, 128, 0, 
 def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000, help="frames per bare and roi run")
-    parser.add_argument("--std-frames", type=int, default=1500, help="frames per standard-set run")
+    parser.add_argument("--std-frames", type=int, default=1000, help="frames per standard-set run")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args(argv)
     std_params = demo_engine_parameters()
