@@ -35,6 +35,7 @@ _VERDICT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.INSUFFICIENT: At
 _RESULT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.WARNING: AttrQuality.ATTR_WARNING,
                    Verdict.ERROR: AttrQuality.ATTR_ALARM}
 core_log = logging.getLogger("tango_dqm")
+_event_socket = {"ready": False}  # per process: the ZMQ event socket exists
 
 
 def _throw(reason: str, desc: str, origin: str) -> None:
@@ -111,8 +112,42 @@ class DataQualityMonitor(Device):
             return
         self._live_flags = self._restore_live_flags()
         if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
+            self._ensure_event_socket()
             self._build_dynamic_attributes()
         self.set_state(DevState.ON)
+
+    def server_init_hook(self) -> None:
+        self._ensure_event_socket()  # before a RestartDevice or Init can push an interface change
+
+    def _ensure_event_socket(self) -> None:
+        """Create cppTango's ZMQ event socket, which it makes only at the first event subscription.
+
+        Init (and the admin's RestartDevice) push the device-interface-change event whenever
+        ``EventSupplier::any_dev_intr_client`` says a client listens; cppTango 10 computes that as
+        ``steady_clock::now() - last_subscription < 600 s`` with a zero default, which is true during
+        the first 10 minutes after the host booted even when nobody ever subscribed. The push then
+        writes to the missing socket: a segfault in ``ZmqEventSupplier::push_event`` (a server
+        started by Starter at boot, or a test run on a fresh CI machine). A subscription to our own
+        interface-change event through the admin device creates the socket; once per process.
+        """
+        if _event_socket["ready"]:
+            return
+        util = tango.Util.instance()
+        try:
+            admin = tango.DeviceProxy(self._admin_trl(util))
+            admin.set_timeout_millis(3000)
+            admin.command_inout("ZmqEventSubscriptionChange", [self.get_name(), "", "subscribe", "intr_change", "6"])
+        except tango.DevFailed as exc:
+            self.warn_stream(f"could not create the event socket: {exc.args[0].desc}")
+            return
+        _event_socket["ready"] = True
+
+    def _admin_trl(self, util: tango.Util) -> str:
+        admin = util.get_dserver_device().get_name()
+        if tango.Util._UseDb:
+            return admin
+        # no database (DeviceTestContext): the admin answers on this process' own endpoint
+        return tango.DeviceProxy(self.get_name()).adm_name()
 
     def initialize_dynamic_attributes(self) -> None:
         self._dynamic_ready = True
