@@ -55,8 +55,15 @@ class ScanProducts:
         if writer is None:
             return None
         path = writer.finish(summary, counters, verdict, end_reason=end_reason, provenance=provenance)
-        self.worker.submit(path)
+        self._submit(path)
         return path
+
+    def _submit(self, path: Path) -> None:
+        try:
+            self.worker.submit(path)
+        except RuntimeError:  # closed: the device is shutting down while the scan ended
+            log.warning("report for %s not written (shutting down); regenerate it with: tango-dqm report %s",
+                        path, path)
 
     def abort(self) -> None:
         """Close the results file of a failed scan, keeping every frame written so far."""
@@ -66,7 +73,7 @@ class ScanProducts:
                 writer.close()
             except Exception:  # noqa: BLE001 - already failing; keep the first error
                 log.exception("closing %s failed", writer.path)
-            self.worker.submit(writer.path)
+            self._submit(writer.path)
 
     def mark(self, mark: str, reason: str) -> Path:
         """Flag ("flagged") or archive ("archived") the last finished scan; returns its new path.
@@ -99,4 +106,6 @@ class ScanProducts:
 
     def close(self) -> None:
         self.abort()
-        self.worker.close()
+        # The device returns from delete_device only when the worker has stopped: a thread
+        # still drawing while the server process exits crashes it.
+        self.worker.close(timeout=120.0, skip_reports=True)
