@@ -6,9 +6,11 @@ configured analyses become dynamic attributes, rebuilt by ``Init``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -37,6 +39,20 @@ _RESULT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.WARNING: AttrQual
                    Verdict.ERROR: AttrQuality.ATTR_ALARM}
 core_log = logging.getLogger("tango_dqm")
 _event_socket = {"ready": False}  # per process: the ZMQ event socket exists
+
+
+@atexit.register
+def _join_engine_threads(timeout: float = 10.0) -> None:
+    """At server exit, wait for the engine's threads, which ``Engine.close`` told to stop.
+
+    Finalization freezes daemon threads where they stand: one frozen inside h5py (the engine
+    appending to the results file when a Kill arrives) keeps h5py's lock, and the interpreter
+    then hangs forever on that lock while freeing h5py objects; one frozen in other C code can
+    crash the process."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("dqm-") and thread.daemon and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _throw(reason: str, desc: str, origin: str) -> None:

@@ -105,7 +105,8 @@ class ScanProducts:
                 log.warning("automatic archive of %s failed: %s", self.current, exc)
 
     def close(self) -> None:
-        self.abort()
         # The device returns from delete_device only when the worker has stopped: a thread
-        # still drawing while the server process exits crashes it.
+        # still drawing while the server process exits crashes it. Reports not yet started are
+        # skipped (the aborted scan's too), so a stop waits at most for the one being drawn.
         self.worker.close(timeout=120.0, skip_reports=True)
+        self.abort()
