@@ -11,7 +11,7 @@ import tango
 
 from tango_dqm.devices.controlsystem import ControlSystem
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 DEV = "stress/dqm/kill"
 KEY = "DataQualityMonitor/stress"
 
@@ -28,6 +28,7 @@ def test_kill_and_restart_20_times_during_scans_and_reports(tmp_path, cpu_burner
         for i in range(20):
             proc = cs.start_server("DataQualityMonitor", "stress", [DEV])
             dev = cs.proxy(DEV)
+            dev.set_timeout_millis(15000)  # both cores are busy: a call may take seconds
             assert dev.state() == tango.DevState.ON, (i, dev.status())
             dev.Start()
             files.append(dev.outputFile)
@@ -40,7 +41,9 @@ def test_kill_and_restart_20_times_during_scans_and_reports(tmp_path, cpu_burner
                 while dev.state() != tango.DevState.CLOSE:
                     assert time.monotonic() < deadline, dev.status()
                     time.sleep(0.01)
-            cs.proxy(f"dserver/{KEY}").command_inout("Kill")
+            admin = cs.proxy(f"dserver/{KEY}")
+            admin.set_timeout_millis(15000)
+            admin.command_inout("Kill")
             assert proc.wait(30) == 0, f"kill {i}: exit code {proc.returncode}"
             cs.servers.pop(KEY)
             log = cs.logs[KEY].read_text(errors="replace")
