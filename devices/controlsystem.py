@@ -5,6 +5,7 @@ processes are started with argument lists (no shell) and always stopped.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -103,11 +104,36 @@ class ControlSystem:
         os.environ["TANGO_HOST"] = self.tango_host  # for DeviceProxy in this process
 
     def apply_config(self, json_file: Path) -> None:
-        """Load a dsconfig JSON file into the database with ``json2tango``, as a facility does."""
+        """Load a dsconfig JSON file into the database with ``json2tango``, as a facility does.
+
+        The monitor refuses relative directories (they would follow the server's working
+        directory); relative ``*Directory``/``*Directories`` values are made absolute here,
+        against this control system's folder, which is where its servers run."""
+        json_file = self._absolute_directories(Path(json_file))
         result = subprocess.run([str(BIN / "json2tango"), "--write", "--update", "--no-colors", str(json_file)],
                                 env=self.env, capture_output=True, text=True, timeout=120)
         if result.returncode not in _JSON2TANGO_OK:
             raise RuntimeError(f"json2tango {json_file} failed ({result.returncode}): {result.stderr[-2000:]}")
+
+    def _absolute_directories(self, json_file: Path) -> Path:
+        config = json.loads(json_file.read_text())
+        changed = False
+        for classes in config.get("servers", {}).values():
+            for instances in classes.values():
+                for devices in instances.values():
+                    for device in devices.values():
+                        for name, values in device.get("properties", {}).items():
+                            if not name.endswith(("Directory", "Directories")):
+                                continue
+                            fixed = [v if not v or os.path.isabs(v) else str(self.folder / v) for v in values]
+                            changed |= fixed != values
+                            device["properties"][name] = fixed
+        if not changed:
+            return json_file
+        self.folder.mkdir(parents=True, exist_ok=True)
+        resolved = self.folder / f"resolved_{json_file.name}"
+        resolved.write_text(json.dumps(config, indent=2))
+        return resolved
 
     def start_server(self, executable: str, instance: str, devices: list[str], timeout: float = 60.0,
                      extra_args: list[str] | None = None, wrapper: list[str] | None = None) -> subprocess.Popen:
