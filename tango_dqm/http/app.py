@@ -43,7 +43,7 @@ STATIC_SUFFIXES = {".html": "text/html; charset=utf-8", ".htm": "text/html; char
                    ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".css": "text/css", ".csv": "text/csv",
                    ".json": "application/json", ".log": "text/plain; charset=utf-8",
                    ".txt": "text/plain; charset=utf-8"}
-MAX_POST_BODY = hsds.MAX_POINTS * 8 * 32 + 1  # a point selection of MAX_POINTS points of rank <= 32
+MAX_POST_BODY = hsds.MAX_POINTS * 8 * 4  # a point selection of MAX_POINTS points of rank 4; bodies are buffered
 _VALUE_PATH = re.compile(r"^/datasets/[^/]+/value/?$")
 _READ_METHODS = ("GET", "HEAD")
 
@@ -285,6 +285,9 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
         select = request.query_params.get("select")
         points: bytes | None = None
         if request.method == "POST":
+            declared = request.headers.get("content-length", "0")
+            if not declared.isdigit() or int(declared) > MAX_POST_BODY:
+                return error_response(413, f"request body larger than {MAX_POST_BODY} bytes (or no valid length)")
             body = bytearray()
             async for chunk in request.stream():
                 body += chunk

@@ -2,8 +2,8 @@
 
 Ids are stable: derived from the domain and the object's HDF5 path (HSDS v2 form, e.g.
 ``d-1a2b3c4d-5e6f7a8b-...``), so a client that re-opens the domain after a new frame block
-finds the same ids. Only hard links are followed to make ids: soft links are reported as
-soft links (h5pyd resolves them by path) and external links are reported but never opened,
+finds the same ids. Ids name paths made of hard links only: a soft link to such a path is
+served as a hard link to it (h5pyd cannot follow soft links), and external links are reported but never opened,
 so nothing outside the file is read; datasets with virtual or external storage are refused.
 
 Files are opened per request through a Python file object (h5py's ``fileobj`` driver): HDF5
@@ -140,6 +140,13 @@ def _walk(f: h5py.File, path: str) -> h5py.Group | h5py.Dataset:
     return obj
 
 
+def _clean(path: str) -> str:
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        raise KeyError(path)
+    return "/" + "/".join(parts)
+
+
 def _join(parent: str, name: str) -> str:
     return ("" if parent == "/" else parent) + "/" + name
 
@@ -189,7 +196,19 @@ def link_json(domain: str, ids: IdIndex, group: h5py.Group, gpath: str, name: st
     link = group.get(name, getlink=True)
     doc: dict[str, Any] = {"title": name, "created": 0.0}
     if isinstance(link, h5py.SoftLink):
-        doc.update({"class": "H5L_TYPE_SOFT", "h5path": link.path})
+        # h5pyd follows only hard links: a soft link to an object reachable by hard links is served
+        # as a hard link to that path; a dangling or chained one stays a soft link
+        target = link.path if link.path.startswith("/") else _join(gpath, link.path)
+        try:
+            obj = _walk(group.file, _clean(target))
+        except KeyError:
+            obj = None
+        if isinstance(obj, (h5py.Group, h5py.Dataset)):
+            kind = "g" if isinstance(obj, h5py.Group) else "d"
+            doc.update({"class": "H5L_TYPE_HARD", "id": ids.add(domain, kind, _clean(target)),
+                        "collection": "groups" if kind == "g" else "datasets"})
+        else:
+            doc.update({"class": "H5L_TYPE_SOFT", "h5path": link.path})
     elif isinstance(link, h5py.ExternalLink):
         doc.update({"class": "H5L_TYPE_EXTERNAL", "h5path": link.path, "file": link.filename,
                     "h5domain": link.filename})  # reported, never opened
