@@ -252,7 +252,7 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
             out = await run_in_threadpool(fn, *args)
         except HttpError as exc:
             return error_response(exc.status, exc.message)
-        except Exception as exc:  # noqa: BLE001 - one failed request, never the server
+        except Exception as exc:  # one failed request, never the server
             log.exception("HTTP request failed")
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         return out if isinstance(out, Response) else json_response(out)

@@ -15,6 +15,7 @@ Each request sees the file as of the writer's last flush.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 import threading
@@ -109,7 +110,7 @@ def check_id(oid: str, collection: str) -> None:
 def open_file(path: Path) -> Iterator[h5py.File]:
     """The file as of its writer's last flush, through a private file object (see module doc)."""
     try:
-        fo = open(path, "rb")
+        fo = open(path, "rb")  # noqa: SIM115 - closed in the finally below, after the h5py file
     except FileNotFoundError:
         raise HttpError(404, f"{path.name} does not exist (moved by Flag/Archive, or not written yet)") from None
     except OSError as exc:
@@ -376,7 +377,7 @@ def parse_select(text: str | None, shape: tuple[int, ...]) -> tuple[tuple[Any, .
             vals = [_int(s, f"dimension {d} index") for s in items]
             if any(v < 0 or v >= n for v in vals):
                 raise HttpError(400, f"select: dimension {d}: index out of range 0..{n - 1}")
-            if any(b <= a for a, b in zip(vals, vals[1:])):
+            if any(b <= a for a, b in itertools.pairwise(vals)):
                 raise HttpError(400, f"select: dimension {d}: list indices must be increasing")
             index.append(vals)
             out.append(len(vals))

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
 
 import uvicorn
 
@@ -101,9 +100,9 @@ class ResultsHttpServer:
             except OSError:
                 pass
 
-    def __enter__(self) -> "ResultsHttpServer":
+    def __enter__(self) -> ResultsHttpServer:  # noqa: PYI034 - Self needs Python 3.11
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -137,7 +137,7 @@ def test_run_pages_are_confined(served, target):
                                     "/scan_1.h5/../../outside.h5", "/\x00"])
 def test_domains_are_confined(served, domain):
     server, _ = served
-    status, _, body = request(server, "GET", f"/?domain={quote(domain, safe='')}")
+    status, _, _ = request(server, "GET", f"/?domain={quote(domain, safe='')}")
     assert status in (400, 403, 404), (domain, status)
     status, _, _ = request(server, "GET", f"/groups/{root_id(domain)}?domain={quote(domain, safe='')}")
     assert status in (400, 403, 404)
@@ -159,10 +159,10 @@ def test_run_pages_are_served(served):
 def test_large_selection_refused_with_413(served):
     server, _ = served
     image = ids()["image"]  # 1000 x 300 float64 = 2.4 MB, limit 1 MiB
-    status, headers, body = request(server, "GET", f"/datasets/{image}/value?domain=/",
+    status, _, body = request(server, "GET", f"/datasets/{image}/value?domain=/",
                                     headers={"Accept": "application/octet-stream"})
     assert status == 413 and "limit of 1048576 bytes" in json.loads(body)["error"]
-    status, headers, body = request(server, "GET", f"/datasets/{image}/value?domain=/&select=[0:100,0:300]",
+    status, _, body = request(server, "GET", f"/datasets/{image}/value?domain=/&select=[0:100,0:300]",
                                     headers={"Accept": "application/octet-stream"})
     assert status == 200 and len(body) == 100 * 300 * 8
     assert np.frombuffer(body, "<f8")[301] == 301.0
@@ -193,7 +193,7 @@ def test_malformed_select_is_4xx_and_server_survives(served, select):
 ])
 def test_malformed_requests_are_4xx(served, target):
     server, _ = served
-    status, _, body = request(server, "GET", target)
+    status, _, _ = request(server, "GET", target)
     assert 400 <= status < 500 or (status == 200 and "x=%ff" in target), (target, status)
     assert get_json(server, "/about")[0] == 200
 
@@ -249,8 +249,8 @@ def test_close_is_quick_with_an_idle_keepalive_client(tmp_path):
 
 def test_port_in_use_is_a_clear_error(tmp_path):
     port = free_port()
-    with ResultsHttpServer("127.0.0.1", port, tmp_path, lambda: None):
-        with pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
-            ResultsHttpServer("127.0.0.1", port, tmp_path, lambda: None).start()
+    with ResultsHttpServer("127.0.0.1", port, tmp_path, lambda: None), \
+            pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
+        ResultsHttpServer("127.0.0.1", port, tmp_path, lambda: None).start()
     with pytest.raises(HttpServerError, match="0..65535"):
         ResultsHttpServer("127.0.0.1", 70000, tmp_path, lambda: None)
