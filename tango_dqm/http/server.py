@@ -47,7 +47,8 @@ class ResultsHttpServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host  # reachable name, not "any"
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
     @property
