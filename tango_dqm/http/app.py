@@ -252,6 +252,8 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
             out = await run_in_threadpool(fn, *args)
         except HttpError as exc:
             return error_response(exc.status, exc.message)
+        except OSError as exc:  # HDF5 read errors: a file caught mid-flush reads fine a moment later
+            return error_response(503, f"cannot read the file now ({exc}); retry")
         except Exception as exc:  # one failed request, never the server
             log.exception("HTTP request failed")
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -14,6 +14,7 @@ Each request sees the file as of the writer's last flush.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -62,6 +63,7 @@ def _format(prefix: str, token: str) -> str:
     return f"{prefix}-{token[0:8]}-{token[8:16]}-{token[16:20]}-{token[20:26]}-{token[26:32]}"
 
 
+@functools.lru_cache(maxsize=1024)
 def root_id(domain: str) -> str:
     """The root group's id: HSDS v2 root form (last 16 hex digits rotate the first 16)."""
     head = _hex("root:" + domain)[:16]
@@ -193,6 +195,9 @@ def _attributes(obj: h5py.HLObject, max_bytes: int) -> dict[str, Any]:
     return {name: attribute_json(obj, name, True, max_bytes) for name in obj.attrs}
 
 
+_KINDS = {h5py.h5o.TYPE_GROUP: "g", h5py.h5o.TYPE_DATASET: "d"}
+
+
 def link_json(domain: str, ids: IdIndex, group: h5py.Group, gpath: str, name: str) -> dict[str, Any]:
     link = group.get(name, getlink=True)
     doc: dict[str, Any] = {"title": name, "created": 0.0}
@@ -214,8 +219,8 @@ def link_json(domain: str, ids: IdIndex, group: h5py.Group, gpath: str, name: st
         doc.update({"class": "H5L_TYPE_EXTERNAL", "h5path": link.path, "file": link.filename,
                     "h5domain": link.filename})  # reported, never opened
     elif isinstance(link, h5py.HardLink):
-        child = group.get(name)
-        kind = "g" if isinstance(child, h5py.Group) else "d" if isinstance(child, h5py.Dataset) else None
+        # the object's type from its header, without opening it (a group may have hundreds of members)
+        kind = _KINDS.get(h5py.h5o.get_info(group.id, name.encode("utf-8")).type)
         if kind is None:
             doc.update({"class": "H5L_TYPE_USER_DEFINED"})  # committed datatypes are not served
         else:
