@@ -7,15 +7,19 @@ as it can), runs roi and writes the results file (OutputDirectory), three ways, 
 no HTTP server; a ResultsHttpServer in the same process nobody talks to; the same server
 with an h5pyd client in another process that re-opens the live scan ``--rate`` times a
 second and reads the frame count and the last 100 rows of signal_sum. Printed as frames/s
-and the ratios to "off" (1.00 = no cost), with the polls made and their mean latency.
+and the ratios to "off" (1.00 = no cost), with the polls made, their mean latency and the CPU
+the server's threads used while polling (a figure that does not depend on the machine's load).
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import queue
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 from benchmarks.bench_engine import _free_port, _sender, warm_up
 
@@ -44,7 +48,21 @@ def _poller(url: str, rate: float, stop, ready, out) -> None:
     out.put((polls, errors, spent))
 
 
-def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float] | None]:
+def server_cpu_seconds() -> float:
+    """CPU time of the HTTP server's threads in this process (uvicorn's loop and the request workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name.startswith("dqm-http") or "AnyIO worker" in t.name:
+            try:
+                fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended, or no /proc
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float] | None]:
     from tango_dqm.engine import Engine, EngineConfig, EngineState
     from tango_dqm.http import ResultsHttpServer
 
@@ -77,16 +95,18 @@ def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, t
             raise RuntimeError("the h5pyd poller did not get an answer within 60 s")
     proc = mp.Process(target=_sender, args=(port, frames), daemon=True)
     proc.start()
+    cpu0, t0 = server_cpu_seconds(), time.perf_counter()
     while engine.state is EngineState.RUNNING:
         time.sleep(0.001)
     t_end = time.perf_counter()
+    cpu = server_cpu_seconds() - cpu0
     stats = None
     if poller is not None:
         stop.set()
         try:
-            stats = results.get(timeout=20)
+            stats = (*results.get(timeout=20), cpu / (t_end - t0))
         except queue.Empty:
-            stats = (0, 0, 0.0)
+            stats = (0, 0, 0.0, cpu / (t_end - t0))
         poller.join(10)
     snap = engine.snapshot()
     if server is not None:
@@ -122,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  server on, idle           {best['idle']:8.0f} frames/s   ratio idle/off    {best['idle'] / best['off']:5.2f}")
     print(f"  h5pyd polling at {args.rate:g} Hz    {best['polling']:8.0f} frames/s   "
           f"ratio polling/off {best['polling'] / best['off']:5.2f}")
-    print(f"  polls answered {n_polls} (failed {sum(p[1] for p in polls)}), mean poll {latency:.1f} ms")
+    print(f"  polls answered {n_polls} (failed {sum(p[1] for p in polls)}), mean poll {latency:.1f} ms, "
+          f"server threads' CPU while polling {100 * max(p[3] for p in polls):.1f} % of one core")
+    for mode, runs in rates.items():
+        print(f"  {mode:8s} every run: {', '.join(f'{r:.0f}' for r in runs)} frames/s")
     return {"off": best["off"], "idle": best["idle"], "polling": best["polling"],
             "idle_ratio": best["idle"] / best["off"], "polling_ratio": best["polling"] / best["off"]}
 

@@ -100,10 +100,11 @@ class ResultsApp:
 
     # ---- files -------------------------------------------------------------------------
 
-    def _confined(self, rel: str, what: str) -> Path:
+    def _confined(self, rel: str, what: str, requested: bool = True) -> Path:
         if self.root is None:
             raise HttpError(404, "no OutputDirectory is configured: nothing to serve")
-        if any(part.startswith(".") for part in Path(rel).parts if part not in ("/",)):
+        # in what a client asked for (not in the OutputDirectory's own path): writer locks, temp files
+        if requested and any(part.startswith(".") for part in Path(rel).parts if part != "/"):
             raise HttpError(404, f"{rel!r}: hidden files and '..' are not served")
         try:
             return confine(rel, [self.root], "OutputDirectory")
@@ -122,7 +123,7 @@ class ResultsApp:
                 raise HttpError(404, "no scan has been started yet: no current results file")
             path = Path(current)
             if self.root is not None:
-                path = self._confined(str(path), "current results file")
+                path = self._confined(str(path), "current results file", requested=False)
             return path
         path = self._confined(domain.lstrip("/"), f"domain {domain}")
         if path.suffix.lower() not in SCAN_SUFFIXES:
@@ -252,7 +253,12 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
             out = await run_in_threadpool(fn, *args)
         except HttpError as exc:
             return error_response(exc.status, exc.message)
-        except OSError as exc:  # HDF5 read errors: a file caught mid-flush reads fine a moment later
+        except (OSError, RuntimeError) as exc:
+            # h5py raises these for HDF5 errors; a file caught mid-flush (bad metadata checksum) reads
+            # fine a moment later, so the client is told to retry
+            if isinstance(exc, RuntimeError) and "checksum" not in str(exc) and "metadata" not in str(exc):
+                log.exception("HTTP request failed")
+                return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
             return error_response(503, f"cannot read the file now ({exc}); retry")
         except Exception as exc:  # one failed request, never the server
             log.exception("HTTP request failed")

@@ -254,3 +254,36 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         ResultsHttpServer("127.0.0.1", port, tmp_path, lambda: None).start()
     with pytest.raises(HttpServerError, match="0..65535"):
         ResultsHttpServer("127.0.0.1", 70000, tmp_path, lambda: None)
+
+
+def test_output_directory_inside_a_hidden_folder_is_served(tmp_path):
+    root = tmp_path / ".dqm" / "out"
+    root.mkdir(parents=True)
+    scan = root / "scan_2.h5"
+    with h5py.File(scan, "w") as f:
+        f["x"] = np.arange(4)
+    (root / "index.html").write_text("runs")
+    with ResultsHttpServer("127.0.0.1", 0, root, lambda: scan) as server:
+        assert get_json(server, "/?domain=/")[0] == 200
+        assert get_json(server, f"/datasets/{object_id('/', 'd', '/x')}/value?domain=/")[1]["value"] == [0, 1, 2, 3]
+        assert request(server, "GET", "/runs/")[2] == b"runs"
+
+
+def test_external_links_and_virtual_datasets_read_nothing_outside(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    with h5py.File(tmp_path / "outside.h5", "w") as f:
+        f["secret"] = np.arange(5) + 1000
+    with h5py.File(root / "scan_3.h5", "w") as f:
+        f["ext"] = h5py.ExternalLink(str(tmp_path / "outside.h5"), "/secret")
+        layout = h5py.VirtualLayout(shape=(5,), dtype=np.int64)
+        layout[:] = h5py.VirtualSource(str(tmp_path / "outside.h5"), "secret", shape=(5,))
+        f.create_virtual_dataset("vds", layout)
+    with ResultsHttpServer("127.0.0.1", 0, root, lambda: None) as server:
+        status, root_doc = get_json(server, f"/groups/{root_id('/scan_3.h5')}?domain=/scan_3.h5&include_links=1")
+        assert status == 200
+        ext = root_doc["links"]["ext"]
+        assert ext["class"] == "H5L_TYPE_EXTERNAL" and "id" not in ext  # listed, never followed
+        status, _, body = request(server, "GET", f"/datasets/{object_id('/scan_3.h5', 'd', '/vds')}/value"
+                                                 "?domain=/scan_3.h5")
+        assert status == 403 and b"virtual" in body and b"1000" not in body
