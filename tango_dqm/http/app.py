@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,13 @@ STATIC_SUFFIXES = {".html": "text/html; charset=utf-8", ".htm": "text/html; char
                    ".txt": "text/plain; charset=utf-8"}
 MAX_POST_BODY = hsds.MAX_POINTS * 8 * 4  # a point selection of MAX_POINTS points of rank 4; bodies are buffered
 _VALUE_PATH = re.compile(r"^/datasets/[^/]+/value/?$")
+# Responses are reused while the file is unchanged (same inode, size, mtime) and younger than
+# CACHE_SECONDS: a client polling at 10 Hz re-reads a file the engine flushes about once a second.
+# The age bound covers a write within the same file-timestamp tick as the cached read.
+CACHE_SECONDS = 0.5
+CACHE_ITEMS = 512
+CACHE_BYTES = 32 * 1024 * 1024
+CACHE_MAX_ITEM = 4 * 1024 * 1024
 _READ_METHODS = ("GET", "HEAD")
 
 
@@ -97,6 +106,38 @@ class ResultsApp:
         self.max_bytes = int(max_bytes)
         self.ids = hsds.IdIndex()
         self.requests = 0
+        self.cache_hits = 0
+        self._cache: OrderedDict[tuple, tuple[Any, float, bytes, str]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
+
+    def cached(self, key: tuple, domain: str | None, fn: Callable[..., Any], *args: Any) -> Response:
+        """``fn(*args)`` as a Response, reused while the domain's file is unchanged (see CACHE_SECONDS)."""
+        path = self.domain_file(domain)
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        sig = (str(path), st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and sig is not None and hit[0] == sig and now - hit[1] < CACHE_SECONDS:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return Response(hit[2], media_type=hit[3])
+        out = fn(*args)
+        resp = out if isinstance(out, Response) else json_response(out)
+        body = bytes(resp.body)
+        if sig is not None and resp.status_code == 200 and len(body) <= CACHE_MAX_ITEM:
+            with self._cache_lock:  # the signature was taken before reading: a change meanwhile is a miss later
+                old = self._cache.pop(key, None)
+                self._cache_bytes -= len(old[2]) if old else 0
+                self._cache[key] = (sig, now, body, resp.media_type or "application/json")
+                self._cache_bytes += len(body)
+                while len(self._cache) > CACHE_ITEMS or self._cache_bytes > CACHE_BYTES:
+                    self._cache_bytes -= len(self._cache.popitem(last=False)[1][2])
+        return resp
 
     # ---- files -------------------------------------------------------------------------
 
@@ -247,10 +288,14 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
     """The read-only ASGI app over ``output_directory`` and the scan file ``current_file()`` names."""
     state = ResultsApp(output_directory, current_file, max_bytes)
 
-    async def call(fn: Callable[..., Any], *args: Any) -> Response:
+    async def call(fn: Callable[..., Any], *args: Any, cache: Request | None = None) -> Response:
         state.requests += 1
         try:
-            out = await run_in_threadpool(fn, *args)
+            if cache is not None:  # GET/HEAD of a domain's document or values: reusable
+                key = (cache.url.path, cache.url.query, _wants_binary(cache))
+                out = await run_in_threadpool(state.cached, key, cache.query_params.get("domain"), fn, *args)
+            else:
+                out = await run_in_threadpool(fn, *args)
         except HttpError as exc:
             return error_response(exc.status, exc.message)
         except (OSError, RuntimeError) as exc:
@@ -271,23 +316,24 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
     async def domain(request: Request) -> Response:
         if "domain" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/runs/", status_code=307)  # a browser: show the run list
-        return await call(state.get_domain, request.query_params.get("domain"), _flag(request, "verbose"))
+        return await call(state.get_domain, request.query_params.get("domain"), _flag(request, "verbose"),
+                          cache=request)
 
     async def obj(request: Request) -> Response:
         collection = request.url.path.split("/")[1]
         return await call(state.get_object, request.query_params.get("domain"), collection,
                           request.path_params["oid"], _flag(request, "include_attrs"),
-                          _flag(request, "include_links"))
+                          _flag(request, "include_links"), cache=request)
 
     async def links(request: Request) -> Response:
         return await call(state.get_links, request.query_params.get("domain"), request.path_params["oid"],
-                          request.path_params.get("name"))
+                          request.path_params.get("name"), cache=request)
 
     async def attributes(request: Request) -> Response:
         collection = request.url.path.split("/")[1]
         include = request.query_params.get("IncludeData", "1") not in ("0", "false")
         return await call(state.get_attributes, request.query_params.get("domain"), collection,
-                          request.path_params["oid"], request.path_params.get("name"), include)
+                          request.path_params["oid"], request.path_params.get("name"), include, cache=request)
 
     async def value(request: Request) -> Response:
         select = request.query_params.get("select")
@@ -313,7 +359,7 @@ def create_app(output_directory: str | os.PathLike[str] | None, current_file: Cu
                     return error_response(400, 'POST body must be a JSON object {"select": "[...]"}')
                 select = doc.get("select") or select
         return await call(state.get_value, request.query_params.get("domain"), request.path_params["oid"],
-                          select, points, _wants_binary(request))
+                          select, points, _wants_binary(request), cache=request if request.method != "POST" else None)
 
     async def runs_root(request: Request) -> Response:
         return RedirectResponse("/runs/", status_code=307)

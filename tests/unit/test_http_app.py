@@ -222,13 +222,38 @@ def test_growing_file_seen_on_next_request(tmp_path):
             ds.resize((n,))
             ds[:] = np.arange(n)
             w.flush()
-            status, doc = get_json(server, f"/datasets/{fid}?domain=/")
-            assert status == 200 and doc["shape"]["dims"] == [n]
-            assert get_json(server, f"/datasets/{fid}/value?domain=/")[1]["value"] == list(range(n))
+            # seen at once, or within the response cache's age bound (a write in the same mtime tick)
+            doc = wait_json(server, f"/datasets/{fid}?domain=/", lambda d, n=n: d["shape"]["dims"] == [n])
+            assert doc["shape"]["dims"] == [n]
+            assert wait_json(server, f"/datasets/{fid}/value?domain=/",
+                             lambda d, n=n: d["value"] == list(range(n)))["value"] == list(range(n))
         w.close()
         with h5py.File(path, "r+") as again:  # as ScanWriter.finish does: not blocked by the server
             again["entry"].create_dataset("end_time", data="now")
         assert get_json(server, "/?domain=/")[0] == 200
+
+
+def wait_json(server: ResultsHttpServer, target: str, done, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = get_json(server, target)
+        if status == 200 and done(doc):
+            return doc
+        if time.monotonic() > deadline:
+            return doc
+        time.sleep(0.02)
+
+
+def test_responses_are_reused_only_while_the_file_is_unchanged(served):
+    server, root = served
+    state = server.app.app.state.results
+    target = f"/datasets/{ids()['frame_id']}/value?domain=/&select=[0:3]"
+    first = get_json(server, target)[1]
+    hits = state.cache_hits
+    assert get_json(server, target)[1] == first and state.cache_hits == hits + 1
+    with h5py.File(root / "scan_1.h5", "r+") as f:  # the file changes: the next answer is new
+        f["entry/results/frame_id"][0:3] = [7, 7, 7]
+    assert wait_json(server, target, lambda d: d["value"] == [7, 7, 7])["value"] == [7, 7, 7]
 
 
 def test_close_is_quick_with_an_idle_keepalive_client(tmp_path):
