@@ -62,7 +62,7 @@ def server_cpu_seconds() -> float:
     return total
 
 
-def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float] | None]:
+def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float, float] | None]:
     from tango_dqm.engine import Engine, EngineConfig, EngineState
     from tango_dqm.http import ResultsHttpServer
 
@@ -103,10 +103,12 @@ def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, t
     stats = None
     if poller is not None:
         stop.set()
+        served = server.app.app.state.results
+        reuse = served.cache_hits / max(1, served.requests)
         try:
-            stats = (*results.get(timeout=20), cpu / (t_end - t0))
+            stats = (*results.get(timeout=20), cpu / (t_end - t0), reuse)
         except queue.Empty:
-            stats = (0, 0, 0.0, cpu / (t_end - t0))
+            stats = (0, 0, 0.0, cpu / (t_end - t0), reuse)
         poller.join(10)
     snap = engine.snapshot()
     if server is not None:
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  h5pyd polling at {args.rate:g} Hz    {best['polling']:8.0f} frames/s   "
           f"ratio polling/off {best['polling'] / best['off']:5.2f}")
     print(f"  polls answered {n_polls} (failed {sum(p[1] for p in polls)}), mean poll {latency:.1f} ms, "
-          f"server threads' CPU while polling {100 * max(p[3] for p in polls):.1f} % of one core")
+          f"server threads' CPU while polling {100 * max(p[3] for p in polls):.1f} % of one core, "
+          f"{100 * min(p[4] for p in polls):.0f} % of responses reused")
     for mode, runs in rates.items():
         print(f"  {mode:8s} every run: {', '.join(f'{r:.0f}' for r in runs)} frames/s")
     return {"off": best["off"], "idle": best["idle"], "polling": best["polling"],
