@@ -30,6 +30,7 @@ def _poller(url: str, rate: float, stop, ready, out) -> None:
 
     polls, errors, spent = 0, 0, 0.0
     period = 1.0 / rate
+    cpu0, wall0 = time.process_time(), time.monotonic()
     next_t = time.monotonic()
     while not stop.is_set():
         t = time.monotonic()
@@ -45,7 +46,7 @@ def _poller(url: str, rate: float, stop, ready, out) -> None:
             errors += 1
         next_t += period
         stop.wait(max(0.0, next_t - time.monotonic()))
-    out.put((polls, errors, spent))
+    out.put((polls, errors, spent, (time.process_time() - cpu0) / (time.monotonic() - wall0)))
 
 
 def server_cpu_seconds() -> float:
@@ -62,7 +63,7 @@ def server_cpu_seconds() -> float:
     return total
 
 
-def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float, float] | None]:
+def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float, float, float] | None]:
     from tango_dqm.engine import Engine, EngineConfig, EngineState
     from tango_dqm.http import ResultsHttpServer
 
@@ -106,9 +107,10 @@ def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, t
         served = server.app.app.state.results
         reuse = served.cache_hits / max(1, served.requests)
         try:
-            stats = (*results.get(timeout=20), cpu / (t_end - t0), reuse)
+            polls, errors, spent, client_cpu = results.get(timeout=20)
         except queue.Empty:
-            stats = (0, 0, 0.0, cpu / (t_end - t0), reuse)
+            polls, errors, spent, client_cpu = 0, 0, 0.0, 0.0
+        stats = (polls, errors, spent, cpu / (t_end - t0), reuse, client_cpu)
         poller.join(10)
     snap = engine.snapshot()
     if server is not None:
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  polls answered {n_polls} (failed {sum(p[1] for p in polls)}), mean poll {latency:.1f} ms, "
           f"server threads' CPU while polling {100 * max(p[3] for p in polls):.1f} % of one core, "
           f"{100 * min(p[4] for p in polls):.0f} % of responses reused")
+    print(f"  (the h5pyd client itself, on this machine, used {100 * max(p[5] for p in polls):.0f} % of one core: "
+          "a client on another host leaves only the server's share)")
     for mode, runs in rates.items():
         print(f"  {mode:8s} every run: {', '.join(f'{r:.0f}' for r in runs)} frames/s")
     return {"off": best["off"], "idle": best["idle"], "polling": best["polling"],
