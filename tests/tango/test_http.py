@@ -14,10 +14,10 @@ from tango_dqm.devices.client import MonitorClient
 from tests.helpers import StinsSender, frames_for_test, free_port
 from tests.tango.test_monitor import context, wait_for
 from tests.unit.test_engine import BKG, SIG
-from tests.unit.test_http_h5pyd import _complete, _same, open_remote, remote_frames
+from tests.unit.test_http_h5pyd import _complete, _same, keep_root_log_level, open_remote, remote_frames
 from tests.unit.test_http_h5pyd import wait_for as wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures(keep_root_log_level.__name__)]
 
 
 def status_of(port: int, method: str, target: str) -> int:

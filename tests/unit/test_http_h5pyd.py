@@ -1,6 +1,7 @@
 """The real h5pyd client reads a live scan through ResultsHttpServer (real uvicorn on 127.0.0.1)."""
 from __future__ import annotations
 
+import logging
 import time
 
 import h5py
@@ -14,6 +15,15 @@ from tests.helpers import frames_for_test
 
 SIG = [30, 15, 10, 10]
 BKG = [0, 10, 40, 10]
+
+
+@pytest.fixture(autouse=True)
+def keep_root_log_level():
+    """h5pyd.File sets the root logger to ERROR; later tests (caplog) need it back."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def open_remote(url: str, domain: str = "/") -> h5pyd.File:
