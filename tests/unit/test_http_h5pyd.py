@@ -27,8 +27,8 @@ def keep_root_log_level():
 
 
 def open_remote(url: str, domain: str = "/") -> h5pyd.File:
-    # endpoint/username given explicitly so that no ~/.hscfg is consulted; few retries: failures show at once
-    return h5pyd.File(domain, "r", endpoint=url.rstrip("/"), username="none", password="none", retries=1,
+    # endpoint/username given explicitly so that no ~/.hscfg is consulted; retries as h5pyd does on 503
+    return h5pyd.File(domain, "r", endpoint=url.rstrip("/"), username="none", password="none", retries=3,
                       timeout=10)
 
 
