@@ -20,6 +20,8 @@ from .hsds import DEFAULT_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 64  # connections and requests at once; more get 503 (bounded threads and memory)
+
 
 class HttpServerError(RuntimeError):
     """The HTTP server could not start (port taken, bad host ...); the message says why."""
@@ -64,11 +66,13 @@ class ResultsHttpServer:
             sock = socket.create_server((self.host, self.port), family=family, backlog=128)
         except (OSError, OverflowError, ValueError) as exc:
             raise HttpServerError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by connections: no 40 ms delayed-ACK stall per keep-alive response
+        # inherited by the accepted connections: no 40 ms delayed-ACK stall per keep-alive response
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1, timeout_keep_alive=5, server_header=False)
+                                timeout_graceful_shutdown=1, timeout_keep_alive=5, server_header=False,
+                                limit_concurrency=MAX_CONNECTIONS)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"dqm-http-{self.port}", daemon=True)
         self._thread.start()

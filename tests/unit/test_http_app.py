@@ -312,3 +312,21 @@ def test_external_links_and_virtual_datasets_read_nothing_outside(tmp_path):
         status, _, body = request(server, "GET", f"/datasets/{object_id('/scan_3.h5', 'd', '/vds')}/value"
                                                  "?domain=/scan_3.h5")
         assert status == 403 and b"virtual" in body and b"1000" not in body
+
+
+def test_random_selects_are_parsed_or_refused_with_4xx():
+    from tango_dqm.http.hsds import HttpError, parse_select
+
+    rng = np.random.default_rng(5)
+    alphabet = list("[]:,0123456789- ")
+    shape = (40, 7)
+    data = np.arange(280).reshape(shape)
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 16))))
+        try:
+            index, out_shape = parse_select(text, shape)
+        except HttpError as exc:
+            assert 400 <= exc.status < 500, text
+            continue
+        picked = data[index] if index else data
+        assert picked.size == int(np.prod(out_shape)), text  # what would be read matches the declared size
