@@ -63,7 +63,10 @@ def server_cpu_seconds() -> float:
     return total
 
 
-def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, tuple[int, int, float, float, float, float] | None]:
+PollStats = tuple[int, int, float, float, float, float]  # polls, failed, seconds polling, server CPU, reused, client CPU
+
+
+def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, PollStats | None]:
     from tango_dqm.engine import Engine, EngineConfig, EngineState
     from tango_dqm.http import ResultsHttpServer
 
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"engine throughput with the HTTP access, zmq:// + roi + results file, 1024x1024 uint16, "
           f"{args.frames} frames, best of {args.repeat}")
     print(f"  server off                {best['off']:8.0f} frames/s")
-    print(f"  server on, idle           {best['idle']:8.0f} frames/s   ratio idle/off    {best['idle'] / best['off']:5.2f}")
+    print(f"  server on, idle           {best['idle']:8.0f} frames/s   "
+          f"ratio idle/off    {best['idle'] / best['off']:5.2f}")
     print(f"  h5pyd polling at {args.rate:g} Hz    {best['polling']:8.0f} frames/s   "
           f"ratio polling/off {best['polling'] / best['off']:5.2f}")
     print(f"  polls answered {n_polls} (failed {sum(p[1] for p in polls)}), mean poll {latency:.1f} ms, "

@@ -203,7 +203,8 @@ def test_malformed_post_bodies_are_4xx(served):
     url = f"/datasets/{ids()['frame_id']}/value?domain=/"
     for body, ctype in [(b"not json", "application/json"), (b'["x"]', "application/json"),
                         (b'{"select": 5}', "application/json"), (b"\x01\x02\x03", "application/octet-stream"),
-                        (np.array([[1000]], "<u8").tobytes(), "application/octet-stream"), (b"", "application/octet-stream")]:
+                        (np.array([[1000]], "<u8").tobytes(), "application/octet-stream"),
+                        (b"", "application/octet-stream")]:
         status, _, _ = request(server, "POST", url, body, {"Content-Type": ctype})
         assert 400 <= status < 500, (body, status)
     status, _, _ = request(server, "POST", url, b"x" * (40 * 1024 * 1024), {"Content-Type": "application/json"})
