@@ -5,7 +5,6 @@ processes are started with argument lists (no shell) and always stopped.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -20,6 +20,7 @@ from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
 
 from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.http import HttpServerError, ResultsHttpServer
 from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import LossCheck, Verdict, checks_from_config, range_verdict
@@ -87,6 +88,10 @@ class DataQualityMonitor(Device):
                                            doc="largest parameter file accepted, in bytes")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
+    HttpPort = device_property(dtype="DevLong", default_value=0,
+                               doc="port of the read-only HTTP access (h5pyd, run pages under /runs/); 0: off")
+    HttpHost = device_property(dtype=str, default_value="127.0.0.1",
+                               doc="address the HTTP access listens on (0.0.0.0: every interface)")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -108,8 +113,11 @@ class DataQualityMonitor(Device):
         self._last_verdict: tuple[int, str] | None = None
         # Nothing may escape: at startup an exception here makes the server exit, in Init it
         # reaches the client as an opaque CORBA error with State and Status out of step.
+        self._http: ResultsHttpServer | None = None
+        self._http_error = ""
         try:
             self._configure()
+            self._start_http()
             if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
                 self._ensure_event_socket()
                 self._build_dynamic_attributes()
@@ -224,10 +232,36 @@ class DataQualityMonitor(Device):
         # Dynamic attributes must go here, not in init_device: removing them during
         # Init's init_device crashes cppTango. init_device then adds the new set.
         self._remove_dynamic_attributes()
+        if getattr(self, "_http", None) is not None:
+            self._http.close()  # quick: asks uvicorn to exit, joins with a timeout
+            self._http = None
         if getattr(self, "engine", None) is not None:
             self.engine.close()
         if getattr(self, "_log_handler", None) is not None:
             core_log.removeHandler(self._log_handler)
+
+    # ---- HTTP access (read-only; its threads only read files, they push no events) -----------
+
+    def _start_http(self) -> None:
+        self._http = None
+        self._http_error = ""
+        if self.HttpPort <= 0:
+            return
+        try:
+            server = ResultsHttpServer(self.HttpHost, self.HttpPort, self.OutputDirectory or None,
+                                       self._current_results_file)
+            server.start()
+        except HttpServerError as exc:
+            self._http_error = f"HTTP access off: {exc}; fix the HttpPort/HttpHost properties, then run Init"
+            self.error_stream(self._http_error)
+            return
+        self._http = server
+        self.info_stream(f"HTTP access (h5pyd, /runs/) on {server.url}")
+
+    def _current_results_file(self) -> str | None:
+        engine = self.engine
+        products = engine.products if engine is not None else None
+        return str(products.current) if products is not None and products.current is not None else None
 
     # ---- dynamic attributes ------------------------------------------------------------
 
@@ -470,7 +504,8 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
-        return f"{status}. {self._note}" if self._note else status
+        status = f"{status}. {self._note}" if self._note else status
+        return f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -770,6 +805,11 @@ class DataQualityMonitor(Device):
     @attribute(dtype=str, doc="results file (HDF5) of the current or last scan")
     def outputFile(self) -> str:
         return self.engine.output_file if self.engine else ""
+
+    @attribute(dtype=str, doc="URL of the read-only HTTP access: h5pyd.File('/', endpoint=url), "
+                              "run pages at url + 'runs/' ('' : off, see HttpPort)")
+    def httpUrl(self) -> str:
+        return self._http.url if getattr(self, "_http", None) is not None else ""
 
     @attribute(dtype=int, doc="version of the reference in use (0: none)")
     def referenceVersion(self) -> int:
