@@ -104,14 +104,23 @@ def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
             (error or result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
         ):
             if lo is not None:
-                set_lo(str(lo))
+                set_lo(_limit(lo, kind, math.ceil))
             if hi is not None:
-                set_hi(str(hi))
+                set_hi(_limit(hi, kind, math.floor))
     attr.set_default_properties(props)
     attr.set_change_event(True, False)
     if result.kind == "scalar" and result.archive:
         attr.set_archive_event(True, False)
     return attr
+
+
+def _limit(value: float, kind: str, to_int) -> str:
+    """A limit in the format Tango parses for the attribute's type: DevLong64 wants an integer
+    ("100", not the "100.0" a range check keeps). A fractional limit from a QualityChecks range
+    on an int result is rounded inwards, which flags exactly the same integer values."""
+    if kind in "iu":
+        return str(int(to_int(value)))
+    return repr(float(value))
 
 
 def _array_int_type(dtype: np.dtype) -> tango.CmdArgType:
