@@ -349,7 +349,8 @@ def _plot_curves(title: str, curves: list[tuple[str, np.ndarray]], ylabel: str, 
     ax.set_title(title, fontsize=9)
     if log:
         values = np.concatenate([np.asarray(y, np.float64).ravel() for _, y in curves]) if curves else np.zeros(0)
-        if (values[np.isfinite(values)] > 0).any():
+        positive = values[np.isfinite(values) & (values > 0)]
+        if positive.size and positive.max() > 100 * positive.min():
             ax.set_yscale("log")  # counts over decades: a linear axis puts everything in the first bins
     if len(curves) > 1:
         handles, labels = ax.get_legend_handles_labels()
@@ -387,7 +388,9 @@ def _plot_image(title: str, image: np.ndarray, out: Path, unit: str = "", rois: 
     from matplotlib.patches import Patch, Rectangle
 
     img = np.asarray(image, dtype=np.float64)
-    fig = _figure(5.6, 4.4, left=0.11, right=0.97 if categories else 0.93, bottom=0.11, top=0.92)
+    # legends sit outside the image (right of a category map, under a colour-scaled one): never over a pixel
+    fig = _figure(6.4 if categories else 5.6, 4.8, left=0.10, right=0.70 if categories else 0.93,
+                  bottom=0.27 if not categories else 0.11, top=0.93)
     ax = fig.subplots()
     aspect = "equal" if max(img.shape) <= 4 * min(img.shape) else "auto"
     handles = []
@@ -419,10 +422,14 @@ def _plot_image(title: str, image: np.ndarray, out: Path, unit: str = "", rois: 
         bar = fig.colorbar(im, ax=ax, shrink=0.85)
         bar.set_label(unit or "value", fontsize=8)
     for label, colour, (ox, sx, oy, sy) in _roi_boxes(rois or {}, img.shape):
-        ax.add_patch(Rectangle((ox - 0.5, oy - 0.5), sx, sy, fill=False, edgecolor=colour, linewidth=1.3, zorder=4))
+        for edge, width, z in (("white", 2.8, 4), (colour, 1.4, 5)):  # a white halo: visible on any colour map
+            ax.add_patch(Rectangle((ox - 0.5, oy - 0.5), sx, sy, fill=False, edgecolor=edge, linewidth=width, zorder=z))
         handles.append(Patch(facecolor="none", edgecolor=colour, label=label))
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.85)
+    if handles and categories:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0)
+    elif handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=3,
+                  borderaxespad=0)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("detector x [px]")
     ax.set_ylabel("detector y [px]")
@@ -694,13 +701,14 @@ def _metadata_section(data: _ScanData) -> str:
 def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
     """Declared results that have no plot, each with why: none is silently dropped."""
     shown = " ".join(cap for items in figures.values() for _, cap in items)
+    drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra}
     nan = {s.name for s in data.scalars if not np.isfinite(s.values).any()}
     rows = []
     for name, decl in sorted(data.declared.items()):
         kind = decl.get("kind", "") if isinstance(decl, dict) else ""
         if name in nan:
             why = "no value in any frame (all NaN)"
-        elif f"{name}:" in shown or f"run summary: {name}" in shown:
+        elif name in drawn or f"{name}:" in shown or f"run summary: {name}" in shown:
             continue
         elif name in data.summary:
             why = f"run summary value: {_fmt(data.summary[name])}" if not isinstance(data.summary[name], np.ndarray) \

@@ -305,7 +305,7 @@ def test_report_in_chromium(site, tmp_path):
     assert width <= window, f"the report is {width} px wide in a {window} px window"
     # the whole page as a picture for people (the images section: ROI boxes, categorical pixel map)
     full = tmp_path / "report_full.png"
-    chromium(f"--screenshot={full}", "--window-size=1280,9000", "--hide-scrollbars", url)
+    chromium(f"--screenshot={full}", "--window-size=1280,14000", "--hide-scrollbars", url)
     keep(full)
 
 
