@@ -122,3 +122,18 @@ def test_nan_main_result_is_empty_not_nan(tmp_path):
     assert row["main_mean"] is None and row["mode"] == ""
     assert row["reasons"] == ["verdict INSUFFICIENT: no quality checks configured"]
     assert "NaN" not in (tmp_path / "runs.json").read_text()
+
+
+def test_a_new_scan_is_listed_as_running_at_once(tmp_path):
+    from tango_dqm.products import ScanProducts
+
+    products = ScanProducts(tmp_path, main_result="net_signal")
+    try:
+        path = products.begin("scan_live", {r.name: ("t", r) for r in DECL}, {"mode": "live", "metadata": {}})
+        assert products.worker.wait_idle(60)
+        (row,) = json.loads((tmp_path / "runs.json").read_text())["runs"]
+        assert (row["scan_id"], row["status"], row["mode"], row["file"]) == ("scan_live", "running", "live",
+                                                                           path.name)
+        assert "running" in (tmp_path / "index.html").read_text()
+    finally:
+        products.close()
