@@ -1,9 +1,16 @@
-"""tango-dqm: live data-quality monitoring for detector streams (core, no Tango)."""
+"""tango-dqm: live data-quality monitoring for detector streams (core, no Tango).
+
+Everything an analysis plugin needs is importable from here, in one line:
+``from tango_dqm import Analysis, FrameOutput, Parameter, Result, region_stats, ...``.
+"""
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .accumulators import RunningStats, ScalarSeries
+from .corrections import DARK, MASK, corrected, region_values
 from .frames import Frame
+from .kernels import RegionStats, as_2d, min_max_count_above, region_stats
 from .params import Parameter, ParameterError, Params, ParamType
-from .plugin import Analysis, PluginError, Result, load_analysis
+from .plugin import Analysis, FrameOutput, PluginError, Result, load_analysis
 from .roi import Roi, RoiError, parse_roi
 
 try:
@@ -12,6 +19,8 @@ except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
 __all__ = [
-    "Analysis", "Frame", "Parameter", "ParameterError", "Params", "ParamType", "PluginError",
-    "Result", "Roi", "RoiError", "load_analysis", "parse_roi", "__version__",
+    "DARK", "MASK", "Analysis", "Frame", "FrameOutput", "Parameter", "ParameterError", "Params", "ParamType",
+    "PluginError", "RegionStats", "Result", "Roi", "RoiError", "RunningStats", "ScalarSeries", "as_2d",
+    "corrected", "load_analysis", "min_max_count_above", "parse_roi", "region_stats", "region_values",
+    "__version__",
 ]
