@@ -192,6 +192,8 @@ class V1Adapter(Analysis):
         return self.inner.new_accumulator()
 
     def accumulate(self, acc: Any, output: FrameOutput, params: Params) -> Any:
+        if type(self.inner).accumulate is Analysis.accumulate:  # v1 plugin without an accumulator
+            return acc
         full = output.private if isinstance(output.private, dict) else output.results
         return self.inner.accumulate(acc, full)  # type: ignore[call-arg]
 

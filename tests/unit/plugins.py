@@ -96,10 +96,14 @@ class AnnulusMean(Analysis):
     rebuilt only when a radius changes (``annulus_scale`` does not need a new mask)."""
 
     name = "annulus"
-    parameters = [Parameter("annulus_inner", float, 2.0, unit="pixels", min=0.0),
-                  Parameter("annulus_outer", float, 6.0, unit="pixels", min=0.0),
-                  Parameter("annulus_scale", float, 1.0, dimensionless=True)]
-    results = [Result("annulus_mean", float, unit="counts")]
+    parameters = [Parameter("annulus_inner", float, 2.0, unit="pixels", min=0.0, format="%.1f", label="Inner radius",
+                            description="pixels at least this far from the centre are in the annulus"),
+                  Parameter("annulus_outer", float, 6.0, unit="pixels", min=0.0, format="%.1f", label="Outer radius",
+                            description="pixels closer than this to the centre are in the annulus"),
+                  Parameter("annulus_scale", float, 1.0, dimensionless=True, format="%.3g", label="Scale",
+                            description="factor applied to the mean")]
+    results = [Result("annulus_mean", float, unit="counts", format="%.4g", label="Annulus mean",
+                      description="mean pixel value in the annulus, times annulus_scale")]
     prepare_parameters = ("annulus_inner", "annulus_outer")
 
     def prepare(self, params):
