@@ -19,8 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from tango_dqm import (DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, ScalarSeries,
-                       min_max_count_above, region_stats, region_values)
+from tango_dqm import (
+    DARK,
+    MASK,
+    Analysis,
+    Frame,
+    FrameOutput,
+    Parameter,
+    Params,
+    Result,
+    ScalarSeries,
+    min_max_count_above,
+    region_stats,
+    region_values,
+)
 
 _STATS = ("sum", "mean", "std", "min", "max")
 _NAN = float("nan")

@@ -3,7 +3,8 @@
 Everything an analysis plugin needs is importable from here, in one line:
 ``from tango_dqm import Analysis, FrameOutput, Parameter, Result, region_stats, ...``.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .accumulators import RunningStats, ScalarSeries
 from .corrections import DARK, MASK, corrected, region_values
@@ -19,8 +20,7 @@ except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
 __all__ = [
-    "DARK", "MASK", "Analysis", "Frame", "FrameOutput", "Parameter", "ParameterError", "Params", "ParamType",
-    "PluginError", "RegionStats", "Result", "Roi", "RoiError", "RunningStats", "ScalarSeries", "as_2d",
-    "corrected", "load_analysis", "min_max_count_above", "parse_roi", "region_stats", "region_values",
-    "__version__",
+    "DARK", "MASK", "Analysis", "Frame", "FrameOutput", "ParamType", "Parameter", "ParameterError", "Params",
+    "PluginError", "RegionStats", "Result", "Roi", "RoiError", "RunningStats", "ScalarSeries", "__version__",
+    "as_2d", "corrected", "load_analysis", "min_max_count_above", "parse_roi", "region_stats", "region_values",
 ]

@@ -217,11 +217,11 @@ def behaviour_problems(cls: type[Analysis], frames: Sequence[np.ndarray] | None 
         second = Runner(analysis).process(Frame(images[0], 0), params)
         again = runner.process(frame, params)  # with the cached context
     except Exception as exc:  # noqa: BLE001
-        return [f"{who}: process failed on a synthetic {images[0].dtype} {images[0].shape} frame with the "
-                f"default parameters: {_exc(exc)}"]
+        what = f"a synthetic {images[0].dtype} {images[0].shape} frame with the default parameters"
+        return [f"{who}: process failed on {what}: {_exc(exc)}"]
     if not np.array_equal(frame.data, before):
         out.append(f"{who}: process modified frame.data (it is a view on the receive buffer: never write to it)")
-    for label, other in (("a second call", second), ("a call with the cached prepare() context", again)):
+    for label, other in [("a second call", second), ("a call with the cached prepare() context", again)]:
         diff = _difference(first.results, other.results) or _difference(first.private, other.private, "private")
         if diff:
             out.append(f"{who}: process is not pure: {label} on the same frame gave a different output ({diff})")
