@@ -169,3 +169,41 @@ class OldStyle(Analysis):
 
     def finish(self, acc):
         return {"old_pixels": acc}
+
+
+class OldDocsThreshold(Analysis):
+    """The Threshold of the old docs/plugins.md, as users copied it: plugin API v1, and an int
+    result with float limits, which Tango refuses (the device's Init failed with it)."""
+
+    name = "threshold"
+    version = "1"
+    parameters = [
+        Parameter("threshold_level", float, 1000.0, unit="counts", label="Threshold",
+                  description="pixels above this are counted", min=0.0),
+        Parameter("threshold_mode", "enum", "above", choices=("above", "below")),
+    ]
+    results = [
+        Result("threshold_pixels", int, unit="pixels", label="Pixels past threshold",
+               warning=(None, 100.0), alarm=(None, 1000.0)),
+        Result("threshold_fraction", float, label="Fraction past threshold", archive=False),
+    ]
+
+    def process(self, frame, params):
+        data = frame.data
+        if params.threshold_mode == "above":
+            n = int(np.count_nonzero(data > params.threshold_level))
+        else:
+            n = int(np.count_nonzero(data < params.threshold_level))
+        return {"threshold_pixels": n, "threshold_fraction": n / data.size}
+
+    def new_accumulator(self):
+        return {"frames": 0, "pixels": 0}
+
+    def accumulate(self, acc, frame_results):
+        return {"frames": acc["frames"] + 1, "pixels": acc["pixels"] + frame_results["threshold_pixels"]}
+
+    def merge(self, a, b):
+        return {"frames": a["frames"] + b["frames"], "pixels": a["pixels"] + b["pixels"]}
+
+    def finish(self, acc):
+        return {"threshold_pixels_per_frame": acc["pixels"] / max(acc["frames"], 1)}
