@@ -2,10 +2,11 @@
 
 | parameter            | type  | default | meaning                                                         |
 |----------------------|-------|---------|-----------------------------------------------------------------|
-| saturation_level     | int   | 65535   | pixels >= this count as saturated (shared with the roi analysis) |
-| hot_sigma            | float | 5.0     | hot: run mean this many robust (MAD) sigmas above its reference  |
+| saturation_level     | int   | 65535   | pixels >= this count as saturated (shared with roi and profile)  |
+| hot_sigma            | float | 5.0     | hot: run mean this many of its standard errors above its reference |
+| hot_ratio            | float | 2.0     | hot: and at least this many times its reference                  |
 | pixels_hot_reference | enum  | local   | local (8-neighbour median), global (map median) or either        |
-| dead_threshold       | float | 0.0     | dead: the pixel's maximum over the run never exceeds this        |
+| dead_threshold       | float | 0.0     | dead: run maximum never above this while the neighbourhood's is  |
 | pixels_min_frames    | int   | 10      | fewer accumulated frames: finish reports INSUFFICIENT            |
 
 | result               | when   | kind   | type    | meaning                                                 |
@@ -25,26 +26,24 @@ map-based classification needs the whole run and is done in ``finish`` only. It 
 done every N frames because ``process`` is pure (it sees one frame and never the
 accumulator) and ``accumulate`` has no parameters and returns no published results.
 
-The accumulator holds per-pixel sum and sum of squares (int64, exact, for integer
-frames up to 16 bits; float64 otherwise) and maximum, plus the frame count (every
-frame covers every pixel, so one count serves all pixels). It is updated by one
-numba pass per frame and merges by addition (sums, count) and maximum.
+The accumulator holds per pixel: sum and sum of squares (int64, exact, for integer frames
+up to 16 bits; float64 otherwise), the two largest values, and the sum and sum of squares
+of the residual against the mean of the 4 direct neighbours (float64), plus the frame
+count. It is updated by one numba pass per frame and merges by addition and top-two.
 
-Classification in ``finish`` (with the parameter values of the last accumulated frame):
+Classification in ``finish`` (with the parameter values of the last accumulated frame),
+see docs/analyses.md for the reasoning and the limits:
 
-- dead: run maximum <= dead_threshold.
-- hot: ``m - reference > hot_sigma * s``. ``m`` is the pixel's run mean without its
-  single largest value, ``(sum - max) / (n - 1)``: one cosmic-ray hit or saturating
-  event in a run does not make a pixel hot (a hot pixel is high in every frame).
-  ``s = 1.4826 * MAD`` of ``m - reference`` over the map (the robust sigma).
-  ``local`` reference = the median of the 8 neighbours in the map of ``m`` (mirror
-  boundary): finds single hot pixels and small clusters (no pixel with more than 3
-  hot neighbours, e.g. a 2x2 block) under a beam or a gradient, as long as the image
-  is smooth on the scale of a few pixels (a spot of amplitude A and width sigma leaves
-  about A / (2 sigma^2) at its peak, which must stay below the threshold; look for hot
-  pixels under sharp spots in a dark run). ``global`` = the median of the whole map:
-  right for dark or flat-field runs, but flags a bright beam spot as hot. ``either``
-  = hot by either reference.
+- ``m``: run mean without the pixel's two largest values (up to two zingers per run
+  never make a pixel hot; a hot pixel is high in every frame).
+- noise ``V``: median over the 24 pixels around of the residual variance / 1.25 (a beam
+  that drifts or changes intensity is not noise; a hot pixel does not inflate its own).
+- reference ``R``: median of ``m`` over the 8 neighbours (``local``) or over the map
+  (``global``); ``either``: hot by either.
+- hot: ``m - R > hot_sigma * sqrt(V (1 + pi/16) / k)`` and ``m - R >= (hot_ratio - 1) |R|``
+  (significance keeps shot noise out, the ratio keeps beam curvature out).
+- dead: run maximum <= dead_threshold while the median of the run maxima of the 24
+  pixels around exceeds it.
 - saturated in the run: run maximum >= saturation_level.
 
 ``pixels_map`` takes the first that applies of dead (2), hot (1), saturated (3), else 0;
@@ -52,6 +51,7 @@ the counts are each independent of the others.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -61,50 +61,78 @@ from tango_dqm import Analysis, Frame, Parameter, Params, Result
 from tango_dqm.kernels import as_2d, min_max_count_above
 
 OK, HOT, DEAD, SATURATED = 0, 1, 2, 3
-_MAD_TO_SIGMA = 1.4826
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _neighbour_mean(a, i, j):  # pragma: no cover - compiled
+    """Mean of the (up to 4) direct neighbours of a[i, j] inside the frame."""
+    t = 0.0
+    c = 0
+    if i > 0:
+        t += np.float64(a[i - 1, j])
+        c += 1
+    if i < a.shape[0] - 1:
+        t += np.float64(a[i + 1, j])
+        c += 1
+    if j > 0:
+        t += np.float64(a[i, j - 1])
+        c += 1
+    if j < a.shape[1] - 1:
+        t += np.float64(a[i, j + 1])
+        c += 1
+    return t / c if c else np.float64(a[i, j])
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate_int(a, s, ss, mx):  # pragma: no cover - compiled
-    """s += a, ss += a*a (int64, exact), mx = max(mx, a); one pass."""
+def _accumulate_int(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
+    """s += a, ss += a*a (int64, exact), the two largest values (mx >= mx2), and the moments
+    of the residual against the 4-neighbour mean (rs, rss, float64); one pass."""
     for i in range(a.shape[0]):
-        row = a[i]
-        srow = s[i]
-        ssrow = ss[i]
-        mrow = mx[i]
-        for j in range(row.shape[0]):
-            v = row[j]
+        for j in range(a.shape[1]):
+            v = a[i, j]
             iv = np.int64(v)
-            srow[j] += iv
-            ssrow[j] += iv * iv
-            if v > mrow[j]:
-                mrow[j] = v
+            s[i, j] += iv
+            ss[i, j] += iv * iv
+            if v > mx[i, j]:
+                mx2[i, j] = mx[i, j]
+                mx[i, j] = v
+            elif v > mx2[i, j]:
+                mx2[i, j] = v
+            r = np.float64(v) - _neighbour_mean(a, i, j)
+            rs[i, j] += r
+            rss[i, j] += r * r
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate_float(a, s, ss, mx):  # pragma: no cover - compiled
+def _accumulate_float(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
     for i in range(a.shape[0]):
-        row = a[i]
-        srow = s[i]
-        ssrow = ss[i]
-        mrow = mx[i]
-        for j in range(row.shape[0]):
-            v = row[j]
+        for j in range(a.shape[1]):
+            v = a[i, j]
             fv = np.float64(v)
-            srow[j] += fv
-            ssrow[j] += fv * fv
-            if v > mrow[j]:
-                mrow[j] = v
+            s[i, j] += fv
+            ss[i, j] += fv * fv
+            if v > mx[i, j]:
+                mx2[i, j] = mx[i, j]
+                mx[i, j] = v
+            elif v > mx2[i, j]:
+                mx2[i, j] = v
+            r = fv - _neighbour_mean(a, i, j)
+            rs[i, j] += r
+            rss[i, j] += r * r
 
 
 class PixelMap:
-    """Per-pixel run accumulator: frame count, sum, sum of squares and maximum."""
+    """Per-pixel run accumulator: frame count, sum, sum of squares, the largest and second
+    largest value, and the sum and sum of squares of the residual against the 4-neighbour
+    mean (the pixel's noise without the beam's own motion or intensity changes)."""
 
-    __slots__ = ("n", "sum", "sumsq", "max", "settings")
+    __slots__ = ("n", "sum", "sumsq", "max", "max2", "rsum", "rsumsq", "settings")
 
     def __init__(self, n: int = 0, s: np.ndarray | None = None, ss: np.ndarray | None = None,
-                 mx: np.ndarray | None = None, settings: tuple | None = None):
+                 mx: np.ndarray | None = None, settings: tuple | None = None,
+                 rs: np.ndarray | None = None, rss: np.ndarray | None = None, mx2: np.ndarray | None = None):
         self.n, self.sum, self.sumsq, self.max, self.settings = n, s, ss, mx, settings
+        self.rsum, self.rsumsq, self.max2 = rs, rss, mx2
 
     def add(self, image: np.ndarray, settings: tuple) -> None:
         exact = image.dtype.kind in "iu" and image.dtype.itemsize <= 2
@@ -114,6 +142,9 @@ class PixelMap:
             self.sumsq = np.zeros(image.shape, acc_type)
             lowest = np.iinfo(image.dtype).min if image.dtype.kind in "iu" else -np.inf
             self.max = np.full(image.shape, lowest, image.dtype)
+            self.max2 = np.full(image.shape, lowest, image.dtype)
+            self.rsum = np.zeros(image.shape, np.float64)
+            self.rsumsq = np.zeros(image.shape, np.float64)
         else:
             if image.shape != self.sum.shape:
                 raise ValueError(f"pixels: frame shape changed during the run from {self.sum.shape} to "
@@ -121,7 +152,8 @@ class PixelMap:
             if image.dtype != self.max.dtype:
                 raise ValueError(f"pixels: frame dtype changed during the run from {self.max.dtype} to "
                                  f"{image.dtype}; Reset to start a new map")
-        (_accumulate_int if exact else _accumulate_float)(image, self.sum, self.sumsq, self.max)
+        (_accumulate_int if exact else _accumulate_float)(image, self.sum, self.sumsq, self.max, self.max2,
+                                                          self.rsum, self.rsumsq)
         self.n += 1
         self.settings = settings
 
@@ -133,41 +165,97 @@ class PixelMap:
         if self.sum.shape != other.sum.shape or self.max.dtype != other.max.dtype:
             raise ValueError(f"pixels: cannot merge maps of {self.sum.shape} {self.max.dtype} and "
                              f"{other.sum.shape} {other.max.dtype}")
+        # second largest of the union of two top-two pairs
+        mx2 = np.maximum(np.minimum(self.max, other.max), np.maximum(self.max2, other.max2))
         return PixelMap(self.n + other.n, self.sum + other.sum, self.sumsq + other.sumsq,
-                        np.maximum(self.max, other.max), other.settings)
+                        np.maximum(self.max, other.max), other.settings,
+                        self.rsum + other.rsum, self.rsumsq + other.rsumsq, mx2)
 
     def copy(self) -> "PixelMap":
         c = lambda a: None if a is None else a.copy()  # noqa: E731
-        return PixelMap(self.n, c(self.sum), c(self.sumsq), c(self.max), self.settings)
+        return PixelMap(self.n, c(self.sum), c(self.sumsq), c(self.max), self.settings, c(self.rsum),
+                        c(self.rsumsq), c(self.max2))
 
 
-def _robust_sigma(residual: np.ndarray) -> float:
-    r = residual[np.isfinite(residual)]
-    if r.size == 0:
-        return float("nan")
-    med = np.median(r)
-    return float(_MAD_TO_SIGMA * np.median(np.abs(r - med)))
+def _ring(size: int) -> np.ndarray:
+    ring = np.ones((size, size), bool)
+    ring[size // 2, size // 2] = False  # the pixel itself must not pull its own reference
+    return ring
 
 
-def hot_pixels(mean: np.ndarray, hot_sigma: float, reference: str) -> np.ndarray:
-    """Boolean map of hot pixels (see the module docstring for the definition)."""
+def run_moments(acc: "PixelMap") -> tuple[np.ndarray, np.ndarray, int]:
+    """(trimmed mean, noise variance per frame, frames behind the mean) of every pixel.
+
+    The mean is trimmed: each pixel's two largest values are left out, so up to two zingers
+    or saturating events in a run do not move it (a hot pixel is high in every frame). With
+    3 frames only the largest is left out, with fewer nothing. The noise variance is the sample variance of
+    the pixel's residual against the mean of its 4 direct neighbours, divided by 1.25 (the
+    neighbour mean's share for independent noise): unlike the pixel's own variance over the
+    run, it does not count a beam that moves or changes intensity as noise.
+    """
+    n = acc.n
+    s = acc.sum.astype(np.float64)
+    if n >= 4:
+        k = n - 2
+        m = (s - acc.max.astype(np.float64) - acc.max2.astype(np.float64)) / k
+    elif n == 3:
+        k = n - 1
+        m = (s - acc.max.astype(np.float64)) / k
+    else:
+        k = n
+        m = s / n
+    if n > 1:
+        var_r = (acc.rsumsq - acc.rsum * acc.rsum / n) / (n - 1)
+    else:
+        var_r = np.zeros_like(m)
+    return m, np.maximum(var_r, 0.0) / 1.25, k
+
+
+def hot_pixels(mean: np.ndarray, noise_var: np.ndarray, frames: int, hot_sigma: float, hot_ratio: float,
+               reference: str) -> np.ndarray:
+    """Boolean map of hot pixels (see the module docstring for the definition).
+
+    ``mean`` is the per-pixel (trimmed) run mean over ``frames`` frames and ``noise_var``
+    the per-pixel noise variance of one frame. A pixel is hot when its mean is both
+    significantly (``hot_sigma`` standard errors) and substantially (``hot_ratio`` times)
+    above its reference.
+    """
+    from scipy.ndimage import median_filter  # deferred: finish only
+
     hot = np.zeros(mean.shape, bool)
-    finite = np.isfinite(mean)
-    if not finite.any():
+    finite = np.isfinite(mean) & np.isfinite(noise_var)
+    if not finite.any() or frames < 1:
         return hot
-    # a tiny floor, so rounding noise on a perfectly flat map is never "far above"
-    floor = 1e-9 * (abs(float(np.median(mean[finite]))) + 1.0)
+    # The expected noise: the median over the 24 pixels around (a hot pixel inflates the
+    # residual variance of its own 4 neighbours, and its own variance scales with its gain).
+    var = median_filter(np.where(finite, noise_var, 0.0), footprint=_ring(5), mode="mirror")
+    # a tiny floor, so rounding noise on a noiseless flat map is never "significant"
+    floor = (1e-9 * (abs(float(np.median(mean[finite]))) + 1.0)) ** 2
+    refs = []
     if reference in ("global", "either"):
-        r = mean - np.median(mean[finite])
-        hot |= r > hot_sigma * max(_robust_sigma(r), floor)
+        refs.append((np.full(mean.shape, np.median(mean[finite])), 0.0))
     if reference in ("local", "either"):
-        from scipy.ndimage import median_filter  # deferred: finish only
-
-        ring = np.ones((3, 3), bool)
-        ring[1, 1] = False  # the 8 neighbours: the pixel itself must not pull its reference
-        r = mean - median_filter(mean, footprint=ring, mode="mirror")
-        hot |= r > hot_sigma * max(_robust_sigma(r), floor)
+        # median of the 8 neighbours: its variance is about (pi/2) var / 8 (a hot neighbour
+        # or two do not move it)
+        refs.append((median_filter(mean, footprint=_ring(3), mode="mirror"), math.pi / 16))
+    with np.errstate(invalid="ignore"):
+        for ref, ref_share in refs:
+            se = np.sqrt(var * (1.0 + ref_share) / frames + floor)
+            excess = mean - ref
+            hot |= finite & (excess > hot_sigma * se) & (excess >= (hot_ratio - 1.0) * np.abs(ref))
     return hot
+
+
+def dead_pixels(run_max: np.ndarray, dead_threshold: float) -> np.ndarray:
+    """Pixels whose run maximum never exceeds ``dead_threshold`` while more than half of
+    their 5x5 neighbourhood (the 24 pixels around them) does."""
+    from scipy.ndimage import median_filter
+
+    low = run_max <= dead_threshold
+    if not low.any():
+        return low
+    alive = median_filter(run_max.astype(np.float64), footprint=_ring(5), mode="mirror") > dead_threshold
+    return low & alive
 
 
 class Pixels(Analysis):
@@ -180,12 +268,16 @@ class Pixels(Analysis):
         Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
                   description="pixels at or above this value count as saturated", min=0),
         Parameter("hot_sigma", float, 5.0, unit="sigma", label="Hot pixel threshold",
-                  description="hot: run-mean this many robust (MAD) sigmas above its reference", min=0.0),
+                  description="hot: run mean this many of its own standard errors above its reference",
+                  min=0.0, max=1e6),
+        Parameter("hot_ratio", float, 2.0, label="Hot pixel ratio",
+                  description="hot: run mean also at least this many times its reference", min=1.0, max=1e6),
         Parameter("pixels_hot_reference", "enum", "local", label="Hot pixel reference",
                   description="local: median of the 8 neighbours; global: median of the mean map; either",
                   choices=("local", "global", "either")),
         Parameter("dead_threshold", float, 0.0, unit="counts", label="Dead pixel threshold",
-                  description="dead: the pixel's maximum over the run never exceeds this"),
+                  description="dead: the pixel's maximum over the run never exceeds this, while its "
+                              "neighbourhood's does", min=-1e12, max=1e12),
         Parameter("pixels_min_frames", int, 10, unit="frames", label="Pixel map minimum frames",
                   description="fewer accumulated frames: the map is INSUFFICIENT", min=1),
     ]
@@ -215,7 +307,7 @@ class Pixels(Analysis):
         image = self._input(frame, params)
         _, _, n_saturated = min_max_count_above(image, params.saturation_level)
         settings = (params.saturation_level, params.hot_sigma, params.pixels_hot_reference,
-                    params.dead_threshold, params.pixels_min_frames)
+                    params.dead_threshold, params.pixels_min_frames, params.hot_ratio)
         # "_pixels" is not a result: it hands the frame (a view, no copy) and the
         # parameters finish() needs to accumulate(), which sees only these results.
         return {"pixels_saturated": n_saturated, "_pixels": (image, settings)}
@@ -238,15 +330,14 @@ class Pixels(Analysis):
                         "pixels_saturated_run": None, "pixels_map": None, "pixels_mean_map": None,
                         "pixels_std_map": None})
             return out
-        saturation_level, hot_sigma, reference, dead_threshold, _ = acc.settings
+        saturation_level, hot_sigma, reference, dead_threshold, _, hot_ratio = acc.settings
         n = acc.n
         mean = acc.sum / n
         var = np.maximum(acc.sumsq / n - mean * mean, 0.0)
-        # Hot pixels are judged on the mean without each pixel's maximum, so one zinger or
-        # saturating event in a long run does not make a pixel "hot".
-        trimmed = (acc.sum - acc.max) / (n - 1) if n > 1 else mean
-        hot = hot_pixels(trimmed, hot_sigma, reference)
-        dead = acc.max <= dead_threshold
+        # judged on the trimmed moments: one zinger in a run does not make a pixel hot
+        t_mean, t_var, k = run_moments(acc)
+        hot = hot_pixels(t_mean, t_var, k, hot_sigma, hot_ratio, reference)
+        dead = dead_pixels(acc.max, dead_threshold)
         saturated = acc.max >= saturation_level
         pmap = np.zeros(mean.shape, np.uint8)
         pmap[saturated] = SATURATED
@@ -264,4 +355,4 @@ class Pixels(Analysis):
         return out
 
 
-__all__ = ["DEAD", "HOT", "OK", "SATURATED", "PixelMap", "Pixels", "hot_pixels"]
+__all__ = ["DEAD", "HOT", "OK", "SATURATED", "PixelMap", "Pixels", "dead_pixels", "hot_pixels", "run_moments"]

@@ -4,11 +4,12 @@
 |--------------|------|---------|------------------------------------------------------------------|
 | roi_profile  | roi  | []      | region [offset_x, size_x, offset_y, size_y]; [] = the full frame  |
 | profile_fit  | bool | False   | also fit a Gaussian + offset to each projection (costs ~1 ms)     |
+| saturation_level | int | 65535 | pixels >= this are excluded (shared with roi and pixels)        |
 
 | result (per frame)          | kind     | type    | meaning                                                  |
 |-----------------------------|----------|---------|----------------------------------------------------------|
-| profile_x                   | spectrum | float64 | column sums of the ROI (projection onto x), length size_x |
-| profile_y                   | spectrum | float64 | row sums of the ROI (projection onto y), length size_y    |
+| profile_x                   | spectrum | float64 | column sums of the cleaned ROI (onto x), length size_x    |
+| profile_y                   | spectrum | float64 | row sums of the cleaned ROI (onto y), length size_y       |
 | profile_centroid_x / _y     | scalar   | float   | centre of mass, full-image pixel coordinates             |
 | profile_rms_x / _y          | scalar   | float   | RMS width (second central moment), pixels                 |
 | profile_fwhm_x / _y         | scalar   | float   | full width at half maximum, pixels (linear interpolation) |
@@ -25,18 +26,21 @@
 | profile_run_fwhm_x / _y         | scalar   | float   | FWHM of the run-mean projections                 |
 | profile_run_frames              | scalar   | int     | frames summed into the run-mean projections      |
 
-Definitions. Each projection ``p`` is first background-subtracted by its own minimum
-(``q = p - min(p)``); centroid, RMS and FWHM are computed from ``q``:
-centroid = sum(i q_i) / sum(q_i), RMS = sqrt(sum((i - centroid)^2 q_i) / sum(q_i)),
-FWHM = distance between the two points where ``q`` crosses half of its maximum,
-linearly interpolated between pixels, walking outwards from the maximum. A crossing
-that does not happen inside the ROI gives NaN, as does a flat projection. For a
-Gaussian spot FWHM = 2.3548 sigma and RMS = sigma (if the ROI holds the whole spot).
+Definitions (see docs/analyses.md for the reasoning and the limits). Pixels whose raw
+value is >= ``saturation_level`` (or NaN), and masked pixels, are replaced in the
+projections by the mean of their valid 8 neighbours. In each projection ``p``: the peak
+is the maximum of its 3-point median; the background ``b`` is the median of the points
+further than 2 first-guess FWHM from the peak (else 1.5, else 1; the minimum if too few);
+FWHM = distance between the two points where ``p - b`` crosses half of its value at the
+peak, linearly interpolated, walking outwards from the peak; centroid and RMS are the
+first and second moments of ``q = p - b`` within +-3 FWHM of the peak (all of ``p``
+without a FWHM). A crossing that does not happen inside the ROI gives NaN, as does a
+flat projection. For a Gaussian spot FWHM = 2.3548 sigma and RMS = sigma.
 
 The Gaussian fit ``a exp(-(x - m)^2 / (2 s^2)) + c`` uses ``scipy.optimize.curve_fit``
-on the raw projection with start values from the moments (a = max - min, m = centroid,
-s = RMS, c = min). A fit that does not converge gives NaN values, never an exception.
-With ``profile_fit`` off the fit results are NaN.
+on the cleaned projection with start values from the robust estimates (a = peak - b,
+m = centroid, s = FWHM / 2.3548, c = b). A fit that does not converge gives NaN values,
+never an exception. With ``profile_fit`` off the fit results are NaN.
 
 The run accumulator sums the projections (exactly, in float64) per region; if the
 ROI changes during a run, finish reports the region of the most recent frame.
@@ -46,7 +50,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -58,85 +62,170 @@ from tango_dqm.kernels import as_2d
 _NAN = float("nan")
 _AXES = ("x", "y")
 _FIT = ("amplitude", "mean", "sigma", "offset")
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_NO_MASK = np.zeros((1, 1), np.uint8)
 
 
 # ---- kernels -------------------------------------------------------------------------
 
 
-@numba.njit(nogil=True, cache=True)
-def _project_int(a, px, py):  # pragma: no cover - compiled
-    """Column sums into ``px`` and row sums into ``py`` (int64, exact), in one pass over ``a``."""
-    for i in range(a.shape[0]):
-        row = a[i]
-        s = 0
-        for j in range(row.shape[0]):
-            v = np.int64(row[j])
-            px[j] += v
-            s += v
-        py[i] = s
+@numba.njit(nogil=True, cache=True, inline="always")
+def _excluded(raw, mask, use_mask, use_level, level, i, j):  # pragma: no cover - compiled
+    if use_mask and mask[i, j] != 0:
+        return True
+    return use_level and not raw[i, j] < level  # NaN is excluded too
 
 
-# reassoc lets the row sum vectorise; the result is still deterministic for a given build.
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-def _project_float(a, px, py):  # pragma: no cover - compiled
-    """Column and row sums (float64) of a float frame, in one pass."""
-    for i in range(a.shape[0]):
-        row = a[i]
+def _project_clean(raw, val, mask, use_mask, use_level, level, px, py):  # pragma: no cover - compiled
+    """Column sums into ``px`` and row sums into ``py`` of ``val`` in one pass over the
+    frame, each excluded pixel (``raw`` at or above ``level`` or NaN, or ``mask`` nonzero)
+    replaced by the mean of the valid pixels among its 8 neighbours. Without a valid
+    neighbour a masked pixel counts 0 and a saturated one keeps its value (a saturated
+    area is at least that bright). Returns the number of excluded pixels.
+
+    Each row is first only tested (a vectorised compare); rows without an excluded pixel,
+    nearly all of them, are summed on the fast path while still in cache."""
+    rows, cols = val.shape
+    n_bad = 0
+    for i in range(rows):
+        row = val[i]
+        nb = 0
+        if use_level:
+            rrow = raw[i]
+            for j in range(cols):
+                nb += not rrow[j] < level
+        if use_mask:
+            mrow = mask[i]
+            for j in range(cols):
+                nb += mrow[j] != 0
         s = 0.0
-        for j in range(row.shape[0]):
-            v = np.float64(row[j])
-            px[j] += v
-            s += v
+        if nb == 0:
+            for j in range(cols):
+                v = np.float64(row[j])
+                px[j] += v
+                s += v
+        else:
+            for j in range(cols):
+                if _excluded(raw, mask, use_mask, use_level, level, i, j):
+                    n_bad += 1
+                    t = 0.0
+                    c = 0
+                    for ii in range(max(i - 1, 0), min(i + 2, rows)):
+                        for jj in range(max(j - 1, 0), min(j + 2, cols)):
+                            if (ii != i or jj != j) and not _excluded(raw, mask, use_mask, use_level, level, ii, jj):
+                                t += np.float64(val[ii, jj])
+                                c += 1
+                    if c:
+                        v = t / c
+                    elif use_mask and mask[i, j] != 0:
+                        v = 0.0
+                    else:
+                        v = np.float64(row[j])
+                else:
+                    v = np.float64(row[j])
+                px[j] += v
+                s += v
         py[i] = s
+    return n_bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _fwhm(p, imax, bg):  # pragma: no cover - compiled
+    """Width where ``p - bg`` crosses half of ``p[imax] - bg``, walking outwards from
+    ``imax``, linearly interpolated; NaN when a side does not cross inside ``p``."""
+    n = p.shape[0]
+    half = 0.5 * (p[imax] - bg)
+    if not half > 0.0:
+        return np.nan
+    i = imax
+    while i > 0 and p[i - 1] - bg >= half:
+        i -= 1
+    if i == 0:
+        return np.nan
+    lo = p[i - 1] - bg
+    hi = p[i] - bg
+    left = (i - 1) + (half - lo) / (hi - lo)
+    i = imax
+    while i < n - 1 and p[i + 1] - bg >= half:
+        i += 1
+    if i == n - 1:
+        return np.nan
+    hi = p[i] - bg
+    lo = p[i + 1] - bg
+    right = i + (hi - half) / (hi - lo)
+    return right - left
 
 
 @numba.njit(nogil=True, cache=True)
 def _axis_stats(p):  # pragma: no cover - compiled
-    """Centroid, RMS and FWHM (indices relative to the start of ``p``) after min subtraction."""
+    """Background, peak index, centroid, RMS and FWHM (indices relative to the start of ``p``)."""
     n = p.shape[0]
     nan = np.nan
     mn = p[0]
-    imax = 0
+    mx = p[0]
     for i in range(n):
-        v = p[i]
-        if v < mn:
-            mn = v
-        if v > p[imax]:
+        if p[i] < mn:
+            mn = p[i]
+        if p[i] > mx:
+            mx = p[i]
+    if not mx > mn:  # flat (or NaN) projection: nothing to measure
+        return nan, 0, nan, nan, nan
+    # The peak: the maximum of the 3-point median of p (a one-column spike, i.e. a hot
+    # pixel the exclusion did not catch, is no peak), refined to p's maximum next to it.
+    imed = 0
+    best = -np.inf
+    for i in range(n):
+        if 0 < i < n - 1:
+            a, b, c = p[i - 1], p[i], p[i + 1]
+            v = max(min(a, b), min(max(a, b), c))
+        else:
+            v = p[i]
+        if v > best:
+            best = v
+            imed = i
+    imax = imed
+    for i in range(max(imed - 1, 0), min(imed + 2, n)):
+        if p[i] > p[imax]:
             imax = i
+    # Background: the median of the points far from the peak (beyond 2, else 1.5, else 1
+    # first-guess FWHM), at least max(3, n/10) of them; else the minimum.
+    w0 = _fwhm(p, imax, mn)
+    if not w0 > 0.0:
+        w0 = n / 4.0
+    bg = mn
+    far = np.empty(n)
+    for k in (2.0, 1.5, 1.0):
+        m = 0
+        for i in range(n):
+            if abs(i - imax) > k * w0:
+                far[m] = p[i]
+                m += 1
+        if m >= max(3, n // 10):
+            bg = np.median(far[:m])
+            break
+    fwhm = _fwhm(p, imax, bg)
+    # Moments inside +-3 FWHM of the peak (all of a Gaussian: +-7 sigma): far-away hot
+    # pixels and background errors get no lever arm. The whole projection without a FWHM.
+    lo, hi = 0, n
+    if fwhm > 0.0:
+        lo = max(0, int(math.floor(imax - 3.0 * fwhm)))
+        hi = min(n, int(math.ceil(imax + 3.0 * fwhm)) + 1)
     total = 0.0
     first = 0.0
-    for i in range(n):
-        q = p[i] - mn
+    for i in range(lo, hi):
+        q = p[i] - bg
         total += q
         first += i * q
-    if not total > 0.0:  # flat (or NaN) projection: nothing to measure
-        return nan, nan, nan
+    if not total > 0.0:
+        return bg, imax, nan, nan, fwhm
     c = first / total
     second = 0.0
-    for i in range(n):
+    for i in range(lo, hi):
         d = i - c
-        second += d * d * (p[i] - mn)
-    rms = math.sqrt(second / total)
-    half = 0.5 * (p[imax] - mn)
-    i = imax
-    while i > 0 and p[i - 1] - mn >= half:
-        i -= 1
-    if i == 0:
-        left = nan
-    else:  # q[i-1] < half <= q[i]
-        lo = p[i - 1] - mn
-        hi = p[i] - mn
-        left = (i - 1) + (half - lo) / (hi - lo)
-    i = imax
-    while i < n - 1 and p[i + 1] - mn >= half:
-        i += 1
-    if i == n - 1:
-        right = nan
-    else:  # q[i] >= half > q[i+1]
-        hi = p[i] - mn
-        lo = p[i + 1] - mn
-        right = i + (hi - half) / (hi - lo)
-    return c, rms, right - left
+        second += d * d * (p[i] - bg)
+    rms = math.sqrt(second / total) if second > 0.0 else nan
+    return bg, imax, c, rms, fwhm
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -146,16 +235,40 @@ def _gauss(x, amplitude, mean, sigma, offset):
     return amplitude * np.exp(-0.5 * ((x - mean) / sigma) ** 2) + offset
 
 
-def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float) -> tuple[float, float, float, float]:
-    """Fit ``a exp(-(x-m)^2/2s^2) + c`` to projection ``p``; x in full-image pixels. NaNs on failure."""
+class AxisStats(NamedTuple):
+    """Statistics of one projection; positions relative to its first element."""
+
+    background: float
+    peak: int
+    centroid: float
+    rms: float
+    fwhm: float
+
+
+def axis_stats(p: np.ndarray) -> AxisStats:
+    """Background, peak index, centroid, RMS and FWHM of a projection (see the module docstring)."""
+    if p.size == 0:
+        return AxisStats(_NAN, 0, _NAN, _NAN, _NAN)
+    bg, imax, c, rms, fwhm = _axis_stats(np.ascontiguousarray(p, dtype=np.float64))
+    return AxisStats(float(bg), int(imax), float(c), float(rms), float(fwhm))
+
+
+def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float, fwhm: float = _NAN,
+                 background: float = _NAN) -> tuple[float, float, float, float]:
+    """Fit ``a exp(-(x-m)^2/2s^2) + c`` to projection ``p``; x in full-image pixels. NaNs on failure.
+
+    Starts from the robust estimates: m = centroid, s = FWHM / 2.3548 (RMS when the FWHM is
+    unknown), c = the background (the minimum when unknown), a = the peak above c.
+    """
     nan4 = (_NAN, _NAN, _NAN, _NAN)
-    if p.size < 5 or not (math.isfinite(centroid) and math.isfinite(rms) and rms > 0):
+    width = fwhm / _FWHM_PER_SIGMA if math.isfinite(fwhm) and fwhm > 0 else rms
+    if p.size < 5 or not (math.isfinite(centroid) and math.isfinite(width) and width > 0):
         return nan4
     from scipy.optimize import curve_fit  # deferred: only needed when fitting
 
     x = np.arange(p.size, dtype=np.float64) + offset
-    lo, hi = float(p.min()), float(p.max())
-    p0 = (hi - lo, centroid, rms, lo)
+    lo = background if math.isfinite(background) else float(p.min())
+    p0 = (float(p.max()) - lo, centroid, width, lo)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # OptimizeWarning (no covariance) is not a failure
@@ -168,27 +281,40 @@ def gaussian_fit(p: np.ndarray, offset: int, centroid: float, rms: float) -> tup
     return a, m, abs(s), c
 
 
-def project(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(column sums, row sums) of a 2-D region as float64, in one pass (exact for integer data)."""
+def project(region: np.ndarray, raw: np.ndarray | None = None, mask: np.ndarray | None = None,
+            saturation_level: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """(column sums, row sums) of a 2-D region as float64, in one pass (exact for integer data).
+
+    Pixels whose ``raw`` value (the region itself when None) is at or above
+    ``saturation_level`` or not finite, and pixels where ``mask`` is nonzero, are replaced by
+    the mean of their valid neighbours (see ``_project_clean``).
+    """
     if region.dtype.kind == "b":
         region = region.view(np.uint8)
-    if region.dtype.kind in "iu" and region.dtype.itemsize <= 4:
-        px = np.zeros(region.shape[1], np.int64)
-        py = np.zeros(region.shape[0], np.int64)
-        _project_int(region, px, py)
-        return px.astype(np.float64), py.astype(np.float64)
+    raw = region if raw is None else (raw.view(np.uint8) if raw.dtype.kind == "b" else raw)
+    if raw.shape != region.shape or (mask is not None and mask.shape != region.shape):
+        raise ValueError(f"profile: raw {raw.shape}, mask {None if mask is None else mask.shape} and region "
+                         f"{region.shape} differ")
     px = np.zeros(region.shape[1], np.float64)
     py = np.zeros(region.shape[0], np.float64)
-    _project_float(region, px, py)
+    m = _NO_MASK if mask is None else (mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
+    # the level in the raw dtype, so the per-pixel test is a plain compare of that type
+    if raw.dtype.kind in "iu":
+        info = np.iinfo(raw.dtype)
+        use_level = not saturation_level > info.max
+        level = raw.dtype.type(min(max(math.ceil(saturation_level), info.min), info.max)) if use_level \
+            else raw.dtype.type(info.max)
+    else:
+        use_level = True  # NaN and inf are excluded even without a finite level
+        level = raw.dtype.type(saturation_level)
+    _project_clean(raw, region, m, mask is not None, use_level, level, px, py)
     return px, py
 
 
 def projection_stats(p: np.ndarray, offset: int) -> tuple[float, float, float]:
     """Centroid (full-image pixels), RMS width and FWHM of one projection."""
-    if p.size == 0:
-        return _NAN, _NAN, _NAN
-    c, rms, fwhm = _axis_stats(np.ascontiguousarray(p, dtype=np.float64))
-    return c + offset, rms, fwhm
+    st = axis_stats(p)
+    return st.centroid + offset, st.rms, st.fwhm
 
 
 # ---- the analysis ----------------------------------------------------------------------
@@ -204,6 +330,9 @@ class Profile(Analysis):
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("profile_fit", bool, False, label="Profile Gaussian fit",
                   description="fit a Gaussian + offset to each projection (costs ~1 ms per frame)"),
+        # Identical to the roi analysis' declaration, so all share one parameter.
+        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
+                  description="pixels at or above this value count as saturated", min=0),
         MASK,
         DARK,
     ]
@@ -225,28 +354,37 @@ class Profile(Analysis):
         Result("profile_run_frames", int, label="Profile frames in run", description="run summary", run_summary=True),
     ]
 
-    def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The region to analyse (dark-subtracted, masked pixels 0) and its
-        (offset_x, size_x, offset_y, size_y) in the frame."""
+    def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                           tuple[int, int, int, int]]:
+        """The region to analyse (dark-subtracted), its raw values (for the saturation test),
+        its mask (None: no mask) and its (offset_x, size_x, offset_y, size_y) in the frame."""
         image = as_2d(frame.data)
         roi = params.roi_profile
         if roi is None:
-            return corrected(image, params, masked_value=0), (0, image.shape[1], 0, image.shape[0])
-        roi.check_fits(image.shape, "roi_profile")  # RoiError names the rule
-        return corrected(image, params, roi.slices(), masked_value=0), \
-            (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
+            slices, key = None, (0, image.shape[1], 0, image.shape[0])
+        else:
+            roi.check_fits(image.shape, "roi_profile")  # RoiError names the rule
+            slices, key = roi.slices(), (roi.offset_x, roi.size_x, roi.offset_y, roi.size_y)
+        mask = params.get("mask")
+        if mask is not None:
+            if mask.shape != image.shape[-2:]:
+                raise ValueError(f"mask shape {mask.shape} does not match the frame shape {image.shape[-2:]}")
+            mask = mask if slices is None else mask[slices]
+        raw = image if slices is None else image[slices]
+        return corrected(image, params, slices), raw, mask, key
 
     def process(self, frame: Frame, params: Params) -> dict[str, Any]:
-        region, key = self._input(frame, params)
+        region, raw, mask, key = self._input(frame, params)
         ox, sx, oy, sy = key
-        px, py = project(region)
+        px, py = project(region, raw, mask, params.saturation_level)
         out: dict[str, Any] = {"profile_x": px, "profile_y": py}
         for ax, p, off in (("x", px, ox), ("y", py, oy)):
-            c, rms, fwhm = projection_stats(p, off)
+            st = axis_stats(p)
+            c = st.centroid + off
             out[f"profile_centroid_{ax}"] = c
-            out[f"profile_rms_{ax}"] = rms
-            out[f"profile_fwhm_{ax}"] = fwhm
-            fit = gaussian_fit(p, off, c, rms) if params.profile_fit else (_NAN,) * 4
+            out[f"profile_rms_{ax}"] = st.rms
+            out[f"profile_fwhm_{ax}"] = st.fwhm
+            fit = gaussian_fit(p, off, c, st.rms, st.fwhm, st.background) if params.profile_fit else (_NAN,) * 4
             for what, v in zip(_FIT, fit):
                 out[f"profile_fit_{what}_{ax}"] = v
         # Not a result: tells accumulate() which region these projections belong to.
@@ -301,4 +439,4 @@ class Profile(Analysis):
         return out
 
 
-__all__ = ["Profile", "gaussian_fit", "project", "projection_stats"]
+__all__ = ["AxisStats", "Profile", "axis_stats", "gaussian_fit", "project", "projection_stats"]

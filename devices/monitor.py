@@ -19,7 +19,7 @@ from tango.server import Device, attribute, command, device_property, run
 from tango_dqm.engine import Engine, EngineConfig, EngineError
 from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
-from tango_dqm.quality import Verdict, range_verdict
+from tango_dqm.quality import LossCheck, Verdict, checks_from_config, range_verdict
 from tango_dqm.references import ReferenceStore, ReferenceStoreError
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
@@ -105,6 +105,7 @@ class DataQualityMonitor(Device):
             return
         self._restore_parameters()
         self._load_reference()
+        self._init_loss_limits()
         try:
             self._detectors = self._parse_detectors()
         except ValueError as exc:
@@ -316,6 +317,7 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return
         self._sync_thresholds()
+        self._sync_loss_limits()
         self._push_verdict(self.engine.snapshot())
 
     def _push_verdict(self, snap) -> None:
@@ -624,6 +626,50 @@ class DataQualityMonitor(Device):
                doc="fraction of the run's frames (incl. dropped and bad) on which the verdict was evaluated")
     def verdictCoverage(self) -> float:
         return self.engine.snapshot().coverage if self.engine else 0.0
+
+    @attribute(dtype=float, unit="", min_value=0, max_value=1,
+               doc="fraction of the run's frames lost (dropped, never arrived) or bad; max_warning and "
+                   "max_alarm are the loss check's warning and error fractions (editable, as in QualityChecks)")
+    def lostFraction(self) -> float:
+        if self.engine is None:
+            return 0.0
+        loss = [r for r in self.engine.snapshot().quality.checks if r.check_type == "loss"]
+        return float(loss[0].value or 0.0) if loss else 0.0
+
+    def _loss_attr_limits(self) -> tuple[tango.Attribute, tuple[float | None, float | None]]:
+        attr = self.get_device_attr().get_attr_by_name("lostFraction")
+        props = attr.get_properties()
+        return attr, _range(props.max_warning, props.max_alarm) or (None, None)  # (warning, error)
+
+    def _init_loss_limits(self) -> None:
+        """At Init: a loss check in QualityChecks sets the lostFraction alarm properties; else the stored
+        properties (edited in Jive) set the check; else the defaults set the properties."""
+        limits = self.engine.quality.loss_limits() if self.engine else None
+        if limits is None:
+            return
+        configured = any(isinstance(c, LossCheck) for c in checks_from_config(list(self.QualityChecks)))
+        attr, stored = self._loss_attr_limits()
+        if not configured and stored[0] is not None and stored[1] is not None:
+            try:
+                self.engine.quality.set_loss_limits(*stored)
+                return
+            except ValueError as exc:
+                self.warn_stream(f"alarm properties of lostFraction ignored: {exc}")
+        props = attr.get_properties()
+        props.max_warning, props.max_alarm = repr(limits[0]), repr(limits[1])
+        attr.set_properties(props)
+
+    def _sync_loss_limits(self) -> None:
+        """lostFraction's alarm properties edited live change the loss check within a tick."""
+        if self.engine is None or self.engine.quality.loss_limits() is None:
+            return
+        _, (warning, error) = self._loss_attr_limits()
+        if warning is None or error is None:
+            return
+        try:
+            self.engine.quality.set_loss_limits(warning, error)
+        except ValueError as exc:
+            self.warn_stream(f"alarm properties of lostFraction ignored: {exc}")
 
     @attribute(dtype=str, doc="results file (HDF5) of the current or last scan")
     def outputFile(self) -> str:

@@ -42,7 +42,7 @@ from tango_dqm.simulation import FrameGenerator, Scene
 POLL_S = 0.1  # longest a send or a wait blocks before looking at the stop flag again
 SERIES_END_TIMEOUT_S = 1.0  # after Stop, how long series_end may wait for a receiver
 MAX_SIDE = 16384
-MAX_PIXELS = 1 << 24  # 16 Mpixel: the noise pool holds 4 frames
+MAX_PIXELS = 1 << 24  # 16 Mpixel: the noise pools hold about 3 frames (tango_dqm.simulation)
 MAX_RATE = 100_000.0
 
 

@@ -29,7 +29,7 @@ from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .publisher import Listener, Publisher
-from .quality import QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
 from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
@@ -179,6 +179,7 @@ class Engine:
         hints = [p.image_shape for p in probes]
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        self.warmup_s = self._warm_up(probes[0].image_shape, probes[0].image_dtype)
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
         try:
@@ -368,6 +369,7 @@ class Engine:
             c.event_rate = self._rate_locked(time.monotonic()) if self._state is EngineState.RUNNING else 0.0
             snap = Snapshot(self._state, self._status_locked(), c, dict(self._results), self._frame_id,
                             dict(self._summary), self._scan_id, dict(self._bad_kinds))
+        self._sync_loss(c)
         snap.quality = q = self.quality.snapshot(time.monotonic())
         total = c.completed + c.dropped + c.bad
         coverage = self.quality.coverage(c.completed, total)
@@ -378,6 +380,15 @@ class Engine:
     def status(self) -> str:
         with self._lock:
             return self._status_locked()
+
+    @staticmethod
+    def _lost(c: Counters) -> int:
+        """Events lost: dropped (gaps, overflow, never sent; orphaned events are part of it)."""
+        return c.dropped
+
+    def _sync_loss(self, c: Counters) -> None:
+        """Hand the counters to the loss check (lost: never analysed; bad: malformed)."""
+        self.quality.set_loss_counts(c.completed, self._lost(c), c.bad, c.total)
 
     def _status_locked(self) -> str:
         c = self._counters
@@ -393,7 +404,17 @@ class Engine:
             backlog = "".join(f"; {b}" for b in (src.backlog() for src in self._sources) if b)  # source outruns analysis
             return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz{backlog}"
         if s is EngineState.CLOSE:
-            return (f"CLOSE: {self._scan_id} finished ({self._end_reason}): {counts}; "
+            lost = self._lost(c)
+            # "complete" only when every expected frame was analysed and nothing was lost or bad
+            whole = (c.completed > 0 and not lost and not c.bad and self._end_reason != "stopped"
+                     and (c.expected is None or c.completed >= c.expected))
+            stopped = self._end_reason == "stopped"
+            ended = "finished, complete" if whole else "stopped" if stopped else "finished"
+            done = f"{c.completed}/{c.total} completed, {lost} lost" + (f", {c.bad} bad" if c.bad else "")
+            if len(self._specs) > 1:
+                done += f", {c.partial} partial"
+            why = "" if stopped else f" ({self._end_reason})"
+            return (f"CLOSE: {self._scan_id} {ended}: {done}{why}; "
                     "results frozen, Start for a new scan or Reset to clear")
         return f"FAULT: {self._fault}"
 
@@ -430,6 +451,8 @@ class Engine:
                     checks.append(check)
         if config.stale_timeout > 0 and not any(isinstance(c, StalenessCheck) for c in checks):
             checks.append(StalenessCheck(config.stale_timeout))
+        if not any(isinstance(c, LossCheck) for c in checks):  # built in: lost frames always count
+            checks.append(LossCheck())
         monitor = QualityMonitor(checks)
         try:
             monitor.validate({n: r.kind for n, (_, r) in self.result_decl.items()})
@@ -598,11 +621,24 @@ class Engine:
         """Does a frame of ``stream`` define an event id? Every stream's in a scan, the primary's live."""
         return run.builder is None or not self._live or stream == run.builder.primary
 
+    def _observe_event(self, run: "_Run", fid: int, series: str | None = None) -> IdKind:
+        """Account an event id; the ids it makes missing (or finds again) go to the loss check."""
+        kind = run.event_ids.observe(fid, series)
+        if run.event_ids.gap is not None:
+            self.quality.lost_frames(*run.event_ids.gap)
+        elif kind is IdKind.LATE:
+            self.quality.found_frame(fid)
+        return kind
+
     def _admit(self, run: "_Run", frame: Frame) -> bool:
         """Classify a received frame's id; False for a duplicate (counted, not analysed)."""
-        ids = run.stream_ids.setdefault(frame.stream, IdTracker()) if run.builder is not None else run.event_ids
-        first = ids.highest is None
-        kind = ids.observe(frame.frame_id, frame.series)
+        if run.builder is not None:
+            ids = run.stream_ids.setdefault(frame.stream, IdTracker())
+            first = ids.highest is None
+            kind = ids.observe(frame.frame_id, frame.series)
+        else:
+            first = run.event_ids.highest is None
+            kind = self._observe_event(run, frame.frame_id, frame.series)
         if kind is IdKind.DUPLICATE:
             run.duplicate += 1
         else:
@@ -610,7 +646,8 @@ class Engine:
                 run.out_of_order += 1
             if run.builder is not None and self._is_event_frame(run, frame.stream):
                 # an id seen on any stream is not a gap; the primary's series defines the numbering
-                run.event_ids.observe(frame.frame_id, frame.series if frame.stream == run.builder.primary else None)
+                self._observe_event(run, frame.frame_id,
+                                    frame.series if frame.stream == run.builder.primary else None)
             if first and self._is_event_frame(run, frame.stream):
                 # frames a SUB stream lost before we joined (slow joiner)
                 run.dropped_before += int(frame.meta.get("dropped_before", 0) or 0)
@@ -634,10 +671,11 @@ class Engine:
                 run.stream_ids.setdefault(stream, IdTracker()).observe(fid)
             if not self._is_event_frame(run, stream):
                 continue  # a partner frame: live events go with the latest partner, none is lost
-            if run.event_ids.observe(fid) is IdKind.DUPLICATE:
+            if self._observe_event(run, fid) is IdKind.DUPLICATE:
                 run.duplicate += 1
             else:
                 run.lost += 1
+                self.quality.lost_frames(fid)
         with self._lock:
             self._recount_locked(run)
 
@@ -740,6 +778,42 @@ class Engine:
             self._judge_accumulated(run.accs)
         return True
 
+    def _warm_up(self, shape: Sequence[int] | None, dtype: str | None) -> float:
+        """Compile (or load from numba's cache) every analysis' kernels now, at Init, by analysing a
+        synthetic frame of the source's dtype and shape (uint16 64x64 when not announced), writable and
+        read-only (numba compiles each once); results are discarded. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        try:
+            dt = np.dtype(dtype or "uint16")
+            shp = tuple(int(v) for v in shape) if shape and 0 < np.prod(shape) <= 1 << 24 else (64, 64)
+        except (TypeError, ValueError):
+            dt, shp = np.dtype("uint16"), (64, 64)
+        rng = np.random.default_rng(0)
+        image = rng.poisson(100.0, shp).astype(np.float64)
+        if len(shp) >= 2:  # a spot, so fits and centroids run their usual path
+            yy, xx = np.ogrid[: shp[-2], : shp[-1]]
+            image += 1000.0 * np.exp(-((yy - shp[-2] / 2) ** 2 + (xx - shp[-1] / 2) ** 2) / (2 * 5.0 ** 2))
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            image = np.clip(image, info.min, info.max)
+        data = image.astype(dt)
+        readonly = data.copy()
+        readonly.flags.writeable = False
+        params = self.params.snapshot_with_version()[0]
+        stream = self._specs[0].name
+        for runner in self._runners:  # their prepare() contexts are then ready for the first frame
+            a = runner.analysis
+            try:
+                acc = a.new_accumulator()
+                for d in (data, readonly):
+                    acc = a.accumulate(acc, runner.process(Frame(d, -1, stream=stream), params), params)
+                a.finish(acc)
+            except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs speed on the first frame
+                log.info("warm-up of analysis %r skipped: %s: %s", a.name, type(exc).__name__, exc)
+        took = time.perf_counter() - t0
+        log.info("analyses warmed up for %s %s in %.2f s", dt.name, shp, took)
+        return took
+
     def _process(self, frame: Frame, params: Params) -> list[FrameOutput]:
         out = []
         if frame.data.ndim >= 2 and self.params.image_shape != frame.data.shape[-2:]:
@@ -766,7 +840,7 @@ class Engine:
             if run.builder is not None:
                 run.stream_ids.setdefault(item.stream, IdTracker()).observe(fid)
             if self._is_event_frame(run, item.stream):
-                run.event_ids.observe(fid)
+                self._observe_event(run, fid)
         with self._lock:
             self._counters.bad += 1
             seen = self._bad_kinds.get(item.kind, 0)
@@ -805,6 +879,7 @@ class Engine:
             run.finished = True  # from now on total == completed + dropped + bad
             self._recount_locked(run)
             c.event_rate = 0.0
+            self._sync_loss(c)
             self.quality.evaluate_references(summary)
             self.quality.judge_summary({k: v for k, v in summary.items()
                                         if k in self.result_decl and self.result_decl[k][1].run_summary})
@@ -815,7 +890,8 @@ class Engine:
             try:
                 self.products.end(summary, counters, self.quality.verdict().name, end_reason,
                                   {"parameter_changes": [vars(c) for c in self.params.changes],
-                                   "quality_report": self.quality.report()})
+                                   "quality_report": self.quality.report()},
+                                  lost_frames=self.quality.lost_ranges())
             except Exception as exc:  # noqa: BLE001
                 self._enter_fault(f"finishing the results file failed: {type(exc).__name__}: {exc}. "
                                   "Check the disk and OutputDirectory, then run Reset")

@@ -48,10 +48,13 @@ class IdTracker:
         self.highest: int | None = None
         self.lowest: int | None = None
         self.missing = 0
+        #: the ids the last observe() made missing, (first, last) inclusive, or None
+        self.gap: tuple[int, int] | None = None
         self._starts: list[int] = []  # sorted, disjoint missing ranges [start, end)
         self._ends: list[int] = []
 
     def observe(self, fid: int, series: str | None = None) -> IdKind:
+        self.gap = None
         if series is not None and series != self.series:
             # The first series named only labels the numbering: ids seen before it (partner
             # streams' frames, which carry no series) belong to it, their gaps stay open to fill.
@@ -70,6 +73,7 @@ class IdTracker:
                 self._starts.append(self.highest + 1)
                 self._ends.append(fid)
                 self.missing += fid - self.highest - 1
+                self.gap = (self.highest + 1, fid - 1)
             self.highest = fid
             self._prune()
             return IdKind.NEW
@@ -81,6 +85,7 @@ class IdTracker:
                 self._starts.insert(0, fid + 1)
                 self._ends.insert(0, self.lowest)
                 self.missing += self.lowest - fid - 1
+                self.gap = (fid + 1, self.lowest - 1)
             self.lowest = fid
             return IdKind.LATE
         i = bisect.bisect_right(self._starts, fid) - 1

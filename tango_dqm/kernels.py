@@ -8,10 +8,36 @@ variance (no cancellation for large means).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 import numba
 import numpy as np
+
+
+def _numba_cache_dir() -> None:
+    """Kernels use ``cache=True`` (compiled once per machine, loaded at Init). numba caches next
+    to the code, else in the user's cache directory, and refuses to import when it finds neither
+    writable (a read-only install under a service account): then use a private temporary directory.
+    It must be ours and closed to others, since numba's cache index is unpickled when loaded."""
+    here = Path(__file__).resolve().parent
+    target = here / "__pycache__" if (here / "__pycache__").is_dir() else here
+    if numba.config.CACHE_DIR or os.access(target, os.W_OK):
+        return
+    path = Path(tempfile.gettempdir()) / f"tango-dqm-numba-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not path.is_dir() or path.is_symlink():
+            path = Path(tempfile.mkdtemp(prefix="tango-dqm-numba-"))
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix="tango-dqm-numba-"))
+    numba.config.CACHE_DIR = str(path)
+
+
+_numba_cache_dir()
 
 
 class RegionStats(NamedTuple):

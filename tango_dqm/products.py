@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any, Mapping
 
 from .report import ReportWorker
-from .storage import MARKS, ScanWriter, confined_path, mark_scan, scan_file_name
+from .storage import MARKS, ScanWriter, confined_path, mark_scan, scan_file_name, write_lost_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ class ScanProducts:
             self._writer.append(frame_id, timestamp, results, verdict)
 
     def end(self, summary: Mapping[str, Any], counters: Any, verdict: str, end_reason: str,
-            provenance: Mapping[str, Any]) -> Path | None:
-        """Finish the results file and queue its report."""
+            provenance: Mapping[str, Any], lost_frames: Any = None) -> Path | None:
+        """Finish the results file (with the lost frame id ranges, if any) and queue its report."""
         writer, self._writer = self._writer, None
         if writer is None:
             return None
         path = writer.finish(summary, counters, verdict, end_reason=end_reason, provenance=provenance)
+        write_lost_frames(path, lost_frames if lost_frames is not None else ())
         self.worker.submit(path)
         return path
 

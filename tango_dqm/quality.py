@@ -47,7 +47,9 @@ JSON object per line works as is), see :func:`checks_from_config`.
 """
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import json
 import math
 import re
@@ -391,15 +393,18 @@ class StalenessCheck:
 
     timeout_s: float
     name: str = "staleness"
+    #: extra seconds allowed before the first frame of a run (detector and stream start-up)
+    grace_s: float = 5.0
     check_type: ClassVar[str] = "staleness"
 
     def __post_init__(self) -> None:
         where = f"staleness check {self.name!r}"
         self.name = _check_name(where, self.name)
         self.timeout_s = _number(f"staleness check {self.name!r}", "timeout_s", self.timeout_s, lo=0.0, lo_open=True)
+        self.grace_s = _number(f"staleness check {self.name!r}", "grace_s", self.grace_s, lo=0.0)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "staleness", "name": self.name, "timeout_s": self.timeout_s}
+        return {"type": "staleness", "name": self.name, "timeout_s": self.timeout_s, "grace_s": self.grace_s}
 
     def evaluate(self, now: float, last_frame_time: float | None, running: bool = True,
                  since: float | None = None, last_frame_id: int | None = None) -> CheckResult:
@@ -413,12 +418,97 @@ class StalenessCheck:
         age = max(0.0, now - ref)
         what = (f"last frame {last_frame_id}" if last_frame_id is not None
                 else "last frame" if last_frame_time is not None else "no frame since the start")
-        if age > self.timeout_s:
+        # Before the first frame the stream is still starting: the grace period keeps the
+        # monitor's and the detector's start-up from ever reading as STALE.
+        timeout = self.timeout_s + (self.grace_s if last_frame_time is None else 0.0)
+        if age > timeout:
             return CheckResult(self.name, Verdict.STALE, age, limits,
-                               f"no frame for {age:.1f} s while RUNNING (timeout {self.timeout_s:g} s; {what})",
+                               f"no frame for {age:.1f} s while RUNNING (timeout {timeout:g} s; {what})",
                                check_type=self.check_type)
         return CheckResult(self.name, Verdict.OK, age, limits,
-                           f"{what} {age:.1f} s ago (timeout {self.timeout_s:g} s)", check_type=self.check_type)
+                           f"{what} {age:.1f} s ago (timeout {timeout:g} s)", check_type=self.check_type)
+
+
+# ---- lost frames ---------------------------------------------------------------------------
+
+#: default lost fraction limits: any lost frame warns (the warning limit is below one frame
+#: in a billion, and Tango's rule "at the limit is outside" needs a positive limit), 1 % is an error
+LOSS_WARNING = 1e-9
+LOSS_ERROR = 0.01
+
+
+def format_id_ranges(ranges: Sequence[tuple[int, int]], max_items: int = 20) -> str:
+    """``"40-45, 100, 201-204"`` for inclusive id ranges, at most ``max_items`` of them, then
+    ``"... (N more ranges)"``: the text stays bounded however many frames were lost."""
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:max_items]]
+    if len(ranges) > max_items:
+        shown.append(f"... ({len(ranges) - max_items} more ranges)")
+    return ", ".join(shown)
+
+
+@dataclass(eq=False)
+class LossCheck:
+    """The fraction of a run's frames that were lost (dropped, never arrived) or bad (malformed).
+
+    ``fraction = (lost + bad) / total`` with ``total`` the expected frame count when the
+    source announces it, else every frame seen (completed + lost + bad). Tango's rule: at or
+    above ``error`` -> ERROR, at or above ``warning`` -> WARNING, else OK; no frame at all ->
+    INSUFFICIENT. The limits are the ``max_warning``/``max_alarm`` properties of the device's
+    ``lostFraction`` attribute. With the default warning limit any lost frame warns, so a scan
+    with lost frames never ends OK. The result names the lost frame ids (bounded ranges).
+    Built into every engine; a ``{"type": "loss", ...}`` entry in QualityChecks overrides it.
+    """
+
+    warning: float = LOSS_WARNING
+    error: float = LOSS_ERROR
+    name: str = "lost_frames"
+    max_ranges_listed: int = 20
+    check_type: ClassVar[str] = "loss"
+
+    def __post_init__(self) -> None:
+        where = f"loss check {self.name!r}"
+        self.name = _check_name(where, self.name)
+        self.warning = _number(where, "warning", self.warning, lo=0.0, hi=1.0, lo_open=True)
+        self.error = _number(where, "error", self.error, lo=0.0, hi=1.0, lo_open=True)
+        if self.warning > self.error:
+            raise _bad(where, "warning", f"must be <= error ({self.error:g}), got {self.warning:g}")
+        self.max_ranges_listed = _integer(where, "max_ranges_listed", self.max_ranges_listed)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"type": "loss", "name": self.name, "warning": self.warning, "error": self.error}
+
+    def tango_properties(self) -> dict[str, str]:
+        """Alarm properties of the ``lostFraction`` attribute for these limits."""
+        return {"max_warning": repr(self.warning), "max_alarm": repr(self.error)}
+
+    def evaluate(self, completed: int, lost: int, bad: int, total: int,
+                 ranges: Sequence[tuple[int, int]] = (), known: int | None = None,
+                 more_ranges: int = 0) -> CheckResult:
+        """Judge the counts. ``ranges``: inclusive id ranges of lost frames, sorted (the first
+        ones suffice); ``known``: how many lost ids they hold in all (default: counted from
+        ``ranges``); ``more_ranges``: ranges beyond those given."""
+        limits = {"warning": self.warning, "error": self.error}
+        total = max(int(total), completed + lost + bad)
+        known = sum(b - a + 1 for a, b in ranges) if known is None else known
+        details = {"completed": completed, "lost": lost, "bad": bad, "total": total,
+                   "lost_ranges": tuple(ranges[: self.max_ranges_listed]), "lost_ids_known": known}
+        frames = tuple(itertools.islice(itertools.chain.from_iterable(range(a, b + 1) for a, b in ranges), 10))
+        if total == 0:
+            return CheckResult(self.name, Verdict.INSUFFICIENT, 0.0, limits, "no frame yet",
+                               check_type=self.check_type, details=details)
+        fraction = min(1.0, (lost + bad) / total)
+        verdict = Verdict.ERROR if fraction >= self.error else Verdict.WARNING if fraction >= self.warning \
+            else Verdict.OK
+        msg = f"{lost + bad} of {total} frames lost or bad ({fraction:.3%}): {lost} lost, {bad} bad"
+        if ranges:
+            msg += f"; lost ids {format_id_ranges(ranges, self.max_ranges_listed)}"
+            if more_ranges and len(ranges) <= self.max_ranges_listed:
+                msg += f", ... ({more_ranges} more ranges)"
+        if lost > known:
+            msg += f"; {lost - known} lost with unknown ids (before the first or after the last frame received)"
+        msg += f" (warning >= {self.warning:g}, error >= {self.error:g})"
+        return CheckResult(self.name, verdict, fraction, limits, msg, frames, total, check_type=self.check_type,
+                           details=details)
 
 
 # ---- reference comparison -------------------------------------------------------------------
@@ -658,15 +748,16 @@ def _short(items: Sequence[Any], n: int = 8) -> str:
     return shown + (f", ... ({len(items)} listed)" if len(items) > n else "")
 
 
-Check = Union[RangeCheck, StalenessCheck, ReferenceCheck, ChannelCheck]
+Check = Union[RangeCheck, StalenessCheck, ReferenceCheck, ChannelCheck, LossCheck]
 
 CHECK_TYPES: dict[str, type] = {"range": RangeCheck, "staleness": StalenessCheck,
-                                 "reference": ReferenceCheck, "channels": ChannelCheck}
+                                 "reference": ReferenceCheck, "channels": ChannelCheck, "loss": LossCheck}
 _REQUIRED = {"range": ("result",), "staleness": ("timeout_s",), "reference": ("result",),
-             "channels": ("result",)}
+             "channels": ("result",), "loss": ()}
 _FIELDS = {
     "range": ("result", "warning", "error", "min_entries", "tolerance", "name", "max_frames_listed"),
-    "staleness": ("timeout_s", "name"),
+    "staleness": ("timeout_s", "name", "grace_s"),
+    "loss": ("warning", "error", "name", "max_ranges_listed"),
     "reference": ("result", "method", "warning_p", "error_p", "min_entries", "name", "reference"),
     "channels": ("result", "dead_below", "noisy_above", "max_bad_warning", "max_bad_error", "min_frames",
                  "name", "max_listed"),
@@ -733,6 +824,8 @@ def _check_unique(checks: Sequence[Check]) -> None:
         seen.add(c.name)
     if sum(isinstance(c, StalenessCheck) for c in checks) > 1:
         raise ValueError("quality checks: at most one staleness check")
+    if sum(isinstance(c, LossCheck) for c in checks) > 1:
+        raise ValueError("quality checks: at most one loss check")
 
 
 # ---- the monitor ----------------------------------------------------------------------------
@@ -808,6 +901,7 @@ class QualityMonitor:
         self._range = [c for c in self._checks if isinstance(c, RangeCheck)]
         self._accumulated = [c for c in self._checks if isinstance(c, (ReferenceCheck, ChannelCheck))]
         self._stale = next((c for c in self._checks if isinstance(c, StalenessCheck)), None)
+        self._loss = next((c for c in self._checks if isinstance(c, LossCheck)), None)
         self._clock = clock
         self._lock = threading.Lock()
         self._history: deque[tuple[int, int]] = deque(maxlen=max(0, int(history)))
@@ -840,7 +934,7 @@ class QualityMonitor:
         declared, need a spectrum or image (KS: a spectrum). Raises ValueError naming the check.
         """
         for c in self._checks:
-            if isinstance(c, StalenessCheck):
+            if isinstance(c, (StalenessCheck, LossCheck)):
                 continue
             kind = declared.get(c.result)
             where = f"{c.check_type} check {c.name!r}: field 'result'"
@@ -887,6 +981,23 @@ class QualityMonitor:
                 current.warning, current.error = fresh.warning, fresh.error
             return True
 
+    def loss_limits(self) -> tuple[float, float] | None:
+        """(warning, error) fractions of the loss check, None without one."""
+        with self._lock:
+            return None if self._loss is None else (self._loss.warning, self._loss.error)
+
+    def set_loss_limits(self, warning: float, error: float) -> bool:
+        """Change the loss check's limits (e.g. from the ``lostFraction`` alarm properties); True if
+        anything changed. Raises ValueError (naming the field) on invalid limits or without a loss check."""
+        with self._lock:
+            if self._loss is None:
+                raise ValueError("no loss check configured")
+            if (self._loss.warning, self._loss.error) == (warning, error):
+                return False
+            fresh = LossCheck(warning, error, name=self._loss.name)  # validates
+            self._loss.warning, self._loss.error = fresh.warning, fresh.error
+            return True
+
     # ---- run control -------------------------------------------------------------------
 
     def _clear(self) -> None:
@@ -900,6 +1011,10 @@ class QualityMonitor:
         self._last_frame_time: float | None = None
         self._last_frame_id: int | None = None
         self._acc_results: dict[str, CheckResult] = {}
+        self._lost_ranges: list[list[int]] = []  # inclusive [first, last] ids, merged when adjacent
+        self._lost_ranges_dropped = 0  # ranges not kept beyond MAX_LOST_RANGES
+        self._lost_known = 0  # ids held by _lost_ranges
+        self._loss_counts = (0, 0, 0, 0)  # completed, lost, bad, total
         self._generation += 1
 
     def start(self, now: float | None = None) -> None:
@@ -944,6 +1059,68 @@ class QualityMonitor:
             self._last_frame_time = now
             self._last_frame_id = int(frame_id)
             return int(flag)
+
+    #: lost-id ranges kept per run (a live run losing frames for days stays bounded)
+    MAX_LOST_RANGES = 100_000
+
+    def lost_frames(self, first: int, last: int | None = None) -> None:
+        """Record frames ``first..last`` (inclusive) as lost; ids usually arrive in increasing order."""
+        first = int(first)
+        last = first if last is None else int(last)
+        if last < first:
+            return
+        with self._lock:
+            r = self._lost_ranges
+            if r and r[-1][0] <= first <= r[-1][1] + 1:
+                self._lost_known += max(0, last - r[-1][1])
+                r[-1][1] = max(r[-1][1], last)
+            elif len(r) < self.MAX_LOST_RANGES:
+                self._lost_known += last - first + 1
+                if r and first < r[-1][0]:  # out of order (rare): keep the list sorted
+                    bisect.insort(r, [first, last])
+                else:
+                    r.append([first, last])
+            else:
+                self._lost_ranges_dropped += 1
+
+    def found_frame(self, frame_id: int) -> bool:
+        """A frame recorded as lost arrived after all (late, out of order): it is no longer lost.
+        Returns whether it was recorded as lost."""
+        fid = int(frame_id)
+        with self._lock:
+            r = self._lost_ranges
+            i = bisect.bisect_right(r, [fid, math.inf]) - 1
+            if i < 0 or not r[i][0] <= fid <= r[i][1]:
+                return False
+            first, last = r[i]
+            self._lost_known -= 1
+            if first == last:
+                del r[i]
+            elif fid == first:
+                r[i][0] = fid + 1
+            elif fid == last:
+                r[i][1] = fid - 1
+            else:
+                r[i][1] = fid - 1
+                r.insert(i + 1, [fid + 1, last])
+            return True
+
+    def set_loss_counts(self, completed: int, lost: int, bad: int, total: int) -> None:
+        """The run's frame counts (from the engine's counters) the loss check judges."""
+        with self._lock:
+            self._loss_counts = (int(completed), int(lost), int(bad), int(total))
+
+    def lost_ranges(self) -> np.ndarray:
+        """The recorded lost frame ids as inclusive (first, last) ranges, sorted: int64 (n, 2)."""
+        with self._lock:
+            return np.asarray(self._lost_ranges, dtype=np.int64).reshape(-1, 2)
+
+    def lost_fraction(self) -> float:
+        """(lost + bad) / total of the run so far (0.0 before any frame)."""
+        with self._lock:
+            completed, lost, bad, total = self._loss_counts
+        total = max(total, completed + lost + bad)
+        return min(1.0, (lost + bad) / total) if total else 0.0
 
     def set_reference(self, key: str, histogram: Any) -> list[str]:
         """Set the reference of every reference check whose result or name is ``key``.
@@ -1004,6 +1181,11 @@ class QualityMonitor:
                 elif isinstance(c, StalenessCheck):
                     results.append(c.evaluate(now, self._last_frame_time, self._running, self._run_start,
                                               self._last_frame_id))
+                elif isinstance(c, LossCheck):
+                    shown = [(a, b) for a, b in self._lost_ranges[: c.max_ranges_listed]]
+                    more = len(self._lost_ranges) - len(shown) + self._lost_ranges_dropped
+                    results.append(c.evaluate(*self._loss_counts, ranges=shown, known=self._lost_known,
+                                              more_ranges=more))
                 else:
                     results.append(self._acc_results.get(c.name) or CheckResult(
                         c.name, Verdict.INSUFFICIENT, None, {}, "not evaluated yet", check_type=c.check_type))
@@ -1050,7 +1232,8 @@ class QualityMonitor:
 
 
 __all__ = [
-    "CHECK_TYPES", "ChannelCheck", "Check", "CheckResult", "Coverage", "QualityMonitor", "QualitySnapshot",
+    "CHECK_TYPES", "ChannelCheck", "Check", "CheckResult", "Coverage", "LossCheck", "QualityMonitor",
+    "QualitySnapshot", "format_id_ranges",
     "RangeCheck", "ReferenceCheck", "range_verdict", "StalenessCheck", "VERDICT_ALARM_PROPERTIES", "Verdict",
     "checks_from_config", "chi2_two_histograms", "ks_two_histograms", "worst",
 ]

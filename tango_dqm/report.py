@@ -37,8 +37,9 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from .storage import (INT_MISSING, MARKS, VERDICTS, StorageError, _decode, open_scan, read_scan_info, safe_name,
-                      scan_files)
+from .quality import format_id_ranges
+from .storage import (INT_MISSING, MARKS, VERDICTS, StorageError, _decode, open_scan, read_lost_frames,
+                      read_scan_info, safe_name, scan_files)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class _ScanData:
     counters: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     main: str | None = None
+    #: lost frames, inclusive (first, last) id ranges (see storage.LOST_FRAMES)
+    lost: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
 def _attr(obj: h5py.HLObject, key: str, default: str = "") -> str:
@@ -129,6 +132,7 @@ def _read(path: Path) -> _ScanData:
         n = res["frame_id"].shape[0]
         data = _ScanData(path, info, res["frame_id"][:n], None)
         data.verdict = res["verdict"][:n] if "verdict" in res else None
+        data.lost = read_lost_frames(f)
         main = entry.get("provenance/main_result")
         data.main = _decode(main[()]) if isinstance(main, h5py.Dataset) else _attr(entry.get("data", entry), "signal")
         for name, ds in res.items():
@@ -165,6 +169,7 @@ def _read(path: Path) -> _ScanData:
                     data.summary[name] = _decode(obj[()])
                 elif obj.dtype.kind in "biuf" and obj.size <= 64 * 1024 * 1024:
                     data.summary[name] = obj[...]
+        data.info.update(_loss_counts(data.counters))
         prov = entry.get("provenance")
         if isinstance(prov, h5py.Group):
             for name, obj in prov.items():
@@ -209,21 +214,48 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool) -> None:
+MAX_GAPS_SHADED = 200    # lost ranges shaded per plot (every gap still breaks the line)
+
+
+def _with_gaps(x: np.ndarray, lost: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``x`` and ``ys`` with a NaN point inserted at the first id of every lost range inside the
+    plotted span, so a line is broken at lost frames instead of bridging them."""
+    x = np.asarray(x, dtype=np.float64)
+    if not len(lost) or not len(x):
+        return (x, *ys)
+    starts = lost[:, 0].astype(np.float64)
+    starts = starts[(starts > x[0]) & (starts < x[-1])]
+    at = np.searchsorted(x, starts)
+    return (np.insert(x, at, starts), *(np.insert(np.asarray(y, np.float64), at, np.nan) for y in ys))
+
+
+def _shade_gaps(ax: Any, lost: np.ndarray) -> None:
+    for i, (a, b) in enumerate(lost[:MAX_GAPS_SHADED]):
+        ax.axvspan(a - 0.5, b + 0.5, color="#fc9272", alpha=0.35, linewidth=0,
+                   label="lost frames" if i == 0 else None)
+
+
+def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool,
+                lost: np.ndarray = np.zeros((0, 2), np.int64)) -> None:
     fig = _figure()
     ax, axh = fig.subplots(1, 2, width_ratios=[3, 1], sharey=True)
     y = s.values
     finite = np.isfinite(y)
     ylabel = f"{s.name} [{s.unit}]" if s.unit else s.name
+    _shade_gaps(ax, lost)
     if len(y) > MAX_POINTS:
-        xb, lo, hi, mean = _envelope(x.astype(np.float64), y)
+        xb, *bins = _envelope(x.astype(np.float64), y)
+        xb, lo, hi, mean = _with_gaps(xb, lost, *bins)
         ax.fill_between(xb, lo, hi, color="#9ecae1", step="post", linewidth=0, label="min-max per bin")
         ax.plot(xb, hi, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
         ax.plot(xb, lo, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
         ax.plot(xb, mean, color="#08519c", linewidth=0.8, drawstyle="steps-post", label="mean per bin")
         ax.legend(loc="upper right", fontsize=7)  # "best" costs ~80 ms per plot
     else:
-        ax.plot(x, y, color="#08519c", linewidth=0.9, marker="." if len(y) <= 200 else None, markersize=3)
+        xg, yg = _with_gaps(x, lost, y)
+        ax.plot(xg, yg, color="#08519c", linewidth=0.9, marker="." if len(y) <= 200 else None, markersize=3)
+        if len(lost):
+            ax.legend(loc="upper right", fontsize=7)
     ax.set_xlabel("frame id")
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(f"{s.label or s.name}{' (main result)' if main else ''}", fontsize=9)
@@ -237,14 +269,17 @@ def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool) -> None:
     fig.savefig(out)
 
 
-def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path) -> None:
+def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path,
+                   lost: np.ndarray = np.zeros((0, 2), np.int64)) -> None:
     fig = _figure(height=1.8, left=0.14, bottom=0.26, top=0.85)
     ax = fig.subplots()
+    _shade_gaps(ax, lost)
     if len(codes) > MAX_POINTS:
         xb, _, hi, _ = _envelope(x.astype(np.float64), codes.astype(np.float64))
-        ax.plot(xb, hi, drawstyle="steps-post", color="#444444", linewidth=0.9)
+        ax.plot(*_with_gaps(xb, lost, hi), drawstyle="steps-post", color="#444444", linewidth=0.9)
     else:
-        ax.plot(x, codes, drawstyle="steps-post", color="#444444", linewidth=0.9)
+        ax.plot(*_with_gaps(x, lost, codes.astype(np.float64)), drawstyle="steps-post", color="#444444",
+                linewidth=0.9)
     ax.set_yticks(range(len(VERDICTS)), VERDICTS, fontsize=7)
     ax.set_ylim(-0.5, len(VERDICTS) - 0.5)
     ax.set_xlabel("frame id")
@@ -325,11 +360,44 @@ def _mark_html(info: dict[str, Any]) -> str:
     return f'<span class="{cls}">{_esc(mark)}</span>{extra}{when}'
 
 
+def _loss_counts(counters: dict[str, Any]) -> dict[str, Any]:
+    """lost/bad/completed/total of a finished scan's counters, for its status wording."""
+    def num(key: str) -> int | None:
+        v = counters.get(key)
+        return int(v) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) else None
+    if num("completed") is None:
+        return {}
+    # "dropped" counts every lost event once, events whose primary frame never arrived included
+    return {"completed": num("completed"), "total": num("total") or 0, "expected": num("expected"),
+            "lost": num("dropped") or 0, "bad": num("bad") or 0}
+
+
+def _scan_counters(path: Path) -> dict[str, Any]:
+    try:
+        with open_scan(path) as f:
+            g = f.get("entry/summary/counters")
+            if not isinstance(g, h5py.Group):
+                return {}
+            return _loss_counts({k: _decode(v[()]) for k, v in g.items() if isinstance(v, h5py.Dataset)})
+    except (StorageError, OSError, KeyError, ValueError):
+        return {}
+
+
 def _status(info: dict[str, Any]) -> str:
+    """``complete`` only for a finished scan that analysed every frame and lost none; otherwise
+    e.g. ``finished: 289/300 completed, 11 lost`` or ``stopped: 0/300 completed, 0 lost``."""
     if info.get("error"):
         return "unreadable"
     if info.get("complete"):
-        return "complete"
+        completed = info.get("completed")
+        if completed is None:  # a file without counters: finished, but nothing says all arrived
+            return "finished" if info.get("frames") else "finished: no frames"
+        lost, bad, total, expected = info["lost"], info["bad"], info["total"], info.get("expected")
+        stopped = info.get("end_reason") == "stopped"
+        if completed > 0 and not lost and not bad and not stopped and (expected is None or completed >= expected):
+            return "complete"
+        return (f"{'stopped' if stopped else 'finished'}: {completed}/{total} completed, {lost} lost"
+                + (f", {bad} bad" if bad else ""))
     if info.get("running"):
         return "running"
     if info.get("recovered"):
@@ -373,11 +441,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
         figures[section].append((f"{plots_name}/{file}", caption))
 
     if data.verdict is not None and len(x):
-        add("trends", "00_verdict.png", "per-frame verdict", lambda p: _plot_verdicts(x, data.verdict, p))
+        add("trends", "00_verdict.png", "per-frame verdict",
+            lambda p: _plot_verdicts(x, data.verdict, p, data.lost))
     for i, s in enumerate(data.scalars[:MAX_TRENDS]):
         if len(x):
             add("trends", f"{i + 1:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
-                lambda p, s=s: _plot_trend(s, x, p, s.name == data.main))
+                lambda p, s=s: _plot_trend(s, x, p, s.name == data.main, data.lost))
     for i, (mean, last) in enumerate(data.spectra):
         add("spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png", f"{mean.name}: run mean and last frame",
             lambda p, mean=mean, last=last: _plot_curves(mean.label or mean.name,
@@ -443,6 +512,10 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
     for name in ("total", "completed", "dropped", "bad", "expected"):
         if name in c:
             key.append((f"{name} events", _esc(_fmt(c[name]))))
+    if len(data.lost):
+        n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
+        key.append(("lost frames", _esc(f"{n_lost} in {len(data.lost)} ranges: "
+                                        + format_id_ranges([(int(a), int(b)) for a, b in data.lost], 50))))
     if data.verdict is not None and n:
         counts = np.bincount(data.verdict.astype(np.int64), minlength=len(VERDICTS))
         key.append(("frames per verdict", _esc(", ".join(
@@ -558,6 +631,8 @@ def _cached_info(path: Path) -> dict[str, Any]:
         if hit and hit[0] == key:
             return hit[1]
     info = read_scan_info(path)
+    if info.get("complete") and not info.get("error"):
+        info.update(_scan_counters(path))
     if info.get("complete") and not info.get("error"):  # only finished files are stable
         with _INFO_LOCK:
             _INFO_CACHE[str(path)] = (key, info)

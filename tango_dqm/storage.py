@@ -935,6 +935,37 @@ def read_scan_info(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+#: where a finished scan records its lost frames: int64 (n, 2), inclusive (first, last) id ranges
+LOST_FRAMES = "entry/dqm/lost_frames"
+
+
+def write_lost_frames(path: str | os.PathLike, ranges: Any) -> None:
+    """Record the lost frame ids of a finished scan as ``/entry/dqm/lost_frames`` (see LOST_FRAMES)."""
+    arr = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    try:
+        with _open_rw(Path(path)) as f:
+            if LOST_FRAMES in f:
+                del f[LOST_FRAMES]
+            g = f.require_group("entry/dqm")
+            g.attrs["NX_class"] = "NXcollection"
+            ds = g.create_dataset("lost_frames", data=arr, maxshape=(None, 2))
+            ds.attrs["description"] = "frames lost in the scan (dropped, never arrived): inclusive id ranges"
+            ds.attrs["columns"] = "first last"
+            ds.attrs["frames"] = int((arr[:, 1] - arr[:, 0] + 1).sum()) if arr.size else 0
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"writing the lost frames to {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def read_lost_frames(f: h5py.File) -> np.ndarray:
+    """The lost frame id ranges of an open results file (empty when none were recorded)."""
+    ds = f.get(LOST_FRAMES)
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[1] != 2 or ds.dtype.kind not in "iu":
+        return np.zeros((0, 2), np.int64)
+    return ds[...].astype(np.int64)
+
+
 # ---- operator marks ------------------------------------------------------------------------
 
 
@@ -1032,5 +1063,6 @@ def scan_files(root: str | os.PathLike) -> list[Path]:
 __all__ = [
     "MARKS", "MARKS_LOG", "ScanWriter", "StorageError", "VERDICTS", "VERDICT_CODES", "confined_path",
     "mark_scan", "open_scan", "read_marks_log", "read_scan_info", "recover_scan_file", "safe_name",
-    "scan_file_name", "scan_files", "to_json", "writer_alive",
+    "scan_file_name", "scan_files", "to_json", "writer_alive", "LOST_FRAMES", "write_lost_frames",
+    "read_lost_frames",
 ]

@@ -125,6 +125,8 @@ class Source:
     image_shape: tuple[int, ...] | None = None
     #: most messages the source's receive buffer holds (its ZeroMQ RCVHWM), None when not a socket
     buffer_limit: int | None = None
+    #: pixel dtype (numpy name) when known before the first frame (the engine warms its kernels for it)
+    image_dtype: str | None = None
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec

@@ -102,6 +102,7 @@ class Hdf5ReplaySource(Source):
                 ds = check_frames_dataset(f[self.dataset], self.dataset)
                 self.expected_frames = int(ds.shape[0])
                 self.image_shape = tuple(int(v) for v in ds.shape[1:])
+                self.image_dtype = ds.dtype.name
         except (OSError, KeyError, SourceError, ValueError):
             pass  # reported by open()
 

@@ -1,10 +1,14 @@
 """``sim://?shape=512x512&dtype=uint16&rate=100&frames=N&seed=0``: built-in simulated detector.
 
 Scene keys: background, noise, spot_x, spot_y, sigma, amplitude, drift_x, drift_y,
-hot_pixels, dead_pixels. ``frames=0`` runs until stopped; ``rate=0`` runs flat out.
+hot_pixels, dead_pixels, hot_value, jitter_x, jitter_y (beam position jitter, px rms),
+intensity_jitter (relative rms), offset_jitter (counts rms), shot_noise (0/1), zingers
+(mean zingers per frame), zinger_value (see :class:`tango_dqm.simulation.Scene`).
+``frames=0`` runs until stopped; ``rate=0`` runs flat out.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -35,10 +39,19 @@ class SimSource(Source):
         opt = lambda key: spec.q_float(key, 0.0) if key in spec.query else None  # noqa: E731
         scene = Scene(shape=parse_shape(spec.q("shape", "512x512")), dtype=spec.q("dtype", "uint16"),
                       seed=spec.q_int("seed", 0))
-        for key in ("background", "noise", "sigma", "amplitude", "drift_x", "drift_y"):
+        for key in ("background", "noise", "sigma", "amplitude", "drift_x", "drift_y", "jitter_x", "jitter_y",
+                    "intensity_jitter", "offset_jitter", "zingers"):
             if key in spec.query:
-                setattr(scene, key, spec.q_float(key, 0.0))
+                value = spec.q_float(key, 0.0)
+                if not math.isfinite(value):
+                    raise SourceError(f"source {spec.uri!r}: {key} must be a finite number, got {value}")
+                setattr(scene, key, value)
+        for key in ("jitter_x", "jitter_y", "intensity_jitter", "offset_jitter", "zingers", "noise"):
+            if getattr(scene, key) < 0:
+                raise SourceError(f"source {spec.uri!r}: {key} must be >= 0, got {getattr(scene, key):g}")
         scene.spot_x, scene.spot_y = opt("spot_x"), opt("spot_y")
+        scene.hot_value, scene.zinger_value = opt("hot_value"), opt("zinger_value")
+        scene.shot_noise = spec.q_bool("shot_noise", True)
         scene.hot_pixels = spec.q_int("hot_pixels", 0)
         scene.dead_pixels = spec.q_int("dead_pixels", 0)
         self.scene = scene
@@ -48,6 +61,7 @@ class SimSource(Source):
             raise SourceError(f"source {spec.uri!r}: frames and rate must be >= 0")
         self.expected_frames = self.frames or None
         self.image_shape = scene.shape
+        self.image_dtype = str(scene.dtype)
         self._gen: FrameGenerator | None = None
 
     def open(self) -> None:

@@ -130,7 +130,7 @@ def test_demo_runs_to_completion_and_leaves_no_process(tmp_path):
     out = result.stdout
     assert "Verdict:" in out and "centroid x now" in out and "demo finished" in out
     # at 150 Hz a loaded machine may miss frames: the detector skips them, the monitor counts them
-    completed, dropped = map(int, re.search(r"(\d+)/300 events completed, (\d+) dropped", out).groups())
+    completed, dropped = map(int, re.search(r"(\d+)/300 completed, (\d+) lost", out).groups())
     assert completed + dropped == 300 and completed > 100
     summary = json.loads((tmp_path / "demo" / "last_demo.json").read_text())
     import h5py

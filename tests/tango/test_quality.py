@@ -80,7 +80,8 @@ def test_thresholds_edited_live_change_the_verdict():
         p.roi_background = [0, 8, 0, 8]
         p.Start()
         wait_for(p, tango.DevState.CLOSE)
-        assert p.verdict == INSUFFICIENT  # no checks yet
+        assert p.verdict == OK, p.verdictReport  # only the built-in loss check: nothing lost
+        assert p.verdictReport.startswith("verdict OK: 0 of 1 checks failing")
         p.Start()
         wait_for(p, tango.DevState.CLOSE)
         cfg = p.get_attribute_config("background_mean")
@@ -144,3 +145,90 @@ def test_reference_chi2_and_ks(tmp_path):
         assert p.verdict == ERROR, p.verdictReport
         report = p.verdictReport
         assert "hist_chi2" in report and "hist_ks" in report
+
+
+# ---- lost frames are a quality check (issue 10, item 3) ---------------------------------------------
+
+
+def test_lost_frames_are_judged_named_and_recorded(tmp_path):
+    import h5py
+    import numpy as np
+
+    port = free_port()
+    loss = json.dumps({"type": "loss", "warning": 0.1, "error": 0.5})
+    with context([f"zmq://127.0.0.1:{port}"], QualityChecks=[loss], OutputDirectory=str(tmp_path)) as p:
+        cfg = p.get_attribute_config("lostFraction")  # the check's limits are the alarm properties
+        assert (float(cfg.alarms.max_warning), float(cfg.alarms.max_alarm)) == (0.1, 0.5)
+        p.Start()
+        sender = StinsSender(port)
+        try:
+            sender.header()
+            for i in range(30):
+                if not (10 <= i <= 14 or i == 20):  # 6 of 30 frames never sent: lost
+                    sender.image(i, np.full((8, 8), 5, np.uint16))
+            sender.series_end()
+            wait_for(p, tango.DevState.CLOSE)
+        finally:
+            sender.close()
+        assert p.verdict == WARNING, p.verdictReport  # 0.2: above warning 0.1, below error 0.5
+        assert "6 of 30 frames lost or bad" in p.verdictReport and "lost ids 10-14, 20" in p.verdictReport
+        assert p.lostFraction == pytest.approx(0.2)
+        assert p.read_attribute("lostFraction").quality == tango.AttrQuality.ATTR_WARNING
+        assert "finished: 24/30 completed, 6 lost (series end)" in p.status() and " complete:" not in p.status()
+        with h5py.File(p.outputFile, "r") as f:
+            assert f["entry/dqm/lost_frames"][...].tolist() == [[10, 14], [20, 20]]
+            assert f["entry/summary/verdict"][()].decode() == "WARNING"
+        # the alarm properties edited live (as in Jive) change the check within a tick
+        cfg = p.get_attribute_config("lostFraction")
+        cfg.alarms.max_alarm = "0.15"
+        p.set_attribute_config(cfg)
+        wait_verdict(p, ERROR, timeout=5)
+        assert "error >= 0.15" in p.verdictReport
+        p.set_timeout_millis(60000)  # Init waits for the report being written (a few seconds here)
+        p.Init()  # at Init the QualityChecks line sets the limits (and the properties) again
+        cfg = p.get_attribute_config("lostFraction")
+        assert (float(cfg.alarms.max_warning), float(cfg.alarms.max_alarm)) == (0.1, 0.5)
+        assert p.lostFraction == 0.0 and p.read_attribute("lostFraction").quality == tango.AttrQuality.ATTR_VALID
+
+
+def test_a_scan_without_loss_is_complete_and_loss_is_on_by_default():
+    with context(["sim://?frames=20&shape=32x32"]) as p:
+        cfg = p.get_attribute_config("lostFraction")  # defaults: any lost frame warns, 1 % is an error
+        assert (float(cfg.alarms.max_warning), float(cfg.alarms.max_alarm)) == (1e-9, 0.01)
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        assert "finished, complete: 20/20 completed, 0 lost (" in p.status(), p.status()
+        assert p.lostFraction == 0.0 and p.read_attribute("lostFraction").quality == tango.AttrQuality.ATTR_VALID
+        assert "lost_frames" not in p.verdictReport  # the loss check is OK: not listed as failing
+
+
+# ---- warm start (issue 10, item 4) -------------------------------------------------------------------
+
+
+def test_first_frame_is_analysed_at_once_because_init_compiled_the_kernels():
+    # All built-in analyses, 256x256 uint16 at 100 Hz. Before warm-up, numba compiled on the first
+    # frame (~2.5 s); the bound is generous against that, not a tight timing test.
+    sim = "sim://?frames=60&rate=100&shape=256x256&dtype=uint16"
+    analyses = ["roi", "profile", "pixels", "histogram"]
+    with context([sim], analyses=analyses, StaleTimeout=0.5) as p:
+        first: list[float] = []
+        verdicts: list[int] = []
+        armed = [False]
+
+        def on_result(ev):
+            if armed[0] and not ev.err and ev.attr_value.value is not None and not first:
+                first.append(time.monotonic())
+
+        p.subscribe_event("frame_max", tango.EventType.CHANGE_EVENT, on_result)
+        p.subscribe_event("verdict", tango.EventType.CHANGE_EVENT,
+                          lambda ev: verdicts.append(int(ev.attr_value.value)) if not ev.err else None)
+        armed[0] = True
+        t0 = time.monotonic()
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE)
+        assert first, "no result event"
+        delay_ms = (first[0] - t0) * 1e3
+        print(f"Start to first result event: {delay_ms:.1f} ms")
+        assert delay_ms < 500, f"first result {delay_ms:.0f} ms after Start"
+        assert STALE not in verdicts, verdicts  # start-up never reads as STALE
+        assert p.completedEvents + p.droppedEvents == 60

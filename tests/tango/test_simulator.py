@@ -65,7 +65,7 @@ def wait_state(dev, state, timeout: float = 5.0) -> None:
 
 
 def centroid_x(frame: np.ndarray, background: float) -> float:
-    signal = np.clip(frame.astype(np.float64) - background, 0, None)
+    signal = frame.astype(np.float64) - background  # not clipped: clipped noise biases towards the centre
     return float((signal.sum(axis=0) * np.arange(frame.shape[1])).sum() / signal.sum())
 
 

@@ -27,15 +27,15 @@ def params(analysis, **values) -> Params:
     return Params({p.name: p.validate(values.get(p.name, p.default)) for p in analysis.parameters})
 
 
-def make_frames(n=30, seed=0, beam=True, dtype=np.uint16):
+def make_frames(n=30, seed=0, beam=True, dtype=np.uint16, hot_factor=3.0, hot_add=0.0):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
     base = 1000.0 + (3000.0 * np.exp(-0.5 * (((x - BEAM[1]) / 20) ** 2 + ((y - BEAM[0]) / 20) ** 2)) if beam else 0.0)
     frames = []
     for i in range(n):
         f = base + rng.normal(0, 20, SHAPE)
-        for p in HOT:
-            f[p] += 400
+        for p in HOT:  # a hot pixel: a gain (factor) and/or a pedestal (add) above its neighbours
+            f[p] = f[p] * hot_factor + hot_add
         for p in DEAD:
             f[p] = 0
         if i == 3:
@@ -102,11 +102,35 @@ def test_global_reference_flags_the_beam_local_does_not(analysis):
 
 def test_hot_sigma_and_dead_threshold(analysis):
     frames = make_frames()
-    out = analysis.finish(run(analysis, frames, params(analysis, hot_sigma=1000.0, dead_threshold=500.0)))
-    assert out["pixels_hot"] == 0
+    out = analysis.finish(run(analysis, frames, params(analysis, hot_sigma=1e5, dead_threshold=500.0)))
+    assert out["pixels_hot"] == 0  # 3x, but not 1e5 standard errors above the neighbours
     assert positions(out["pixels_map"] == 2) == set(DEAD)  # the rest never stays below 500
+    # a whole frame below the level is no signal, not dead: dead needs a live neighbourhood
     out = analysis.finish(run(analysis, frames, params(analysis, dead_threshold=70000.0)))
-    assert out["pixels_dead"] == SHAPE[0] * SHAPE[1]
+    assert out["pixels_dead"] == 0
+
+
+def test_hot_ratio_requires_a_relative_excess(analysis):
+    # +400 on ~1000 is very significant (20 sigma per frame) but only 1.4x its neighbours
+    frames = make_frames(hot_factor=1.0, hot_add=400.0)
+    out = analysis.finish(run(analysis, frames, params(analysis)))
+    assert out["pixels_hot"] == 0
+    out = analysis.finish(run(analysis, frames, params(analysis, hot_ratio=1.2)))
+    # the pair at (40, 64) sits in the beam (~3650 counts): +400 is only 1.11x there
+    assert positions(out["pixels_map"] == 1) == set(HOT) - {(40, 64), (41, 64)}
+    out = analysis.finish(run(analysis, frames, params(analysis, hot_ratio=1.05)))
+    assert positions(out["pixels_map"] == 1) == set(HOT)
+
+
+def test_dead_needs_a_live_neighbourhood(analysis):
+    frames = make_frames(beam=False)
+    for f in frames:
+        f[80:83, 100:103] = 0  # a dead 3x3 block: each of its pixels has a live 5x5 neighbourhood
+        f[0:96, 120:122] = 0  # a dead double column
+    out = analysis.finish(run(analysis, frames, params(analysis)))
+    expected = set(DEAD) | {(r, c) for r in range(80, 83) for c in range(100, 103)} | \
+        {(r, c) for r in range(96) for c in (120, 121)}
+    assert positions(out["pixels_map"] == 2) == expected
 
 
 def test_insufficient_below_min_frames(analysis):

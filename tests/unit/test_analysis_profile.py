@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
+from tango_dqm.analysis.profile import axis_stats
 from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tests.helpers import run_scan
 
@@ -29,10 +30,11 @@ def spot(shape=(200, 260), cx=140.3, cy=90.6, sx=6.0, sy=9.0, amplitude=1000.0, 
     return background + amplitude * np.exp(-0.5 * ((x - cx) / sx) ** 2 - 0.5 * ((y - cy) / sy) ** 2)
 
 
-def moments(p: np.ndarray, offset: int):
-    """Independent centroid/RMS of a min-subtracted projection."""
-    q = p - p.min()
-    i = np.arange(p.size) + offset
+def moments(p: np.ndarray, offset: int, background: float, window: tuple[int, int] | None = None):
+    """Independent centroid/RMS of a projection minus a given background, inside window [lo, hi)."""
+    lo, hi = window or (0, p.size)
+    q = p[lo:hi] - background
+    i = np.arange(lo, hi) + offset
     c = (i * q).sum() / q.sum()
     return c, math.sqrt(((i - c) ** 2 * q).sum() / q.sum())
 
@@ -45,10 +47,16 @@ def test_projections_are_exact_row_and_column_sums(analysis):
     assert r["profile_x"].dtype == np.float64 and r["profile_y"].dtype == np.float64
     np.testing.assert_array_equal(r["profile_x"], region.sum(axis=0))
     np.testing.assert_array_equal(r["profile_y"], region.sum(axis=1))
+    img = np.rint(spot(shape=(70, 90), cx=30.2, cy=20.7, sx=4.0, sy=3.0) + rng.normal(0, 3, (70, 90)))
+    img = img.astype(np.uint16)
+    r = analysis.process(Frame(img, 0), params(analysis, roi_profile=[5, 40, 7, 30]))
+    region = img[7:37, 5:45].astype(np.int64)
     for ax, proj, off in (("x", region.sum(axis=0), 5), ("y", region.sum(axis=1), 7)):
-        c, rms = moments(proj.astype(np.float64), off)
-        assert r[f"profile_centroid_{ax}"] == pytest.approx(c, rel=1e-12)
-        assert r[f"profile_rms_{ax}"] == pytest.approx(rms, rel=1e-12)
+        bg = axis_stats(proj.astype(np.float64)).background  # the moments given that background
+        assert proj.min() <= bg <= np.median(proj)
+        c, rms = moments(proj.astype(np.float64), off, bg)
+        assert r[f"profile_centroid_{ax}"] == pytest.approx(c, rel=1e-9)
+        assert r[f"profile_rms_{ax}"] == pytest.approx(rms, rel=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16, np.int32])
@@ -132,8 +140,12 @@ def test_run_mean_projection_and_merge(analysis):
     np.testing.assert_allclose(whole["profile_run_x"], mean_x, rtol=1e-12)
     np.testing.assert_allclose(whole["profile_run_y"], mean_y, rtol=1e-12)
     assert whole["profile_run_frames"] == 10
-    assert whole["profile_run_centroid_x"] == pytest.approx(moments(mean_x, 60)[0], rel=1e-12)
-    assert whole["profile_run_centroid_y"] == pytest.approx(moments(mean_y, 20)[0], rel=1e-12)
+    for ax, m, off in (("x", mean_x, 60), ("y", mean_y, 20)):
+        st = axis_stats(m)  # the moments given the background and the +-3 FWHM window
+        window = (max(0, math.floor(st.peak - 3 * st.fwhm)), min(m.size, math.ceil(st.peak + 3 * st.fwhm) + 1))
+        assert whole[f"profile_run_centroid_{ax}"] == pytest.approx(moments(m, off, st.background, window)[0],
+                                                                    rel=1e-12)
+    assert whole["profile_run_centroid_y"] == pytest.approx(82.25, abs=0.2)
     assert whole["profile_run_centroid_x"] == pytest.approx(134.5, abs=0.2)
     # two workers, merged in either grouping, give the same finish
     a, b, c = run(analysis, frames[:3], p), run(analysis, frames[3:7], p), run(analysis, frames[7:], p)
@@ -191,3 +203,31 @@ def test_runs_in_the_engine():
     assert snap.results["profile_centroid_x"] == pytest.approx(127.5, abs=1.0)  # sim spot at the centre
     assert snap.summary["profile_run_frames"] == 20
     assert snap.summary["profile_run_centroid_y"] == pytest.approx(127.5, abs=1.0)
+
+
+def test_saturation_parameter_is_shared_with_roi(analysis):
+    from tango_dqm.analysis.roi import RoiStats  # the test may look; the plugin may not import it
+
+    mine = next(p for p in analysis.parameters if p.name == "saturation_level")
+    assert mine == next(p for p in RoiStats.parameters if p.name == "saturation_level")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_saturated_and_nan_pixels_are_replaced_by_their_neighbours(analysis, dtype):
+    img = spot(amplitude=3000.0).astype(dtype)
+    expected = analysis.process(Frame(img, 0), params(analysis))
+    bad = img.copy()
+    bad[20, 30] = 65535  # far from the spot: would pull the centroid by ~1 px
+    bad[90, 140] = 65535  # at the spot's peak
+    if np.dtype(dtype).kind == "f":
+        bad[150, 200] = np.nan
+    r = analysis.process(Frame(bad, 0), params(analysis))
+    for ax in "xy":
+        assert r[f"profile_centroid_{ax}"] == pytest.approx(expected[f"profile_centroid_{ax}"], abs=0.01)
+        assert r[f"profile_fwhm_{ax}"] == pytest.approx(expected[f"profile_fwhm_{ax}"], rel=0.003)
+    assert np.isfinite(r["profile_x"]).all()
+    # the replacement is the mean of the 8 neighbours: the column sum barely changes
+    assert r["profile_x"][30] == pytest.approx(expected["profile_x"][30], rel=1e-3)
+    # a level above every value excludes nothing: the column holds the 65535 again
+    r = analysis.process(Frame(bad, 0), params(analysis, saturation_level=10**6))
+    assert r["profile_x"][30] > expected["profile_x"][30] + 60000

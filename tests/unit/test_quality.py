@@ -1,7 +1,10 @@
 """Quality checks and the QualityMonitor: verdicts, per-frame flags, statistics, config, coverage."""
 import json
+import os
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +12,8 @@ from scipy import stats
 
 from tango_dqm.plugin import Result
 from tango_dqm.quality import (
-    VERDICT_ALARM_PROPERTIES, ChannelCheck, QualityMonitor, RangeCheck, ReferenceCheck, StalenessCheck, Verdict,
-    checks_from_config, chi2_two_histograms, ks_two_histograms, worst,
+    VERDICT_ALARM_PROPERTIES, ChannelCheck, LossCheck, QualityMonitor, RangeCheck, ReferenceCheck, StalenessCheck,
+    Verdict, checks_from_config, chi2_two_histograms, format_id_ranges, ks_two_histograms, worst,
 )
 
 OK, INS, WARN, ERR, STALE = (Verdict.OK, Verdict.INSUFFICIENT, Verdict.WARNING, Verdict.ERROR, Verdict.STALE)
@@ -175,15 +178,19 @@ def test_staleness_with_explicit_times():
     r = c.evaluate(now=105.1, last_frame_time=100.0, running=True, last_frame_id=42)
     assert r.verdict is STALE and r.value == pytest.approx(5.1) and "last frame 42" in r.message
     assert c.evaluate(now=1000.0, last_frame_time=100.0, running=False).verdict is OK
-    # before any frame: counted from the start of the run
-    assert c.evaluate(now=4.0, last_frame_time=None, running=True, since=0.0).verdict is OK
-    assert c.evaluate(now=6.0, last_frame_time=None, running=True, since=0.0).verdict is STALE
+    # before any frame: counted from the start of the run, with a start-up grace period (5 s by default)
+    assert c.evaluate(now=9.9, last_frame_time=None, running=True, since=0.0).verdict is OK
+    r = c.evaluate(now=10.1, last_frame_time=None, running=True, since=0.0)
+    assert r.verdict is STALE and "timeout 10 s" in r.message and "no frame since the start" in r.message
+    no_grace = StalenessCheck(timeout_s=5.0, grace_s=0)
+    assert no_grace.evaluate(now=5.1, last_frame_time=None, running=True, since=0.0).verdict is STALE
 
 
 def test_monitor_goes_stale_while_running_and_stale_beats_error():
     mon = QualityMonitor([StalenessCheck(5.0), RangeCheck("a", error=(0, 1))])
     mon.start(now=0.0)
-    assert mon.verdict(now=6.0) is STALE                  # no frame at all since start
+    assert mon.verdict(now=6.0) is INS                    # start-up grace: not stale yet, nothing judged
+    assert mon.verdict(now=10.5) is STALE                 # no frame at all since start, grace over
     mon.update(1, {"a": 0.5}, now=6.5)
     assert mon.verdict(now=11.4) is OK
     mon.update(2, {"a": 3.0}, now=11.4)
@@ -448,3 +455,218 @@ def test_reads_are_consistent_while_the_engine_updates():
         sys.setswitchinterval(interval)
     assert not bad, bad[:3]
     assert mon.snapshot(now=0).frames == n
+
+
+# ---- lost frames (the loss check) --------------------------------------------------------------------
+
+
+def test_loss_check_follows_tangos_rule_and_names_the_lost_frames():
+    c = LossCheck()  # defaults: any lost frame warns, 1 % is an error
+    assert (c.warning, c.error) == (1e-9, 0.01)
+    assert c.tango_properties() == {"max_warning": "1e-09", "max_alarm": "0.01"}
+    assert c.evaluate(0, 0, 0, 0).verdict is INS                       # no frame at all: not judged
+    ok = c.evaluate(300, 0, 0, 300)
+    assert ok.verdict is OK and ok.value == 0.0 and "0 of 300 frames lost or bad" in ok.message
+    one = c.evaluate(999_999, 1, 0, 1_000_000, [(17, 17)])
+    assert one.verdict is WARN and one.frames == (17,)                # one lost frame in a million still warns
+    r = c.evaluate(289, 11, 0, 300, [(40, 45), (100, 100), (201, 204)])
+    assert r.verdict is ERR and r.value == pytest.approx(11 / 300)
+    assert "11 of 300 frames lost or bad (3.667%): 11 lost, 0 bad; lost ids 40-45, 100, 201-204" in r.message
+    assert r.frames == (40, 41, 42, 43, 44, 45, 100, 201, 202, 203) and r.details["lost_ids_known"] == 11
+    at = LossCheck(warning=0.1, error=0.2)
+    assert at.evaluate(90, 10, 0, 100).verdict is WARN                # at the limit is outside (Tango)
+    assert at.evaluate(80, 10, 10, 100).verdict is ERR                # bad frames count as well
+    assert at.evaluate(95, 0, 5, 0).value == pytest.approx(0.05)      # total unknown: every frame seen
+    unknown = c.evaluate(95, 5, 0, 100, [(3, 4)])
+    assert "3 lost with unknown ids" in unknown.message
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"warning": 0}, ["'warning'", "> 0"]),
+    ({"error": 1.5}, ["'error'", "<= 1"]),
+    ({"warning": 0.2, "error": 0.1}, ["'warning'", "<= error"]),
+    ({"warning": "0.1"}, ["'warning'", "finite number"]),
+])
+def test_loss_check_rejects_bad_limits(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        LossCheck(**kwargs)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_format_id_ranges_stays_bounded():
+    assert format_id_ranges([(1, 1), (3, 5)]) == "1, 3-5"
+    text = format_id_ranges([(i * 10, i * 10 + 1) for i in range(1000)], max_items=5)
+    assert text == "0-1, 10-11, 20-21, 30-31, 40-41, ... (995 more ranges)"
+
+
+def test_monitor_records_lost_ranges_merged_sorted_and_bounded(monkeypatch):
+    mon = QualityMonitor([LossCheck(max_ranges_listed=3)])
+    mon.start(now=0.0)
+    for first, last in ((10, 12), (13, 13), (20, 21), (5, 6), (30, 30), (40, 40)):
+        mon.lost_frames(first, last)
+    assert mon.lost_ranges().tolist() == [[5, 6], [10, 13], [20, 21], [30, 30], [40, 40]]
+    mon.set_loss_counts(completed=90, lost=10, bad=0, total=100)
+    assert mon.lost_fraction() == pytest.approx(0.1)
+    r = mon.snapshot(now=0.0).checks[0]
+    assert r.verdict is ERR and "lost ids 5-6, 10-13, 20-21, ... (2 more ranges)" in r.message
+    assert "unknown ids" not in r.message                            # all 10 ids are known
+    monkeypatch.setattr(QualityMonitor, "MAX_LOST_RANGES", 5)
+    mon.lost_frames(50)                                               # beyond the bound: counted, not kept
+    assert len(mon.lost_ranges()) == 5
+    assert "(3 more ranges)" in mon.snapshot(now=0.0).checks[0].message
+    mon.start(now=1.0)                                                # a new run starts clean
+    assert mon.lost_ranges().shape == (0, 2) and mon.lost_fraction() == 0.0
+    assert mon.verdict(now=1.0) is INS
+
+
+def test_loss_limits_from_config_and_edited_live():
+    checks = checks_from_config(['{"type": "loss", "warning": 0.02, "error": 0.1}'])
+    assert isinstance(checks[0], LossCheck) and checks[0].to_config()["error"] == 0.1
+    mon = QualityMonitor(checks)
+    assert mon.loss_limits() == (0.02, 0.1)
+    mon.set_loss_counts(95, 5, 0, 100)
+    assert mon.verdict(now=0) is WARN
+    assert mon.set_loss_limits(0.01, 0.05) is True and mon.verdict(now=0) is ERR
+    assert mon.set_loss_limits(0.01, 0.05) is False
+    with pytest.raises(ValueError, match="'warning'"):
+        mon.set_loss_limits(0.5, 0.05)
+    assert mon.loss_limits() == (0.01, 0.05)                          # a refused edit changes nothing
+    with pytest.raises(ValueError, match="at most one loss check"):
+        checks_from_config([{"type": "loss"}, {"type": "loss", "name": "other"}])
+    with pytest.raises(ValueError, match="unknown field"):
+        checks_from_config([{"type": "loss", "warnig": 0.1}])
+    with pytest.raises(ValueError, match="no loss check"):
+        QualityMonitor([]).set_loss_limits(0.1, 0.2)
+
+
+def _zmq_scan(tmp_path, lost: set[int], n: int = 300, **config):
+    from tango_dqm.engine import Engine, EngineConfig, EngineState
+    from tests.helpers import StinsSender, free_port
+
+    port = free_port()
+    engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], ["roi"], output_directory=str(tmp_path), **config))
+    sender = StinsSender(port)
+    try:
+        engine.start()
+        sender.header(frames=n)
+        for i in range(n):
+            if i not in lost:
+                sender.image(i, np.full((8, 8), 5 + i % 7, np.uint16))
+        sender.series_end()
+        deadline = time.monotonic() + 30
+        while engine.state is EngineState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.products.worker.wait_idle(30)                  # the report is written
+        return engine.snapshot(), engine.output_file
+    finally:
+        sender.close()
+        engine.close()
+
+
+def test_a_scan_with_lost_frames_never_ends_ok_and_its_file_names_them(tmp_path):
+    import h5py
+
+    from tango_dqm.report import write_run_list
+
+    lost = {*range(40, 46), 100, *range(201, 205)}                    # 11 of 300, as in issue 10
+    snap, path = _zmq_scan(tmp_path, lost)
+    assert snap.state.value == "CLOSE" and snap.quality.verdict is ERR, snap.verdict_report
+    assert "finished: 289/300 completed, 11 lost (" in snap.status and "complete:" not in snap.status
+    loss = next(c for c in snap.quality.checks if c.check_type == "loss")
+    assert "lost ids 40-45, 100, 201-204" in loss.message and loss.line() in snap.verdict_report
+    with h5py.File(path, "r") as f:
+        assert f["entry/dqm/lost_frames"][...].tolist() == [[40, 45], [100, 100], [201, 204]]
+        assert f["entry/summary/verdict"][()].decode() == "ERROR"
+    page = Path(path).with_suffix(".html").read_text()
+    assert "finished: 289/300 completed, 11 lost" in page and "11 in 3 ranges: 40-45, 100, 201-204" in page
+    assert "finished: 289/300 completed, 11 lost" in write_run_list(tmp_path).read_text()
+
+
+def test_a_scan_without_loss_is_complete(tmp_path):
+    import h5py
+
+    snap, path = _zmq_scan(tmp_path, set(), n=50)
+    assert "finished, complete: 50/50 completed, 0 lost" in snap.status, snap.status
+    assert next(c for c in snap.quality.checks if c.check_type == "loss").verdict is OK
+    with h5py.File(path, "r") as f:
+        assert f["entry/dqm/lost_frames"].shape == (0, 2)
+    assert "<td>complete" in Path(path).with_suffix(".html").read_text()
+
+
+# ---- warm start ------------------------------------------------------------------------------------
+
+
+_WARM = """
+import json, sys
+from tango_dqm import kernels
+from tango_dqm.engine import Engine, EngineConfig
+if sys.argv[1] != "warm":
+    Engine._warm_up = lambda self, shape, dtype: 0.0
+e = Engine(EngineConfig(["sim://?frames=5&shape=48x40&dtype=int32"], ["roi", "profile", "pixels", "histogram"]))
+sigs = [str(s) for d in (kernels._int_moments, kernels._float_moments, kernels._min_max_count_ge)
+        for s in d.signatures]
+print(json.dumps({"sigs": sigs, "took": e.warmup_s}))
+"""
+
+
+def test_engine_compiles_the_kernels_for_the_source_dtype_at_init():
+    # In fresh interpreters: numba dispatchers list what they compiled (or loaded from the cache).
+    import subprocess
+
+    out = {}
+    for mode in ("warm", "cold"):
+        res = subprocess.run([sys.executable, "-c", _WARM, mode], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    warm = [s for s in out["warm"]["sigs"] if "int32" in s]
+    assert len(set(warm)) >= 2, out["warm"]  # writable and read-only (received buffers) arrays: two types
+    assert not any("int32" in s for s in out["cold"]["sigs"]), out["cold"]
+    assert out["warm"]["took"] > 0
+
+
+def test_kernel_cache_falls_back_to_a_private_directory_when_the_install_is_read_only(tmp_path):
+    import subprocess
+
+    code = ("import os; real = os.access; os.access = lambda p, m, **k: False if m == os.W_OK else real(p, m)\n"
+            "import numba, numpy as np\nfrom tango_dqm import kernels\nos.access = real\n"
+            "print(numba.config.CACHE_DIR)\n"
+            "print(kernels.region_stats(np.arange(12, dtype=np.uint16).reshape(3, 4)))")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cache_dir = Path(res.stdout.splitlines()[0])
+    assert cache_dir.parent == tmp_path and (cache_dir.stat().st_mode & 0o077) == 0
+    assert "sum=66.0" in res.stdout
+    assert any(cache_dir.rglob("*.nbi"))                              # compiled kernels were cached there
+
+
+def test_a_late_frame_is_no_longer_lost():
+    mon = QualityMonitor([LossCheck()])
+    mon.lost_frames(10, 14)
+    mon.lost_frames(20)
+    assert mon.found_frame(12) and mon.found_frame(10) and mon.found_frame(14) and mon.found_frame(20)
+    assert not mon.found_frame(12) and not mon.found_frame(5) and not mon.found_frame(99)
+    assert mon.lost_ranges().tolist() == [[11, 11], [13, 13]]
+    mon.set_loss_counts(98, 2, 0, 100)
+    r = mon.snapshot(now=0).checks[0]
+    assert "lost ids 11, 13" in r.message and r.details["lost_ids_known"] == 2
+
+
+def test_warm_up_uses_the_shape_and_dtype_the_source_announces(tmp_path, monkeypatch):
+    import h5py
+
+    from tango_dqm.engine import Engine, EngineConfig
+
+    seen = []
+    real = Engine._warm_up
+    monkeypatch.setattr(Engine, "_warm_up", lambda self, shape, dtype: seen.append((shape, dtype))
+                        or real(self, shape, dtype))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=np.zeros((3, 12, 20), np.float32))
+    for uri in ("sim://?shape=24x16&dtype=uint8", f"hdf5://{tmp_path / 'f.h5'}", "zmq://127.0.0.1:1"):
+        e = Engine(EngineConfig([uri], ["roi", "profile"]))
+        assert e.warmup_s > 0
+        e.close()
+    # zmq announces nothing: warmed up on uint16 of a small shape
+    assert seen == [((24, 16), "uint8"), ((12, 20), "float32"), (None, None)]

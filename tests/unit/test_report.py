@@ -209,3 +209,63 @@ def test_main_regenerates_offline(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+# ---- lost frames: gaps, not bridges; "complete" only without loss ----------------------------------
+
+
+def test_lost_frames_break_the_trend_lines_instead_of_bridging_them():
+    from tango_dqm.report import _with_gaps
+
+    x = np.array([0, 1, 2, 6, 7, 9], float)                            # 3-5 and 8 lost
+    lost = np.array([[3, 5], [8, 8], [100, 120]])                      # a range outside the plot is ignored
+    xg, yg, zg = _with_gaps(x, lost, np.arange(6.0), np.ones(6))
+    assert xg.tolist() == [0, 1, 2, 3, 6, 7, 8, 9]
+    assert np.isnan(yg[[3, 6]]).all() and yg[~np.isnan(yg)].tolist() == list(range(6))
+    assert np.isnan(zg[[3, 6]]).all()
+
+
+def test_report_marks_lost_frames_and_never_calls_a_lossy_scan_complete(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from tango_dqm.storage import write_lost_frames
+
+    w = ScanWriter(tmp_path / "lossy.h5", "lossy", [Result("x", float)], {})
+    ids = [i for i in range(300) if not (40 <= i <= 45 or i == 100 or 201 <= i <= 204)]
+    for i in ids:
+        w.append(i, 0.0, {"x": float(i % 5)})
+    w.finish({}, Counters(total=300, completed=289, dropped=11, expected=300), "ERROR", end_reason="series end")
+    write_lost_frames(w.path, [[40, 45], [100, 100], [201, 204]])
+    drawn: list[np.ndarray] = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: (drawn.append(np.asarray(a[1], float)),
+                                                             plot(self, *a, **k))[1])
+    text = write_report(w.path).read_text()
+    assert "finished: 289/300 completed, 11 lost (series end)" in text and "<td>complete" not in text
+    assert "11 in 3 ranges: 40-45, 100, 201-204" in text
+    trend = drawn[-1]                                                   # the x trend: one NaN per gap
+    assert len(trend) == 289 + 3 and np.isnan(trend).sum() == 3
+    assert "finished: 289/300 completed, 11 lost" in write_run_list(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("counters, end_reason, status", [
+    (Counters(total=60, completed=60, expected=60), "series end", "complete"),
+    (Counters(total=60, completed=58, dropped=2, expected=60), "series end", "finished: 58/60 completed, 2 lost"),
+    (Counters(total=60, completed=60, bad=1), "source ended", "finished: 60/60 completed, 0 lost, 1 bad"),
+    (Counters(total=300, completed=0, expected=300), "stopped", "stopped: 0/300 completed, 0 lost"),
+    (Counters(total=300, completed=120, expected=300), "stopped", "stopped: 120/300 completed, 0 lost"),
+    (Counters(), "source ended", "finished: 0/0 completed, 0 lost"),
+    (None, "series end", "finished"),                                  # no counters: nothing says all arrived
+])
+def test_status_wording_of_finished_scans(tmp_path, counters, end_reason, status):
+    from tango_dqm.report import _status
+
+    w = ScanWriter(tmp_path / "s.h5", "s", [Result("x", float)], {})
+    for i in range(3 if counters is None or counters.completed else 0):
+        w.append(i, 0.0, {"x": 1.0})
+    w.finish({}, counters, "OK", end_reason=end_reason)
+    page = write_report(w.path).read_text()
+    assert f"<td>{status} ({end_reason})</td>" in page, page[:3000]
+    rows = write_run_list(tmp_path).read_text()
+    assert f"<td>{status}</td>" in rows
+    assert _status({"complete": False, "running": True}) == "running"  # an unfinished scan is never complete
