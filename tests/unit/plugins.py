@@ -207,3 +207,13 @@ class OldDocsThreshold(Analysis):
 
     def finish(self, acc):
         return {"threshold_pixels_per_frame": acc["pixels"] / max(acc["frames"], 1)}
+
+
+class ClashesWithDevice(Analysis):
+    """Declares a result named like one of the device's own attributes."""
+
+    name = "clash"
+    results = [Result("Latency", float, unit="ms", label="Latency", description="clashes", format="%.2f")]
+
+    def process(self, frame, params, context):
+        return {"Latency": 0.0}
