@@ -22,6 +22,7 @@ test: $(STAMP)
 	deploy/install-test-deps.sh   # Debian's Chromium for the report test; a no-op when present
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# make bench BENCH_ARGS="--dranspose --long": see docs/performance.md
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

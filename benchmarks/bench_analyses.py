@@ -1,6 +1,6 @@
 """Per-frame cost of the built-in analyses on 1024x1024 uint16 frames, against one numpy pass.
 
-    python -m benchmarks.bench_analyses [--seconds 0.4] [--repeat 5]
+    python -m benchmarks.bench_analyses [--seconds 0.4] [--repeat 3]
 
 Each analysis runs as the engine runs it: ``process`` then ``accumulate`` on every
 frame (``finish`` once per run, timed separately). The baseline is one
@@ -9,6 +9,9 @@ interleaved with the analyses; the ratio is analysis time / baseline time (1.0 =
 cheap as reading the frame once). Best of ``--repeat`` rounds, to damp machine noise.
 Indented rows show parts of an analysis and the alternatives measured to choose the
 implementation (numba vs numpy pixel accumulate, numba value count vs np.bincount).
+The "demo set" rows run the standard set (roi + profile + pixels + histogram) with the
+demo's parameters (config/demo.json); their sum is the kernels-alone cost of a frame
+that the engine's standard-set figure (bench_engine) is compared with.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.plugin import Runner, instantiate
 from tango_dqm.analysis.histogram import _count_values
 from tango_dqm.simulation import FrameGenerator, Scene
+
+from benchmarks.common import Figure, demo_engine_parameters
 
 SHAPE = (1024, 1024)
 N_FRAMES = 8  # distinct frames, cycled (16 MiB: more than the L2 cache, like a real stream)
@@ -83,10 +88,14 @@ def numpy_pixel_accumulate(frames: list[np.ndarray]):
     return step
 
 
-def main(argv: list[str] | None = None) -> None:
+DEMO_SET = {"roi": "roi", "profile": "tango_dqm.analysis.profile:Profile",
+            "pixels": "tango_dqm.analysis.pixels:Pixels", "histogram": "tango_dqm.analysis.histogram:Histogram"}
+
+
+def main(argv: list[str] | None = None) -> list[Figure]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.4, help="timing per measurement (default 0.4 s)")
-    ap.add_argument("--repeat", type=int, default=5, help="rounds; the best is reported (default 5)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; the best is reported (default 3)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     frames = make_frames()
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                                                   roi_histogram=[256, 512, 256, 512])[0]),
         ("gain (full-frame charge)", analysis_step("tango_dqm.analysis.gain:Gain", frames)[0]),
     ]
+    demo = demo_engine_parameters()
+    demo_rows = [f"demo set: {name}" for name in DEMO_SET]
+    rows += [(row, analysis_step(spec, frames, **demo)[0]) for row, spec in zip(demo_rows, DEMO_SET.values())]
     best = {name: float("inf") for name, _ in rows}
     for _ in range(max(1, args.repeat)):
         for name, step in rows:  # interleaved: every round measures the baseline too
@@ -135,8 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, _ in rows:
         t = best[name]
         print(f"{name:<46} {t * 1e3:9.3f} {1.0 / t:9.0f} {t / base:12.2f}")
+    summed = sum(best[r] for r in demo_rows)
+    print(f"{'demo set summed (roi+profile+pixels+histogram)':<46} {summed * 1e3:9.3f} {1.0 / summed:9.0f} "
+          f"{summed / base:12.2f}")
     print(f"pixels finish (hot/dead map, once per run): {t_finish * 1e3:.0f} ms")
     print(f"[bench_analyses took {time.perf_counter() - t_start:.1f} s]")
+    return [Figure("standard set kernels alone, summed", 1.0 / summed, baseline=1.0 / base,
+                   baseline_what="numpy.sum pass")]
 
 
 if __name__ == "__main__":

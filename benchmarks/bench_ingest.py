@@ -257,7 +257,8 @@ def bench_hdf5(n: int, repeat: int, folder: str) -> list[tuple[str, float, float
 
 
 def _engine_stins(n: int, cap: str) -> float:
-    from tango_dqm.engine import Engine, EngineConfig, EngineState
+    from benchmarks.common import RunWaiter
+    from tango_dqm.engine import Engine, EngineConfig
 
     ctx = mp.get_context("spawn")
     port = _free_port()
@@ -266,21 +267,16 @@ def _engine_stins(n: int, cap: str) -> float:
     proc.start()
     ready.wait(30)
     os.environ["TANGO_DQM_BITSHUFFLE_THREADS"] = cap  # read by each new decoding thread
-    engine = Engine(EngineConfig(sources=[f"zmq://127.0.0.1:{port}"], analyses=["roi"]))
+    waiter = RunWaiter(n - 1)  # waits on the engine's listener: no polling loop competing for the GIL
+    engine = Engine(EngineConfig(sources=[f"zmq://127.0.0.1:{port}"], analyses=["roi"]), waiter)
     engine.set_parameter("roi_signal", [100, 400, 100, 400])
     engine.start()
-    first = None
-    while engine.state is EngineState.RUNNING:
-        if first is None and engine.snapshot().counters.completed:
-            first = (time.perf_counter(), engine.snapshot().counters.completed)
-        time.sleep(0.005)
-    done = engine.snapshot().counters.completed
-    end = time.perf_counter()
+    waiter.ended.wait(600)
     engine.close()
     proc.join(10)
-    if first is None or done <= first[1]:
+    if waiter.first is None or waiter.last is None or waiter.last <= waiter.first:
         return 0.0
-    return (done - first[1]) / (end - first[0])
+    return (n - 1) / (waiter.last - waiter.first)
 
 
 def bench_openmp(n: int, repeat: int) -> list[tuple[str, float, float]]:

@@ -120,14 +120,23 @@ def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
             (error or result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
         ):
             if lo is not None:
-                set_lo(str(lo))
+                set_lo(_limit(lo, kind, math.ceil))
             if hi is not None:
-                set_hi(str(hi))
+                set_hi(_limit(hi, kind, math.floor))
     attr.set_default_properties(props)
     attr.set_change_event(True, False)
     if result.kind == "scalar" and result.archive:
         attr.set_archive_event(True, False)
     return attr
+
+
+def _limit(value: float, kind: str, to_int) -> str:
+    """A limit in the format Tango parses for the attribute's type: DevLong64 wants an integer
+    ("100", not the "100.0" a range check keeps). A fractional limit from a QualityChecks range
+    on an int result is rounded inwards, which flags exactly the same integer values."""
+    if kind in "iu":
+        return str(int(to_int(value)))
+    return repr(float(value))
 
 
 def _array_int_type(dtype: np.dtype) -> tango.CmdArgType:
@@ -191,7 +200,7 @@ def _info(attr: tango.Attr, analysis: str, role: str) -> AttributeInfo:
                          props.get("format", ""), limits)
 
 
-def _static_names() -> set[str]:
+def device_attribute_names() -> set[str]:
     """Lower-case names of the attributes every DataQualityMonitor has (State, counters, verdict ...)."""
     from tango.server import attribute
 
@@ -228,7 +237,7 @@ def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> 
                                   f"{exc.args[0].desc.strip()}") from None
             out.append(_info(attr, owner, role))
         names = [i.name.lower() for i in out]
-        clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & _static_names()))
+        clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & device_attribute_names()))
         if clash:
             raise PluginError(f"attribute names used twice or by the device itself (Tango ignores case): {clash}")
         return out

@@ -2,8 +2,9 @@
 
 ``check_plugin(cls)`` returns a list of problems (empty: the plugin keeps the contract):
 
-- declarations: names, types Tango can represent, alarm/warning limits of the result's own
-  type, and what Jive and Taranta show (label, description, unit, display format);
+- declarations: the load-time validation (``tango_dqm.plugin.validate_analysis``: names, types
+  Tango can represent, limits), integer-typed limits on integer results, ``axis`` and what
+  Jive and Taranta show (label, description, unit, display format);
 - ``process`` is pure: the same frame twice gives equal outputs and ``frame.data`` is unchanged;
   it publishes declared per-frame results only;
 - ``merge`` of a run split in two (several seeded split points) equals the run in one, exactly
@@ -28,10 +29,8 @@ import numpy as np
 
 from .frames import Frame
 from .params import Parameter, Params, ParamType
-from .plugin import Analysis, Result, Runner, instantiate, is_v1
+from .plugin import Analysis, PluginError, Result, Runner, instantiate, is_v1, validate_analysis
 
-#: Tango attribute names: a letter, then letters, digits and underscores
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 #: printf display formats Tango and Taranta understand, by the kind of value
 _INT_FORMAT = re.compile(r"^%[-+ 0#]*\d*[diuxXo]$")
 _FLOAT_FORMAT = re.compile(r"^%[-+ 0#]*\d*(\.\d+)?[eEfFgG]$")
@@ -63,25 +62,16 @@ def _who(cls: type[Analysis]) -> str:
 
 
 def declaration_problems(cls: type[Analysis]) -> list[str]:
-    """What is wrong with the declared name, parameters and results (no plugin code runs)."""
+    """What is wrong with the declared name, parameters and results (no plugin code runs):
+    the load-time validation the device applies (first problem), then what Jive and Taranta
+    need of every declaration (all problems)."""
     who = _who(cls)
-    out: list[str] = []
-    if not cls.name or not NAME.match(cls.name):
-        out.append(f"{who}: name must be a letter then letters, digits or '_', got {cls.name!r}")
+    try:
+        validate_analysis(cls)
+    except PluginError as exc:
+        return [str(exc)]  # the device would refuse it at load: fix this first
     params, results = list(cls.parameters), list(cls.results)
-    if not all(isinstance(p, Parameter) for p in params):
-        return out + [f"{who}: parameters must be tango_dqm.Parameter declarations"]
-    if not all(isinstance(r, Result) for r in results):
-        return out + [f"{who}: results must be tango_dqm.Result declarations"]
-    seen: dict[str, str] = {}
-    for what, name in [("parameter", p.name) for p in params] + [("result", r.name) for r in results]:
-        if not NAME.match(name):
-            out.append(f"{who}: {what} name {name!r} is not a Tango attribute name "
-                       "(a letter, then letters, digits or '_', at most 64)")
-        key = name.lower()  # Tango attribute names ignore case
-        if key in seen:
-            out.append(f"{who}: {what} {name!r} clashes with {seen[key]} (Tango names ignore case)")
-        seen[key] = f"{what} {name!r}"
+    out: list[str] = []
     for p in params:
         out += [f"{who}: parameter {p.name!r}: {m}" for m in _display_problems(p, _NUMERIC_PARAMS.get(p.type))]
     by_name = {r.name: r for r in results}
@@ -118,36 +108,15 @@ def _display_problems(decl: Parameter | Result, numeric: str | None) -> list[str
 
 def _result_problems(r: Result, by_name: dict[str, Result]) -> list[str]:
     kind = r.dtype.kind
-    if kind not in "biufUS":
-        return [f"dtype {r.dtype} has no Tango type (use bool, int, float, str or a numpy int/float type)"]
-    out = []
-    if kind in "US" and r.kind != "scalar":
-        out.append("a string result must be a scalar")
     numeric = "i" if kind in "iu" else "f" if kind == "f" else None
-    out += _display_problems(r, numeric)
-    for which in ("warning", "alarm"):
-        limits = getattr(r, which)
-        if limits is None:
-            continue
-        if r.kind != "scalar" or numeric is None:
-            out.append(f"{which} limits are only possible on a numeric scalar result")
-            continue
-        if not (isinstance(limits, tuple) and len(limits) == 2):
-            out.append(f"{which} must be a (min, max) tuple, None for an open side; got {limits!r}")
-            continue
-        for v in limits:
-            if v is None:
-                continue
-            if numeric == "i" and not (isinstance(v, (Integral, np.integer)) and not isinstance(v, bool)):
-                # Tango refuses a non-integer property on an integer attribute: the device's Init failed
-                out.append(f"{which} limit {v!r} must be an integer, as the result is {r.dtype} "
-                           f"(Tango refuses {v!r} on an integer attribute); write {_as_int(v)}")
-            elif numeric == "f" and (isinstance(v, bool) or not isinstance(v, (Real, np.number))
-                                     or not math.isfinite(float(v))):
-                out.append(f"{which} limit {v!r} must be a finite number")
-        lo, hi = limits
-        if lo is not None and hi is not None and not lo < hi:
-            out.append(f"{which} min {lo!r} must be smaller than max {hi!r}")
+    out = _display_problems(r, numeric)
+    if numeric == "i":
+        for which in ("warning", "alarm"):
+            for v in getattr(r, which) or ():
+                if v is not None and not isinstance(v, (Integral, np.integer)):
+                    # the device rounds it, but the declaration reads as a float threshold on a count
+                    out.append(f"{which} limit {v!r} must be written as an integer, as the result is {r.dtype} "
+                               f"(write {_as_int(v)}, not {v!r})")
     if r.axis:
         axis = by_name.get(r.axis)
         if r.kind != "spectrum":

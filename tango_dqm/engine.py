@@ -179,7 +179,6 @@ class Engine:
         hints = [p.image_shape for p in probes]
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
-        self.warmup_s = self._warm_up(probes[0].image_shape, probes[0].image_dtype)
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
         try:
@@ -210,6 +209,13 @@ class Engine:
         self._before_window: float | None = None  # the latest arrival that left the window
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
+        # Kernels compiled (or loaded from numba's cache) in the background from Init on, so Init
+        # returns at once and a plugin that is slow on a synthetic frame cannot hold it up.
+        self.warmup_s = 0.0
+        self.warmed = threading.Event()
+        threading.Thread(target=self._warm_up_thread, args=(probes[0].image_shape, probes[0].image_dtype,
+                                                            thread_context),
+                         name="dqm-warmup", daemon=True).start()
 
     # ---- commands (return at once) -------------------------------------------------
 
@@ -777,6 +783,14 @@ class Engine:
             run.next_reference_check = now + self.config.reference_interval
             self._judge_accumulated(run.accs)
         return True
+
+    def _warm_up_thread(self, shape: Sequence[int] | None, dtype: str | None,
+                        thread_context: Callable[[], Any]) -> None:
+        try:
+            with thread_context():
+                self.warmup_s = self._warm_up(shape, dtype)
+        finally:
+            self.warmed.set()
 
     def _warm_up(self, shape: Sequence[int] | None, dtype: str | None) -> float:
         """Compile (or load from numba's cache) every analysis' kernels now, at Init, by analysing a

@@ -9,18 +9,31 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
+import re
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from numbers import Real
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .frames import Frame
-from .params import Parameter, Params
+from .params import Parameter, Params, ParamType
 
 ENTRY_POINT_GROUP = "tango_dqm.analysis"
 log = logging.getLogger(__name__)
+# What a Tango attribute can be named: a letter, then letters, digits or underscores.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+MAX_ARRAY_LENGTH = 1 << 16  # longest spectrum attribute the device declares
+# The monitor device's own attributes (Tango names are case-insensitive): a plugin cannot reuse
+# them, and ``live_<stream>`` is the device's per-detector switch.
+DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
+    "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "partialEvents",
+    "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage",
+    "outputFile", "referenceVersion", "runSummary", "parameterLog", "lostFraction", "httpUrl"))
+RESERVED_PREFIX = "live_"
 
 
 class PluginError(RuntimeError):
@@ -235,6 +248,9 @@ def load_analysis(spec: str) -> type[Analysis]:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise PluginError(f"analysis {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        except Exception as exc:  # a bad declaration raises while the module's classes are built
+            raise PluginError(f"analysis {spec!r}: importing {module_name!r} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
         try:
             cls = getattr(module, attr)
         except AttributeError:
@@ -252,9 +268,122 @@ def load_analysis(spec: str) -> type[Analysis]:
         raise PluginError(f"analysis {spec!r} is not a tango_dqm.Analysis subclass")
     if not cls.name:
         raise PluginError(f"analysis {spec!r} has no name")
+    validate_analysis(cls, spec)
     return cls
 
 
 def registered_analyses() -> list[str]:
     """Names of the analyses installed through the ``tango_dqm.analysis`` entry point group."""
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def validate_analysis(cls: type[Analysis], spec: str = "") -> None:
+    """Refuse a declaration the Tango device cannot represent, with one message naming the
+    plugin, the parameter or result, and the rule. Run at load, so the device and ``replay``
+    refuse the same plugin and the device never builds half an attribute set."""
+    where = f"analysis {cls.name!r}" + (f" ({spec})" if spec and spec != cls.name else "")
+    seen: dict[str, str] = {}
+    for kind, items in (("parameter", cls.parameters), ("result", cls.results)):
+        expected = Parameter if kind == "parameter" else Result
+        if not isinstance(items, (list, tuple)):
+            raise PluginError(f"{where}: {kind}s must be a list of {expected.__name__}")
+        for item in items:
+            if not isinstance(item, expected):
+                raise PluginError(f"{where}: {kind}s must hold {expected.__name__} objects, got {item!r}")
+            rule = _name_rule(item.name, seen)
+            if rule is None:
+                rule = _parameter_rule(item) if kind == "parameter" else _result_rule(item)
+            if rule is not None:
+                raise PluginError(f"{where}: {kind} {item.name!r}: {rule}")
+            seen[item.name.lower()] = f"{kind} {item.name!r}"
+
+
+def _name_rule(name: Any, seen: dict[str, str]) -> str | None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return ("the name must be a valid Tango attribute name: a letter, then letters, digits or "
+                "underscores, at most 64 characters")
+    low = name.lower()
+    if low in DEVICE_ATTRIBUTES:
+        return "the name is an attribute of the monitor device itself (names are case-insensitive)"
+    if low.startswith(RESERVED_PREFIX):
+        return f"names starting with {RESERVED_PREFIX!r} are reserved for the device's detector switches"
+    if low in seen:
+        return f"the name clashes with {seen[low]} (Tango attribute names are case-insensitive)"
+    return None
+
+
+def _text_rule(**texts: Any) -> str | None:
+    for field, text in texts.items():
+        if not isinstance(text, str):
+            return f"{field} must be a string, got {text!r}"
+        if field != "description" and any(c in text for c in "\n\r\0"):
+            return f"{field} must be one line of text"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (Real, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _parameter_rule(p: Parameter) -> str | None:
+    rule = _text_rule(unit=p.unit, label=p.label, description=p.description, format=p.format)
+    if rule:
+        return rule
+    numeric = p.type in (ParamType.INT, ParamType.FLOAT, ParamType.INT_ARRAY, ParamType.FLOAT_ARRAY)
+    integer = p.type in (ParamType.INT, ParamType.INT_ARRAY)
+    for field in ("min", "max"):
+        bound = getattr(p, field)
+        if bound is None:
+            continue
+        if not numeric:
+            return f"{field} applies to int, float and their arrays, not to {p.type.value}"
+        if not _number(bound) or not math.isfinite(float(bound)):
+            return f"{field} must be a finite number, got {bound!r}"
+        if integer and not float(bound).is_integer():
+            return f"{field} of an int parameter must be an integer (Tango parses it as DevLong64), got {bound!r}"
+        if integer and abs(int(bound)) >= 2**63:
+            return f"{field} {bound!r} does not fit a Tango DevLong64"
+    if p.min is not None and p.max is not None and not float(p.min) < float(p.max):
+        return f"min ({p.min!r}) must be below max ({p.max!r})"
+    if p.type is ParamType.ENUM:
+        if not all(isinstance(c, str) and c and _text_rule(choice=c) is None for c in p.choices):
+            return f"enum choices must be non-empty one-line strings, got {list(p.choices)!r}"
+        if len({c.lower() for c in p.choices}) != len(p.choices):
+            return f"enum choices must be distinct, got {list(p.choices)!r}"
+    if p.length is not None and not (isinstance(p.length, int) and 0 < p.length <= MAX_ARRAY_LENGTH):
+        return f"length must be an integer from 1 to {MAX_ARRAY_LENGTH}, got {p.length!r}"
+    return None
+
+
+def _result_rule(r: Result) -> str | None:
+    rule = _text_rule(unit=r.unit, label=r.label, description=r.description, format=r.format, axis=r.axis)
+    if rule:
+        return rule
+    kind = r.dtype.kind
+    if kind not in "biufUS":
+        return f"dtype {r.dtype} has no Tango type (use bool, an int or float type, or str)"
+    if kind in "US" and r.kind != "scalar":
+        return "a str result must be a scalar"
+    for field in ("archive", "run_summary"):
+        if not isinstance(getattr(r, field), bool):
+            return f"{field} must be True or False, got {getattr(r, field)!r}"
+    for field in ("warning", "alarm"):
+        limits = getattr(r, field)
+        if limits is None:
+            continue
+        if r.kind != "scalar" or kind not in "iuf":
+            return f"{field} limits need a numeric scalar result (this one is a {r.dtype} {r.kind})"
+        if not isinstance(limits, (tuple, list)) or len(limits) != 2:
+            return f"{field} must be a (min, max) pair with None for an open side, got {limits!r}"
+        for side, bound in zip(("min", "max"), limits):
+            if bound is None:
+                continue
+            if not _number(bound) or not math.isfinite(float(bound)):
+                return f"{field} {side} must be a finite number or None, got {bound!r}"
+            if kind in "iu" and not float(bound).is_integer():
+                return (f"{field} {side} of an int result must be an integer (Tango parses it as the "
+                        f"attribute's type, DevLong64), got {bound!r}")
+        lo, hi = limits
+        if lo is not None and hi is not None and not float(lo) < float(hi):
+            return f"{field} min ({lo!r}) must be below its max ({hi!r})"
+    return None

@@ -47,6 +47,10 @@ Rules:
   (:func:`writer_alive`), so a running scan is never recovered, marked or moved.
 - ``finish`` closes the SWMR file and reopens it (no SWMR) to add the summary, because a
   SWMR writer cannot create objects.
+- Memory is bounded whatever the length of the scan: every dataset's chunk cache is
+  ``CHUNK_CACHE_BYTES`` and the file's metadata cache at most ``METADATA_CACHE_BYTES`` (HDF5
+  2.0's defaults, 8 MiB per dataset and 32 MiB, grew a Live run's RSS by hundreds of MB).
+  One file per scan, so a Live run is one file that grows on disk at the per-frame row size.
 
 Paths are confined to an output root directory (:func:`confined_path`); :func:`mark_scan`
 flags or archives a finished scan, moves it with its report into ``root/flagged/`` or
@@ -91,6 +95,18 @@ MARKS_LOG = "marks.log"
 INT_MISSING = np.iinfo(np.int64).min
 RESERVED = ("frame_id", "timestamp", "verdict")
 SCAN_SUFFIXES = (".h5", ".hdf5", ".nxs")
+
+# Memory bounds of a writer (a Live run writes one file for hours). HDF5 2.0 gives every
+# dataset its own 8 MiB chunk cache, and written chunks stay cached until that fills: with
+# ~40 per-frame datasets that is ~320 MiB, reached only after a million frames, so RSS looked
+# like it grew without end. Rows are written once, in blocks, so a chunk is only needed while
+# it is being filled: a few chunks per dataset (the largest chunk below is 128 KiB), fully
+# written chunks evicted first (w0=1). The metadata cache (up to 32 MiB by default) grows
+# with the chunk index of the spectra (a B-tree: two unlimited dimensions) and its entries
+# take ~13x their counted size in memory, so it is capped too. Both are per open file.
+CHUNK_CACHE_BYTES = 128 * 1024
+CHUNK_CACHE_SLOTS = 31  # a prime, well above the chunks that fit
+METADATA_CACHE_BYTES = 256 * 1024
 
 _STR = h5py.string_dtype()
 _OPEN_WRITERS: set[Path] = set()  # files this process is writing (HDF5 would share their handle)
@@ -250,6 +266,18 @@ def _decode(value: Any) -> Any:
 # ---- the writer ----------------------------------------------------------------------------
 
 
+def _bound_metadata_cache(f: h5py.File, max_bytes: int | None = None) -> None:
+    """Cap the HDF5 metadata cache of ``f`` (adaptive resizing stays on, within the cap)."""
+    max_bytes = METADATA_CACHE_BYTES if max_bytes is None else max_bytes
+    cfg = f.id.get_mdc_config()
+    cfg.set_initial_size = True
+    cfg.initial_size = min(cfg.initial_size, max_bytes)
+    cfg.min_size = min(cfg.min_size, cfg.initial_size)
+    cfg.max_size = max_bytes
+    cfg.max_increment = min(cfg.max_increment, max_bytes // 4)
+    f.id.set_mdc_config(cfg)
+
+
 class _Column:
     """One per-frame dataset and its in-memory block buffer."""
 
@@ -349,7 +377,8 @@ class ScanWriter:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _acquire_writer_lock(self._path)
-            self._file = h5py.File(self._path, "w" if overwrite else "w-", libver="latest")
+            self._file = h5py.File(self._path, "w" if overwrite else "w-", libver="latest",
+                                   rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS, rdcc_w0=1.0)
         except FileExistsError:
             self._unregister()
             raise StorageError(f"results file {self._path} already exists; refusing to overwrite it") from None
@@ -360,6 +389,7 @@ class ScanWriter:
             self._unregister()
             raise StorageError(f"cannot create results file {self._path}: {exc}") from exc
         try:
+            _bound_metadata_cache(self._file)
             self._create_layout(provenance or {}, title)
             self._file.swmr_mode = True
             self._file.flush()

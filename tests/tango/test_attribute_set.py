@@ -8,9 +8,9 @@ import pytest
 import tango
 from tango.test_context import DeviceTestContext
 
-from tango_dqm.devices.mapping import describe_attributes
+from tango_dqm.devices.mapping import describe_attributes, device_attribute_names
 from tango_dqm.devices.monitor import DataQualityMonitor
-from tango_dqm.plugin import PluginError, registered_analyses
+from tango_dqm.plugin import DEVICE_ATTRIBUTES, PluginError, registered_analyses
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,14 +68,17 @@ def test_every_attribute_is_described_for_jive_and_taranta():
     assert profile["profile_run_y"].description.endswith("x axis: profile_run_axis_y")
 
 
-def test_old_docs_threshold_is_refused_offline_with_tango_reason():
+def test_old_docs_threshold_limits_reach_tango_as_integers():
+    """The old docs' Threshold (int result, limits 100.0 and 1000.0) broke Init; the device now
+    gives Tango integers (check-plugin still asks for integers in the declaration)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        with pytest.raises(PluginError, match=r"analysis 'threshold': result 'threshold_pixels': Tango refuses "
-                                              r"the attribute: .*max_(warning|alarm).*unsupported format"):
-            describe_attributes(["tests.unit.plugins:OldDocsThreshold"])
+        infos = {i.name: i for i in describe_attributes(["tests.unit.plugins:OldDocsThreshold"])}
+    assert infos["threshold_pixels"].data_type == "DevLong64"
+    assert infos["threshold_pixels"].limits == {"max_warning": "100", "max_alarm": "1000"}
 
 
-def test_names_the_device_already_uses_are_refused():
-    with pytest.raises(PluginError, match=r"used twice or by the device itself.*'latency'"):
+def test_the_device_attribute_names_known_to_the_core_are_the_device_class_ones():
+    assert set(DEVICE_ATTRIBUTES) == device_attribute_names()
+    with pytest.raises(PluginError, match=r"'Latency': the name is an attribute of the monitor device itself"):
         describe_attributes(["tests.unit.plugins:ClashesWithDevice"])

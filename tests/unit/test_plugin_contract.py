@@ -53,13 +53,13 @@ def test_docs_examples_keep_the_contract():
 def test_old_docs_threshold_is_refused_with_a_clear_message(capsys):
     problems = check_plugin(plugins.OldDocsThreshold)
     limit = [p for p in problems if "threshold_pixels" in p and "limit" in p]
-    assert limit and all("must be an integer" in p for p in limit), problems
-    assert any("write 100" in p for p in limit)
+    assert len(limit) == 2 and all("must be written as an integer" in p for p in limit), problems
+    assert any("write 100, not 100.0" in p for p in limit)
     assert any("plugin API v1" in p for p in problems)
     assert any("threshold_mode" in p and "description" in p for p in problems)
     assert cli_main(["check-plugin", "tests.unit.plugins:OldDocsThreshold"]) == 1
     err = capsys.readouterr().err
-    assert "threshold_pixels" in err and "must be an integer" in err
+    assert "threshold_pixels" in err and "must be written as an integer" in err
 
 
 def test_cli_accepts_a_plugin_that_keeps_the_contract(capsys):
@@ -201,12 +201,14 @@ def test_merge_check_uses_several_split_points():
     (Result("x_a", float, unit="V", label="A", description="d", format="%d"), "not a printf format for floats"),
     (Result("x_a", int, unit="V", label="A", description="d", format="%.2f"), "not a printf format for integers"),
     (Result("x_a", int, unit="V", label="A", description="d", format="%d", alarm=(0, 2.5)), "must be an integer"),
-    (Result("x_a", float, unit="V", label="A", description="d", format="%g", warning=(5.0, 1.0)), "smaller than"),
+    (Result("x_a", float, unit="V", label="A", description="d", format="%g", warning=(5.0, 1.0)), "must be below"),
     (Result("x_a", float, kind="spectrum", unit="V", label="A", description="d", format="%g", alarm=(0.0, 1.0)),
-     "only possible on a numeric scalar"),
+     "limits need a numeric scalar result"),
     (Result("x_a", float, kind="spectrum", unit="V", label="A", description="d", format="%g", axis="x_nope"),
      "axis 'x_nope' must name another spectrum"),
-    (Result("x-a", float, unit="V", label="A", description="d", format="%g"), "not a Tango attribute name"),
+    (Result("x-a", float, unit="V", label="A", description="d", format="%g"), "valid Tango attribute name"),
+    (Result("x_a", int, unit="V", label="A", description="d", format="%d", alarm=(0.0, 2.0)),
+     "alarm limit 0.0 must be written as an integer"),
     (Result("x_a", "complex128", unit="V", label="A", description="d", format="%g"), "has no Tango type"),
 ])
 def test_declaration_problems_are_found(result, expected):
@@ -223,7 +225,7 @@ def test_declarations_dimensionless_text_and_axis_accepted_and_case_clash_refuse
         Result("ok_x", float, kind="spectrum", unit="mm", label="X", description="x", format="%g")]})
     assert declaration_problems(ok) == []
     clash = type("Clash", (_Good,), {"name": "clash", "results": [_r("Val"), _r("val")]})
-    assert any("Tango names ignore case" in p for p in declaration_problems(clash))
+    assert any("case-insensitive" in p for p in declaration_problems(clash))
 
 
 # ---- the v2 calls ---------------------------------------------------------------------------------

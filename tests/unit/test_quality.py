@@ -603,6 +603,7 @@ from tango_dqm.engine import Engine, EngineConfig
 if sys.argv[1] != "warm":
     Engine._warm_up = lambda self, shape, dtype: 0.0
 e = Engine(EngineConfig(["sim://?frames=5&shape=48x40&dtype=int32"], ["roi", "profile", "pixels", "histogram"]))
+assert e.warmed.wait(120)
 sigs = [str(s) for d in (kernels._int_moments, kernels._float_moments, kernels._min_max_count_ge)
         for s in d.signatures]
 print(json.dumps({"sigs": sigs, "took": e.warmup_s}))
@@ -666,7 +667,7 @@ def test_warm_up_uses_the_shape_and_dtype_the_source_announces(tmp_path, monkeyp
         f.create_dataset("/entry/data/data", data=np.zeros((3, 12, 20), np.float32))
     for uri in ("sim://?shape=24x16&dtype=uint8", f"hdf5://{tmp_path / 'f.h5'}", "zmq://127.0.0.1:1"):
         e = Engine(EngineConfig([uri], ["roi", "profile"]))
-        assert e.warmup_s > 0
+        assert e.warmed.wait(60) and e.warmup_s > 0
         e.close()
     # zmq announces nothing: warmed up on uint16 of a small shape
     assert seen == [((24, 16), "uint8"), ((12, 20), "float32"), (None, None)]

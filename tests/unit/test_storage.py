@@ -268,6 +268,66 @@ def test_flush_is_bounded_by_frames_and_interval(tmp_path):
     w.close()
 
 
+# ---- memory per frame ------------------------------------------------------------------------
+
+MEMORY = r'''
+import json, os, sys
+import numpy as np
+from tango_dqm.plugin import Result
+from tango_dqm.storage import ScanWriter
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+decl = [Result(f"r{i}", float) for i in range(16)] + [Result("count", int)]
+decl += [Result(f"spec{i}", float, kind="spectrum") for i in range(2)] + [Result("img", np.float32, kind="image")]
+row = {f"r{i}": float(i) for i in range(16)}
+row.update(count=3, spec0=np.arange(64.0), spec1=np.arange(48.0))
+w = ScanWriter(sys.argv[1], "mem", decl, {}, flush_interval=None, flush_frames=int(sys.argv[3]))
+for i in range(2000):  # warm-up: buffers, first chunks, imports done
+    w.append(i, 0.0, dict(row, img=np.zeros((32, 32), np.float32)), 0)
+w.flush()
+base = rss()
+for i in range(2000, int(sys.argv[2])):
+    w.append(i, 0.0, dict(row, img=np.zeros((32, 32), np.float32)) if i % 100 == 0 else row, 0)
+w.flush()
+out = {"growth": rss() - base, "mdc": w._file.id.get_mdc_size()[2], "mdc_max": w._file.id.get_mdc_config().max_size,
+       "chunk_cache": [w._file[f"entry/results/{n}"].id.get_access_plist().get_chunk_cache()[1]
+                       for n in ("frame_id", "r0", "spec0", "img")], "frames": w.frames_written}
+w.close()
+print(json.dumps(out), flush=True)
+'''
+
+
+def test_writer_memory_does_not_grow_per_frame(tmp_path):
+    """20k frames of per-frame results (17 scalars, 2 spectra, an image) in a fresh process.
+
+    HDF5 2.0 gives every dataset an 8 MiB chunk cache that written chunks fill and keep, so
+    before the fix this grew by ~20 MB here (and by tens of MB per minute in a fast Live run,
+    up to 8 MiB times the number of datasets); the metadata cache could reach 32 MiB.
+    """
+    from tango_dqm.storage import CHUNK_CACHE_BYTES, METADATA_CACHE_BYTES
+
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY)
+    frames = 20_000
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "mem.h5"), str(frames), "256"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["frames"] == frames
+    assert out["growth"] < 6e6, out  # the old code grew by ~20 MB
+    assert out["mdc_max"] <= METADATA_CACHE_BYTES and out["mdc"] <= METADATA_CACHE_BYTES, out
+    assert all(0 < c <= CHUNK_CACHE_BYTES for c in out["chunk_cache"]), out
+    with h5py.File(tmp_path / "mem.h5", "r") as f:  # and the file is complete
+        res = f["entry/results"]
+        assert res["frame_id"].shape == (frames,) and res["frame_id"][-1] == frames - 1
+        assert res["spec0"].shape == (frames, 64) and res["spec0"][-1, 63] == 63.0
+        assert res["spec1"].shape == (frames, 48) and res["spec1_length"][-1] == 48
+        assert res["img"].shape == (32, 32) and res["img_frame_id"][()] == frames - 100
+
+
 # ---- a reader in another process (SWMR) ------------------------------------------------------
 
 READER = r'''
