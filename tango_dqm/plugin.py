@@ -1,8 +1,10 @@
-"""The public analysis plugin API.
+"""The public analysis plugin API (version 2, docs/plugins.md).
 
-An analysis is a class that declares typed ``parameters`` and ``results`` and
-implements pure per-frame ``process`` plus mergeable run-level accumulation.
-The same class runs in the Tango device, in ``tango-dqm replay`` and in tests.
+An analysis is a class that declares typed ``parameters`` and ``results`` and implements
+``prepare`` (parameter-derived context, cached), a pure per-frame ``process`` returning a
+:class:`FrameOutput`, and mergeable run-level accumulation (``accumulate``, ``merge``,
+``finish``). The same class runs in the Tango device, in ``tango-dqm replay`` and in tests;
+:class:`Runner` calls it as the engine does, ``tango_dqm.contract`` checks it.
 """
 from __future__ import annotations
 
