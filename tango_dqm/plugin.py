@@ -167,17 +167,20 @@ class Runner:
         self.analysis = analysis
         names = analysis.prepare_parameters
         self._keys = tuple(p.name for p in analysis.parameters) if names is None else tuple(names)
-        self._values: tuple[Any, ...] | None = None
-        self._context: Any = None
+        # (values, context) as one object: the engine thread and the Init warm-up thread may both
+        # call process, and a context must never be paired with the values of another call
+        self._cache: tuple[tuple[Any, ...], Any] | None = None
         self.prepared = 0  # how often prepare ran (tests, diagnostics)
 
     def context(self, params: Params) -> Any:
         values = tuple(params.get(k) for k in self._keys)
-        if self._values is None or not all(_same(a, b) for a, b in zip(values, self._values)):
-            self._context = self.analysis.prepare(params)
-            self._values = values
-            self.prepared += 1
-        return self._context
+        cached = self._cache
+        if cached is not None and all(_same(a, b) for a, b in zip(values, cached[0])):
+            return cached[1]
+        context = self.analysis.prepare(params)
+        self._cache = (values, context)
+        self.prepared += 1
+        return context
 
     def process(self, frame: Frame, params: Params) -> FrameOutput:
         return as_output(self.analysis.process(frame, params, self.context(params)), self.analysis.name)

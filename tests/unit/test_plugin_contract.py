@@ -251,15 +251,24 @@ def test_prepare_runs_again_only_when_its_parameters_change():
 
 def test_engine_publishes_results_only_and_caches_the_context():
     engine = Engine(EngineConfig(["sim://?frames=15&shape=32x32"], ["tests.unit.plugins:AnnulusMean", "histogram"]))
+    assert engine.warmed.wait(30)  # the Init warm-up prepared the context with the defaults
     snap = run_scan(engine)
     assert snap.counters.completed == 15
     declared = {r.name for a in engine.analyses for r in a.results if not r.run_summary}
     assert set(snap.results) == declared  # no private data among the published results
-    assert engine._runners[0].prepared == 1
+    assert engine._runners[0].prepared == 1  # the scan reused it
     y, x = np.indices((32, 32))
     r = np.hypot(y - 15.5, x - 15.5)
     assert snap.summary["annulus_pixels"] == 15 * int(((r >= 2) & (r < 6)).sum())
     assert snap.summary["hist_run_frames"] == 15
+
+
+def test_a_parameter_written_after_init_gets_its_own_context():
+    engine = Engine(EngineConfig(["sim://?frames=10&shape=32x32"], ["tests.unit.plugins:AnnulusMean"]))
+    snap = run_scan(engine, {"annulus_outer": 9.0})  # possibly while the warm-up still prepares the default
+    y, x = np.indices((32, 32))
+    r = np.hypot(y - 15.5, x - 15.5)
+    assert snap.summary["annulus_pixels"] == 10 * int(((r >= 2) & (r < 9)).sum())
 
 
 def test_base_merge_refuses_to_drop_data():
