@@ -7,9 +7,9 @@ import warnings
 import pytest
 import tango
 from tango.test_context import DeviceTestContext
-
 from tango_dqm.devices.mapping import describe_attributes, device_attribute_names
 from tango_dqm.devices.monitor import DataQualityMonitor
+
 from tango_dqm.plugin import DEVICE_ATTRIBUTES, PluginError, registered_analyses
 
 pytestmark = pytest.mark.timeout(120)

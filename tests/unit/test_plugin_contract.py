@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tango_dqm import Analysis, Frame, FrameOutput, Parameter, Params, PluginError, Result, load_analysis
+from tango_dqm import Analysis, Frame, FrameOutput, Params, PluginError, Result, load_analysis
 from tango_dqm.cli import main as cli_main
 from tango_dqm.contract import behaviour_problems, check_plugin, declaration_problems, default_params
 from tango_dqm.engine import Engine, EngineConfig
@@ -33,11 +33,11 @@ def test_installed_analysis_keeps_the_contract(name):
 
 
 def docs_examples() -> list[type[Analysis]]:
-    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL)
     classes = []
     for i, code in enumerate(blocks):
         namespace: dict = {"__name__": f"docs_plugins_example_{i}"}
-        exec(compile(code, f"{DOCS}:block{i}", "exec"), namespace)  # our own docs, not untrusted input
+        exec(compile(code, f"{DOCS}:block{i}", "exec"), namespace)  # noqa: S102 - our own docs, not untrusted input
         classes += [v for v in namespace.values()
                     if isinstance(v, type) and issubclass(v, Analysis) and v is not Analysis]
     return classes
