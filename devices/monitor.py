@@ -505,7 +505,13 @@ class DataQualityMonitor(Device):
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
         status = f"{status}. {self._note}" if self._note else status
-        return f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        status = f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        if self.dev_state() == DevState.ALARM:
+            # Tango turns ON into ALARM when a result is outside its alarm range: Status says so first,
+            # and Tango's own text below names the attributes
+            status = f"ALARM: a result attribute is outside its alarm range; {status}"
+        self.set_status(status)
+        return super().dev_status()
 
     # ---- commands ---------------------------------------------------------------------
 

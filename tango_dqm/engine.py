@@ -132,6 +132,9 @@ class Snapshot:
     verdict_report: str = ""
 
 
+#: scan numbers of this process: an Init (a new Engine) must not reuse the last scan's id and file name
+_SCAN_SEQ = itertools.count(1)
+
 _DONE = object()  # a source thread finished
 
 
@@ -197,7 +200,6 @@ class Engine:
         self._frame_id: int | None = None
         self._summary: dict[str, Any] = {}
         self._bad_kinds: dict[str, int] = {}
-        self._scan_seq = itertools.count(1)
         self._scan_id = ""
         self._stop = threading.Event()
         self._generation = 0
@@ -250,7 +252,7 @@ class Engine:
             self._end_reason = ""
             self._arrivals.clear()
             self._before_window = None
-            self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
+            self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(_SCAN_SEQ):04d}"
             self._live = live
             self.quality.start(time.monotonic())
             if self.products is not None:
