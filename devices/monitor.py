@@ -603,7 +603,13 @@ class DataQualityMonitor(Device):
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
         status = f"{status}. {self._note}" if self._note else status
-        return f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        status = f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        if self.dev_state() == DevState.ALARM:
+            # Tango turns ON into ALARM when a result is outside its alarm range: Status says so first,
+            # and Tango's own text below names the attributes
+            status = f"ALARM: a result attribute is outside its alarm range; {status}"
+        self.set_status(status)
+        return super().dev_status()
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -784,48 +790,57 @@ class DataQualityMonitor(Device):
             return None
         return self.engine.snapshot().counters
 
-    @attribute(dtype="DevLong64", doc="events expected in the scan when known, else events seen")
+    @attribute(dtype="DevLong64", label="Total events", unit="events", format="%d",
+               doc="events expected in the scan when known, else events seen")
     def totalEvents(self) -> int:
         c = self._counters()
         return c.total if c else 0
 
-    @attribute(dtype="DevLong64", doc="events fully analysed")
+    @attribute(dtype="DevLong64", label="Completed events", unit="events", format="%d",
+               doc="events fully analysed")
     def completedEvents(self) -> int:
         c = self._counters()
         return c.completed if c else 0
 
-    @attribute(dtype="DevLong64", doc="events lost, each once: queue overflow in live mode, frame-id gaps, "
+    @attribute(dtype="DevLong64", label="Dropped events", unit="events", format="%d",
+               doc="events lost, each once: queue overflow in live mode, frame-id gaps, "
                                         "frames announced but never sent, events whose primary frame never arrived")
     def droppedEvents(self) -> int:
         c = self._counters()
         return c.dropped if c else 0
 
-    @attribute(dtype="DevLong64", doc="malformed messages, counted and skipped")
+    @attribute(dtype="DevLong64", label="Bad events", unit="events", format="%d",
+               doc="malformed messages, counted and skipped")
     def badEvents(self) -> int:
         c = self._counters()
         return c.bad if c else 0
 
-    @attribute(dtype="DevLong64", doc="events analysed with a partner stream missing (several Sources)")
+    @attribute(dtype="DevLong64", label="Partial events", unit="events", format="%d",
+               doc="events analysed with a partner stream missing (several Sources)")
     def partialEvents(self) -> int:
         c = self._counters()
         return c.partial if c else 0
 
-    @attribute(dtype="DevLong64", doc="frames whose id their stream had already delivered: skipped, not dropped")
+    @attribute(dtype="DevLong64", label="Duplicate frames", unit="frames", format="%d",
+               doc="frames whose id their stream had already delivered: skipped, not dropped")
     def duplicateEvents(self) -> int:
         c = self._counters()
         return c.duplicate if c else 0
 
-    @attribute(dtype="DevLong64", doc="frames that came after a higher id of their stream: analysed, not dropped")
+    @attribute(dtype="DevLong64", label="Out-of-order frames", unit="frames", format="%d",
+               doc="frames that came after a higher id of their stream: analysed, not dropped")
     def outOfOrderEvents(self) -> int:
         c = self._counters()
         return c.out_of_order if c else 0
 
-    @attribute(dtype=float, unit="Hz", doc="analysed events per second, by their arrival times over the last 2 s")
+    @attribute(dtype=float, unit="Hz", label="Event rate", format="%.1f",
+               doc="analysed events per second, by their arrival times over the last 2 s")
     def eventRate(self) -> float:
         c = self._counters()
         return c.event_rate if c else 0.0
 
-    @attribute(dtype=float, unit="ms", doc="receive-to-result time of the last event")
+    @attribute(dtype=float, unit="ms", label="Latency", format="%.2f",
+               doc="receive-to-result time of the last event")
     def latency(self) -> float:
         c = self._counters()
         return c.latency_ms if c else 0.0
@@ -851,7 +866,7 @@ class DataQualityMonitor(Device):
     def verdictReport(self) -> str:
         return self.engine.snapshot().verdict_report if self.engine else self._config_error
 
-    @attribute(dtype=float, unit="", min_value=0, max_value=1,
+    @attribute(dtype=float, unit="", label="Verdict coverage", format="%.3f", min_value=0, max_value=1,
                doc="fraction of the run's frames (incl. dropped and bad) on which the verdict was evaluated")
     def verdictCoverage(self) -> float:
         return self.engine.snapshot().coverage if self.engine else 0.0

@@ -5,6 +5,7 @@
     tango-dqm once FILE.h5 [--analysis ...] [--params p.json] [-o results.h5]
     tango-dqm report results.h5|DIR ...
     tango-dqm runs DIR [--csv|--json]
+    tango-dqm check-plugin module:Class|NAME ...
 
 SOURCE is any source URI (sim://, zmq://, bsread://, hdf5://, watch://) or a file written by
 ``record``. Parameter files are JSON or YAML objects {parameter: value}, never pickles.
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from . import __version__
 from .engine import EngineError, Snapshot
 from .params import ParameterError
-from .plugin import PluginError
+from .plugin import PluginError, load_analysis
 from .replay import load_params, print_summary, record, replay, replay_uri
 from .sources import SourceError
 
@@ -80,6 +81,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if snap.state.value == "CLOSE" else 1
 
 
+def _cmd_check_plugin(args: argparse.Namespace) -> int:
+    """Exit 0 when every plugin keeps the contract, 1 with the problems otherwise."""
+    from .contract import check_plugin, format_problems
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like python -m: the user's module in the current directory
+    failed = 0
+    for spec in args.plugins:
+        try:
+            problems = check_plugin(load_analysis(spec))
+        except PluginError as exc:
+            problems = [str(exc)]
+        print(format_problems(spec, problems), file=sys.stdout if not problems else sys.stderr)
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("report", "runs"):  # their own parsers, so that --help shows their usage
@@ -111,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--dataset", help="replay this dataset of any HDF5 file (frames along the first axis)")
         p.add_argument("--ids", help="with --dataset: a 1-D dataset of frame ids (default: the index)")
         p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("check-plugin", help="check analysis plugins against the plugin contract (offline)")
+    p.add_argument("plugins", nargs="+", metavar="module:Class", help="module:Class or an installed analysis name")
+    p.set_defaults(func=_cmd_check_plugin)
 
     p = sub.add_parser("report", help="regenerate the HTML run report of results files")
     p.add_argument("rest", nargs=argparse.REMAINDER)

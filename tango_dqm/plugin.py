@@ -1,17 +1,22 @@
-"""The public analysis plugin API.
+"""The public analysis plugin API (version 2, docs/plugins.md).
 
-An analysis is a class that declares typed ``parameters`` and ``results`` and
-implements pure per-frame ``process`` plus mergeable run-level accumulation.
-The same class runs in the Tango device, in ``tango-dqm replay`` and in tests.
+An analysis is a class that declares typed ``parameters`` and ``results`` and implements
+``prepare`` (parameter-derived context, cached), a pure per-frame ``process`` returning a
+:class:`FrameOutput`, and mergeable run-level accumulation (``accumulate``, ``merge``,
+``finish``). The same class runs in the Tango device, in ``tango-dqm replay`` and in tests;
+:class:`Runner` calls it as the engine does, ``tango_dqm.contract`` checks it.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass
-from numbers import Real
 from importlib.metadata import entry_points
+from numbers import Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +25,7 @@ from .frames import Frame
 from .params import Parameter, Params, ParamType
 
 ENTRY_POINT_GROUP = "tango_dqm.analysis"
+log = logging.getLogger(__name__)
 # What a Tango attribute can be named: a letter, then letters, digits or underscores.
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 MAX_ARRAY_LENGTH = 1 << 16  # longest spectrum attribute the device declares
@@ -27,8 +33,8 @@ MAX_ARRAY_LENGTH = 1 << 16  # longest spectrum attribute the device declares
 # them, and ``live_<stream>`` is the device's per-detector switch.
 DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "partialEvents",
-    "eventRate", "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage",
-    "outputFile", "referenceVersion", "runSummary", "parameterLog"))
+    "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage",
+    "outputFile", "referenceVersion", "runSummary", "parameterLog", "lostFraction", "httpUrl"))
 RESERVED_PREFIX = "live_"
 
 
@@ -43,8 +49,13 @@ class Result:
     ``kind`` is ``"scalar"``, ``"spectrum"`` (1-D) or ``"image"`` (2-D); ``dtype`` may be
     ``str`` for a status text. ``warning`` and ``alarm`` are default ``(min, max)`` ranges
     (``None`` for an open side) that the device maps onto Tango's attribute alarm
-    properties. ``run_summary=True`` marks a result that ``finish`` gives once per run
-    rather than ``process`` per frame.
+    properties; for an integer result they must be integers. ``run_summary=True`` marks a
+    result that ``finish`` gives once per run rather than ``process`` per frame.
+
+    What Jive and Taranta show: ``label``, ``description``, ``unit`` (``""`` only with
+    ``dimensionless=True``) and ``format`` (printf style, ``"%.3f"``, ``"%d"``; ``""`` for
+    ``str``/``bool``). ``axis`` names the spectrum result that holds the x values of this
+    spectrum (``Result("profile_x", ..., axis="profile_x_axis")``): plotted together.
     """
 
     name: str
@@ -57,6 +68,9 @@ class Result:
     warning: tuple[float | None, float | None] | None = None
     alarm: tuple[float | None, float | None] | None = None
     run_summary: bool = False
+    format: str = ""
+    dimensionless: bool = False
+    axis: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("scalar", "spectrum", "image"):
@@ -64,39 +78,170 @@ class Result:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
 
+@dataclass(frozen=True)
+class FrameOutput:
+    """What ``process`` returns: published ``results`` (declared names only) and ``private``
+    data for ``accumulate`` alone (never published, stored or checked)."""
+
+    results: dict[str, Any]
+    private: Any = None
+
+
 class Analysis:
-    """Base class of every analysis plugin.
+    """Base class of every analysis plugin (plugin API v2).
 
     Subclasses set ``name``, ``parameters`` and ``results`` and override ``process``.
-    ``process`` must be pure: no I/O, no state kept on ``self`` between frames, never
-    modify ``frame.data``. Run-level state lives in the accumulator, which must be
-    mergeable: ``merge(accumulate(a, x), b) == accumulate(merge(a, b), x)``.
+    ``prepare`` computes parameter-derived data (masks, slices) once: the engine calls it
+    again only when one of ``prepare_parameters`` (default: all the plugin's parameters)
+    changes, and hands the result to ``process`` as ``context``. ``process`` must be pure:
+    no I/O, no state kept on ``self`` between frames, never modify ``frame.data`` or the
+    context. Run-level state lives in the accumulator, which must be mergeable:
+    ``merge(accumulate(a, x), b) == accumulate(merge(a, b), x)``; ``finish`` must not
+    modify it (it is also called during the run, for interim quality checks).
     """
 
+    #: plugin API version the class is written against (1: deprecated, see docs/plugins.md)
+    api_version: ClassVar[int] = 2
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0"
     parameters: ClassVar[list[Parameter]] = []
     results: ClassVar[list[Result]] = []
+    #: the parameters ``prepare`` depends on; None: all of this plugin's parameters
+    prepare_parameters: ClassVar[tuple[str, ...] | None] = None
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
-        """Per-frame results, keyed by declared result names."""
+    def prepare(self, params: Params) -> Any:
+        """Parameter-derived data for ``process`` (None by default)."""
+        return None
+
+    def process(self, frame: Frame, params: Params, context: Any) -> FrameOutput | dict[str, Any]:
+        """Per-frame results (a plain dict is results only, no private data)."""
         raise NotImplementedError
 
     def new_accumulator(self) -> Any:
         """An empty run-level accumulator (``None`` if the analysis keeps none)."""
         return None
 
-    def accumulate(self, acc: Any, frame_results: dict[str, Any]) -> Any:
-        """Fold one frame's results into ``acc`` and return it."""
+    def accumulate(self, acc: Any, output: FrameOutput, params: Params) -> Any:
+        """Fold one frame's output into ``acc`` and return it."""
         return acc
 
     def merge(self, a: Any, b: Any) -> Any:
         """Combine two accumulators (from two workers or two parts of a run)."""
-        return a
+        if a is None and b is None:
+            return None
+        raise PluginError(f"analysis {self.name!r} keeps an accumulator but does not define merge(); "
+                          "define merge(a, b) so that no accumulated data is dropped")
 
     def finish(self, acc: Any) -> dict[str, Any]:
-        """Run summary values from the final accumulator."""
+        """Run summary values from the final (or an interim) accumulator."""
         return {}
+
+
+def as_output(value: Any, name: str = "") -> FrameOutput:
+    """``process``'s return value as a FrameOutput; PluginError for anything else."""
+    if isinstance(value, FrameOutput):
+        if not isinstance(value.results, dict):
+            raise PluginError(f"analysis {name!r}: FrameOutput.results is {type(value.results).__name__}, "
+                              "not a dict")
+        return value
+    if isinstance(value, dict):
+        return FrameOutput(value)
+    raise PluginError(f"analysis {name!r}: process returned {type(value).__name__}, not a FrameOutput or dict")
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Arrays (file parameters) are compared by identity: the store makes a new one per write.
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is b
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an odd value: treat as changed, prepare again
+        return False
+
+
+class Runner:
+    """Calls one analysis the way the engine, replay and the contract test do: the
+    ``prepare`` context cached on the values it depends on, outputs normalised."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        names = analysis.prepare_parameters
+        self._keys = tuple(p.name for p in analysis.parameters) if names is None else tuple(names)
+        # (values, context) as one object: the engine thread and the Init warm-up thread may both
+        # call process, and a context must never be paired with the values of another call
+        self._cache: tuple[tuple[Any, ...], Any] | None = None
+        self.prepared = 0  # how often prepare ran (tests, diagnostics)
+
+    def context(self, params: Params) -> Any:
+        values = tuple(params.get(k) for k in self._keys)
+        cached = self._cache
+        if cached is not None and all(_same(a, b) for a, b in zip(values, cached[0])):
+            return cached[1]
+        context = self.analysis.prepare(params)
+        self._cache = (values, context)
+        self.prepared += 1
+        return context
+
+    def process(self, frame: Frame, params: Params) -> FrameOutput:
+        return as_output(self.analysis.process(frame, params, self.context(params)), self.analysis.name)
+
+    def accumulate(self, acc: Any, output: FrameOutput, params: Params) -> Any:
+        return self.analysis.accumulate(acc, output, params)
+
+
+class V1Adapter(Analysis):
+    """Deprecated: runs a plugin API v1 class (``process(frame, params)`` returning ``_``-prefixed
+    private keys, ``accumulate(acc, frame_results)``) through the v2 calls. Removed in a later release."""
+
+    def __init__(self, inner: Analysis):
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.version = inner.version  # type: ignore[misc]
+        self.parameters = inner.parameters  # type: ignore[misc]
+        self.results = inner.results  # type: ignore[misc]
+
+    def process(self, frame: Frame, params: Params, context: Any) -> FrameOutput:
+        out = self.inner.process(frame, params)  # type: ignore[call-arg]
+        if not isinstance(out, dict):
+            return as_output(out, self.name)
+        return FrameOutput({k: v for k, v in out.items() if not k.startswith("_")}, out)
+
+    def new_accumulator(self) -> Any:
+        return self.inner.new_accumulator()
+
+    def accumulate(self, acc: Any, output: FrameOutput, params: Params) -> Any:
+        if type(self.inner).accumulate is Analysis.accumulate:  # v1 plugin without an accumulator
+            return acc
+        full = output.private if isinstance(output.private, dict) else output.results
+        return self.inner.accumulate(acc, full)  # type: ignore[call-arg]
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return self.inner.merge(a, b)
+
+    def finish(self, acc: Any) -> dict[str, Any]:
+        return self.inner.finish(acc)
+
+
+def is_v1(cls: type[Analysis]) -> bool:
+    """A class written against plugin API v1 (declared, or ``process`` without ``context``)."""
+    if getattr(cls, "api_version", 2) == 1:
+        return True
+    try:
+        n = len(inspect.signature(cls.process).parameters)
+    except (TypeError, ValueError):
+        return False
+    return n == 3  # self, frame, params
+
+
+def instantiate(cls: type[Analysis]) -> Analysis:
+    """An instance ready for the v2 calls (a v1 class wrapped in :class:`V1Adapter`, with a warning)."""
+    if is_v1(cls):
+        warnings.warn(f"analysis {cls.name!r} uses the deprecated plugin API v1; see docs/plugins.md, "
+                      "'Migrating from v1'", DeprecationWarning, stacklevel=2)
+        log.warning("analysis %r uses the deprecated plugin API v1 (docs/plugins.md, 'Migrating from v1')",
+                    cls.name)
+        return V1Adapter(cls())
+    return cls()
 
 
 def load_analysis(spec: str) -> type[Analysis]:
@@ -130,6 +275,11 @@ def load_analysis(spec: str) -> type[Analysis]:
         raise PluginError(f"analysis {spec!r} has no name")
     validate_analysis(cls, spec)
     return cls
+
+
+def registered_analyses() -> list[str]:
+    """Names of the analyses installed through the ``tango_dqm.analysis`` entry point group."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def validate_analysis(cls: type[Analysis], spec: str = "") -> None:
@@ -181,7 +331,7 @@ def _number(value: Any) -> bool:
 
 
 def _parameter_rule(p: Parameter) -> str | None:
-    rule = _text_rule(unit=p.unit, label=p.label, description=p.description)
+    rule = _text_rule(unit=p.unit, label=p.label, description=p.description, format=p.format)
     if rule:
         return rule
     numeric = p.type in (ParamType.INT, ParamType.FLOAT, ParamType.INT_ARRAY, ParamType.FLOAT_ARRAY)
@@ -211,7 +361,7 @@ def _parameter_rule(p: Parameter) -> str | None:
 
 
 def _result_rule(r: Result) -> str | None:
-    rule = _text_rule(unit=r.unit, label=r.label, description=r.description)
+    rule = _text_rule(unit=r.unit, label=r.label, description=r.description, format=r.format, axis=r.axis)
     if rule:
         return rule
     kind = r.dtype.kind

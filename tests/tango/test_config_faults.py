@@ -71,7 +71,7 @@ BAD_PLUGINS = textwrap.dedent('''
     class _Base(Analysis):
         version = "1"
 
-        def process(self, frame, params):
+        def process(self, frame, params, context):
             return {}
 
 

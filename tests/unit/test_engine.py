@@ -266,7 +266,7 @@ class Stall(Analysis):
     def __init__(self):
         self.seen = 0
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         time.sleep(params.stall_first if self.seen == 0 else params.stall_each)  # the analysis cost itself
         self.seen += 1
         return {"stall_frame": int(frame.frame_id)}
@@ -431,3 +431,16 @@ def test_id_tracker_partner_ids_before_the_first_series_are_one_numbering():
     assert t.observe(5, "") is IdKind.LATE and t.missing == 0
     assert t.observe(7, "other") is IdKind.NEW  # a named series that changes still starts over
     assert t.missing == 0
+
+
+def test_a_new_engine_never_reuses_the_last_scan_id(tmp_path):
+    """Init builds a new Engine; a Start in the same second must not collide with the last results file."""
+    ids = []
+    for _ in range(2):
+        e = Engine(EngineConfig(["sim://?frames=2&shape=8x8&rate=0"], output_directory=str(tmp_path)))
+        ids.append(e.start())
+        wait_state(e, EngineState.CLOSE)
+        assert e.snapshot().state is EngineState.CLOSE
+        e.close()
+    assert ids[0] != ids[1]
+    assert len(list(tmp_path.glob("scan_*.h5"))) == 2
