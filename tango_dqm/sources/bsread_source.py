@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import compression as _compression
+from . import compression as _compression
 from ..frames import BadInput, Frame, SeriesEnd, check_shape, is_count, short
 from .base import BacklogMeter, Source, SourceError, SourceItem, SourceSpec
 

@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .. import compression as _compression
+from . import compression as _compression
 from ..frames import BadInput, Frame, SeriesEnd, check_shape, is_count, short
 from .base import BacklogMeter, Source, SourceError, SourceItem, SourceSpec
 
