@@ -23,8 +23,8 @@ from tango_dqm.engine import Engine, EngineConfig, EngineError
 from tango_dqm.http import HttpServerError, ResultsHttpServer
 from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
-from tango_dqm.quality import LossCheck, Verdict, checks_from_config, range_verdict
-from tango_dqm.references import ReferenceStore, ReferenceStoreError
+from tango_dqm.quality import TANGO_QUALITY, LossCheck, Verdict, checks_from_config, range_verdict
+from tango_dqm.quality.references import ReferenceStore, ReferenceStoreError
 from tango_dqm.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
@@ -34,11 +34,8 @@ from .mapping import memorized_value, parameter_attr, parameter_value, result_at
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
 _COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "duplicateEvents", "outOfOrderEvents")
-_VERDICT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.INSUFFICIENT: AttrQuality.ATTR_VALID,
-                    Verdict.WARNING: AttrQuality.ATTR_WARNING, Verdict.ERROR: AttrQuality.ATTR_ALARM,
-                    Verdict.STALE: AttrQuality.ATTR_ALARM}
-_RESULT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.WARNING: AttrQuality.ATTR_WARNING,
-                   Verdict.ERROR: AttrQuality.ATTR_ALARM}
+# the core's one Verdict -> quality-name mapping, turned into AttrQuality once
+_VERDICT_QUALITY = {v: getattr(AttrQuality, name) for v, name in TANGO_QUALITY.items()}
 core_log = logging.getLogger("tango_dqm")
 _event_socket = {"ready": False}  # per process: the ZMQ event socket exists
 
@@ -340,8 +337,9 @@ class DataQualityMonitor(Device):
         value, quality = result_value(result, raw)
         if quality == AttrQuality.ATTR_VALID and name in self._limits:
             # the same rule Tango applies on read, so pushed events carry the same quality
-            verdict = range_verdict(value, *self._limits[name])
-            quality = _RESULT_QUALITY.get(verdict, quality)
+            verdict = range_verdict(value, *self._limits[name])  # OK, WARNING, ERROR or None (no value)
+            if verdict is not None:
+                quality = _VERDICT_QUALITY[verdict]
         return value, quality
 
     # Range checks follow the result attributes' alarm properties (min/max_warning,

@@ -32,7 +32,7 @@ from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instanti
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
-from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
+from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
 from .output_stream import ResultStream
 from .sources import Source, SourceError, SourceSpec, open_source
