@@ -25,7 +25,7 @@ from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import TANGO_QUALITY, LossCheck, Verdict, checks_from_config, range_verdict
 from tango_dqm.quality.references import ReferenceStore, ReferenceStoreError
-from tango_dqm.runlog import COMMON_METADATA
+from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 

@@ -101,9 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("report", "runs"):  # their own parsers, so that --help shows their usage
         if argv[0] == "report":
-            from .report import main as report_main
+            from .products.report import main as report_main
             return report_main(argv[1:])
-        from .runlog import main as runs_main
+        from .products.runlog import main as runs_main
         return runs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tango-dqm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tango-dqm {__version__}")
@@ -148,10 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda r: not (r.name == "tango_dqm.engine" and r.getMessage().startswith("FAULT")))
     if args.command == "report":
-        from .report import main as report_main
+        from .products.report import main as report_main
         return report_main(args.rest)
     if args.command == "runs":
-        from .runlog import main as runs_main
+        from .products.runlog import main as runs_main
         return runs_main(args.rest)
     try:
         return args.func(args)

@@ -34,7 +34,7 @@ from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, Sta
 from .products import ScanProducts
 from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
-from .output_stream import ResultStream
+from .products.output_stream import ResultStream
 from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)

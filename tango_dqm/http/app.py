@@ -34,7 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..files import PathConfinementError, confine
-from ..storage import SCAN_SUFFIXES
+from ..products.scanfile import SCAN_SUFFIXES
 from . import hsds
 from .hsds import HttpError
 

@@ -13,7 +13,9 @@ from typing import Any
 from collections.abc import Mapping
 
 from .report import ReportWorker
-from .storage import MARKS, ScanWriter, confined_path, mark_scan, scan_file_name, write_lost_frames
+from .marks import mark_scan
+from .scanfile import MARKS, confined_path, scan_file_name, write_lost_frames
+from .writer import ScanWriter
 
 log = logging.getLogger(__name__)
 
