@@ -55,6 +55,42 @@ class EngineState(str, enum.Enum):
     FAULT = "FAULT"
 
 
+#: The state machine's commands as data: command -> the states it is allowed in (README's table).
+#: Stop outside RUNNING is a no-op rather than a refusal (a run may end on its own meanwhile).
+TRANSITIONS: dict[str, frozenset[EngineState]] = {
+    "Start": frozenset({EngineState.ON, EngineState.CLOSE}),
+    "Live": frozenset({EngineState.ON, EngineState.CLOSE}),
+    "Stop": frozenset({EngineState.RUNNING}),
+    "Reset": frozenset({EngineState.CLOSE, EngineState.FAULT}),
+    "Flag": frozenset({EngineState.CLOSE}),
+    "Archive": frozenset({EngineState.CLOSE}),
+    "TakeReference": frozenset({EngineState.CLOSE}),
+    "TakeBackground": frozenset({EngineState.CLOSE}),
+}
+_ORDER = tuple(EngineState)
+
+
+def refusal(command: str, state: EngineState) -> str | None:
+    """Why ``command`` is refused in ``state`` (None when allowed), saying what to do instead."""
+    allowed = TRANSITIONS[command]
+    if state in allowed:
+        return None
+    if command in ("Start", "Live"):
+        return f"{command} is not allowed in {state.value}" + (
+            "; run Reset first" if state is EngineState.FAULT else "; Stop first")
+    if command in ("TakeReference", "TakeBackground"):
+        return f"{command} needs a finished scan (CLOSE), not {state.value}"
+    names = " and ".join(s.value for s in _ORDER if s in allowed)
+    return f"{command} is allowed in {names}, not in {state.value}"
+
+
+def _refuse_unless(command: str, state: EngineState) -> None:
+    """The one refusal helper of the commands: raise EngineError unless ``command`` is allowed in ``state``."""
+    why = refusal(command, state)
+    if why is not None:
+        raise EngineError(why)
+
+
 class EngineError(RuntimeError):
     """A command is not allowed now, or the configuration is invalid."""
 
@@ -241,9 +277,7 @@ class Engine:
         if self._state is not EngineState.RUNNING:
             self._wait_sources_closed(CLOSE_TIMEOUT)
         with self._lock:
-            if self._state not in (EngineState.ON, EngineState.CLOSE):
-                raise EngineError(f"{'Live' if live else 'Start'} is not allowed in {self._state.value}"
-                                  + ("; run Reset first" if self._state is EngineState.FAULT else "; Stop first"))
+            _refuse_unless("Live" if live else "Start", self._state)
             missing = [] if live else self.missing_metadata()
             if missing:
                 raise EngineError(f"Start refused: required scan metadata not set: {', '.join(missing)} "
@@ -302,15 +336,14 @@ class Engine:
     def stop(self) -> None:
         """Ask sources to stop; the engine drains what is queued, then goes to CLOSE."""
         with self._lock:
-            if self._state is EngineState.RUNNING:
+            if refusal("Stop", self._state) is None:
                 self._end_reason = self._end_reason or "stopped"
                 self._stop.set()
 
     def reset(self) -> None:
         """CLOSE or FAULT -> ON with results cleared."""
         with self._lock:
-            if self._state not in (EngineState.CLOSE, EngineState.FAULT):
-                raise EngineError(f"Reset is allowed in CLOSE and FAULT, not in {self._state.value}")
+            _refuse_unless("Reset", self._state)
             self._stop.set()
             self._generation += 1  # a still-draining engine thread of a faulted scan is now ignored
             self._counters = Counters()
@@ -350,9 +383,7 @@ class Engine:
     def mark(self, mark: str, reason: str = "") -> str:
         """Flag ("flagged", bad) or Archive ("archived", good) the finished scan; allowed in CLOSE."""
         with self._lock:
-            if self._state is not EngineState.CLOSE:
-                raise EngineError(f"{'Flag' if mark == 'flagged' else 'Archive'} is allowed in CLOSE, "
-                                  f"not in {self._state.value}")
+            _refuse_unless("Flag" if mark == "flagged" else "Archive", self._state)
         if self.products is None:
             raise EngineError("no results file: set the OutputDirectory property, then run Init")
         try:
@@ -542,8 +573,7 @@ class Engine:
     def take_reference(self, store: ReferenceStore, name: str = "reference") -> ReferenceInfo:
         """Store the accumulated array results of the finished scan as the new reference version."""
         with self._lock:
-            if self._state is not EngineState.CLOSE:
-                raise EngineError(f"TakeReference needs a finished scan (CLOSE), not {self._state.value}")
+            _refuse_unless("TakeReference", self._state)
             arrays = {k: np.asarray(v) for k, v in self._summary.items()
                       if isinstance(v, np.ndarray) and v.ndim >= 1 and v.dtype.kind in "biuf"}
             scan_id = self._scan_id
@@ -557,8 +587,7 @@ class Engine:
         """Store the mean image of the finished scan as the next dark-image version and use it
         as the ``dark`` parameter from the next frame on."""
         with self._lock:
-            if self._state is not EngineState.CLOSE:
-                raise EngineError(f"TakeBackground needs a finished scan (CLOSE), not {self._state.value}")
+            _refuse_unless("TakeBackground", self._state)
             image = self._summary.get(source)
             scan_id = self._scan_id
         if "dark" not in self.params.declarations:
@@ -999,4 +1028,4 @@ class _Run:
     finished: bool = False
 
 
-__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]
+__all__ = ["TRANSITIONS", "Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot", "refusal"]
