@@ -26,7 +26,7 @@ URI form::
 
 The data header is re-read whenever its hash changes, so a sender may change the image
 shape, dtype, compression or channel set at any time without a restart. Images are
-decoded by :mod:`tango_dqm.compression` (``none`` zero-copy over the ZeroMQ buffer,
+decoded by :mod:`tango_dqm.sources.compression` (``none`` zero-copy over the ZeroMQ buffer,
 ``bitshuffle_lz4`` and ``lz4`` validated before decoding); other channels by bsread's
 own readers.
 
@@ -75,7 +75,7 @@ OPTIONS = frozenset({"channel", "mode", "bind", "frames", "idle", "start", "hwm"
 #: bsread channel types an image channel may have -> numpy type code
 NUMERIC_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
                  "int64": "i8", "uint64": "u8", "float32": "f4", "float64": "f8"}
-#: bsread compression names -> tango_dqm.compression names
+#: bsread compression names -> tango_dqm.sources.compression names
 COMPRESSIONS = {None: "none", "none": "none", "bitshuffle_lz4": "bslz4", "lz4": "lz4_sized"}
 
 
@@ -152,7 +152,7 @@ class BsreadHandler:
     """An mflow receive handler for bsread messages yielding Frame / BadInput / None.
 
     It replaces bsread's ``handlers.compact.Handler`` (passed as ``bsread.Source.receive(
-    handler=...)``) so the image is decoded by :mod:`tango_dqm.compression` and every
+    handler=...)``) so the image is decoded by :mod:`tango_dqm.sources.compression` and every
     malformed message becomes a BadInput with a kind, instead of a logged warning and a
     ``None`` value. It never raises: mflow would log the exception and report "no message".
     """

@@ -10,7 +10,7 @@ Uncompressed image data is wrapped zero-copy (``np.frombuffer`` over the ZeroMQ 
 ``"compression"`` may also be ``"bslz4"`` (bitshuffle + LZ4 as Dectris/STINS send it: the
 12-byte header, uint64 BE size and uint32 BE block size in bytes, then the
 ``bitshuffle.compress_lz4`` blocks) or ``"lz4"`` (one LZ4 block, no header); see
-:mod:`tango_dqm.compression`.
+:mod:`tango_dqm.sources.compression`.
 
 Options (anything else is refused when the ``Sources`` entry is parsed, i.e. at Init):
 
