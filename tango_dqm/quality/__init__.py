@@ -47,7 +47,7 @@ JSON object per line works as is), see :func:`checks_from_config`.
 """
 from __future__ import annotations
 
-from .checks import (Check, CheckResult, ChannelCheck, LossCheck, RangeCheck, ReferenceCheck, StalenessCheck,
+from .checks import (Check, CheckResult, ChannelCheck, Evidence, LossCheck, RangeCheck, ReferenceCheck, StalenessCheck,
                      format_id_ranges, range_verdict)
 from .configuration import CHECK_TYPES, checks_from_config
 from .monitor import Coverage, QualityMonitor, QualitySnapshot
@@ -58,7 +58,7 @@ from .verdicts import TANGO_QUALITY, VERDICT_ALARM_PROPERTIES, Verdict, worst
 # references (the reference store) stands apart and imports none of them.
 
 __all__ = [
-    "CHECK_TYPES", "ChannelCheck", "Check", "CheckResult", "Coverage", "LossCheck", "QualityMonitor",
+    "CHECK_TYPES", "ChannelCheck", "Check", "CheckResult", "Coverage", "Evidence", "LossCheck", "QualityMonitor",
     "QualitySnapshot", "format_id_ranges",
     "RangeCheck", "ReferenceCheck", "range_verdict", "StalenessCheck", "TANGO_QUALITY", "VERDICT_ALARM_PROPERTIES",
     "Verdict", "checks_from_config", "chi2_two_histograms", "ks_two_histograms", "worst",

@@ -38,6 +38,27 @@ class CheckResult:
 
 # ---- validation helpers (messages name the check and the field) ------------------------
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the monitor knows when it judges: every check reads its part (one signature, ``check(evidence)``).
+
+    ``accumulated``: run-accumulated results by name (reference and channel checks); the rest describes the
+    stream (staleness) and the frame accounting (loss) at time ``now``.
+    """
+
+    now: float = 0.0
+    last_frame_time: float | None = None
+    running: bool = True
+    run_start: float | None = None
+    last_frame_id: int | None = None
+    loss_counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # completed, lost, bad, total
+    lost_ranges: Sequence[tuple[int, int]] = ()
+    lost_ranges_dropped: int = 0
+    lost_known: int | None = None
+    accumulated: Mapping[str, Any] = field(default_factory=dict)
+    frames: int | None = None
+
+
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -255,6 +276,10 @@ class RangeCheck:
                 lst.append(int(frame_id))
         return v
 
+    def check(self, evidence: Evidence) -> CheckResult:
+        """The one evaluation signature; a range check judges the values it was fed."""
+        return self.evaluate()
+
     def evaluate(self) -> CheckResult:
         """The run-level result from everything recorded since the last reset."""
         n = self._entries
@@ -320,6 +345,11 @@ class StalenessCheck:
 
     def to_config(self) -> dict[str, Any]:
         return {"type": "staleness", "name": self.name, "timeout_s": self.timeout_s, "grace_s": self.grace_s}
+
+    def check(self, evidence: Evidence) -> CheckResult:
+        """The one evaluation signature."""
+        e = evidence
+        return self.evaluate(e.now, e.last_frame_time, e.running, e.run_start, e.last_frame_id)
 
     def evaluate(self, now: float, last_frame_time: float | None, running: bool = True,
                  since: float | None = None, last_frame_id: int | None = None) -> CheckResult:
@@ -395,6 +425,12 @@ class LossCheck:
     def tango_properties(self) -> dict[str, str]:
         """Alarm properties of the ``lostFraction`` attribute for these limits."""
         return {"max_warning": repr(self.warning), "max_alarm": repr(self.error)}
+
+    def check(self, evidence: Evidence) -> CheckResult:
+        """The one evaluation signature: lists at most ``max_ranges_listed`` lost ranges, counts the rest."""
+        shown = [(a, b) for a, b in evidence.lost_ranges[: self.max_ranges_listed]]
+        more = len(evidence.lost_ranges) - len(shown) + evidence.lost_ranges_dropped
+        return self.evaluate(*evidence.loss_counts, ranges=shown, known=evidence.lost_known, more_ranges=more)
 
     def evaluate(self, completed: int, lost: int, bad: int, total: int,
                  ranges: Sequence[tuple[int, int]] = (), known: int | None = None,
@@ -483,6 +519,10 @@ class ReferenceCheck:
         return {"type": "reference", "name": self.name, "result": self.result, "method": self.method,
                 "warning_p": self.warning_p, "error_p": self.error_p, "min_entries": self.min_entries}
 
+    def check(self, evidence: Evidence) -> CheckResult:
+        """The one evaluation signature: the accumulated histogram named ``result``."""
+        return self.evaluate(evidence.accumulated.get(self.result))
+
     def evaluate(self, histogram: Any) -> CheckResult:
         limits = {"method": self.method, "warning_p": self.warning_p, "error_p": self.error_p,
                   "min_entries": self.min_entries}
@@ -568,6 +608,10 @@ class ChannelCheck:
         return {"type": "channels", "name": self.name, "result": self.result, "dead_below": self.dead_below,
                 "noisy_above": self.noisy_above, "max_bad_warning": self.max_bad_warning,
                 "max_bad_error": self.max_bad_error, "min_frames": self.min_frames}
+
+    def check(self, evidence: Evidence) -> CheckResult:
+        """The one evaluation signature: the accumulated map named ``result`` over ``frames``."""
+        return self.evaluate(evidence.accumulated.get(self.result), evidence.frames)
 
     def evaluate(self, channel_map: Any, frames: int | None = None) -> CheckResult:
         limits = {"dead_below": self.dead_below, "noisy_above": self.noisy_above,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import Check, CheckResult, ChannelCheck, LossCheck, RangeCheck, ReferenceCheck, StalenessCheck
+from .checks import Check, CheckResult, Evidence, ChannelCheck, LossCheck, RangeCheck, ReferenceCheck, StalenessCheck
 from .configuration import CHECK_TYPES, _check_unique, checks_from_config
 from .verdicts import Range, Verdict, worst
 
@@ -339,9 +339,9 @@ class QualityMonitor:
             generation = self._generation
             frames = self._frames if frames is None else frames
         out = []
+        evidence = Evidence(accumulated=accumulated, frames=frames)
         for c in self._accumulated:  # computed outside the lock: update() is never held up
-            data = accumulated.get(c.result)
-            out.append(c.evaluate(data) if isinstance(c, ReferenceCheck) else c.evaluate(data, frames))
+            out.append(c.check(evidence))
         with self._lock:
             if generation == self._generation:
                 self._acc_results.update({r.name: r for r in out})
@@ -362,18 +362,14 @@ class QualityMonitor:
         now = self._clock() if now is None else now
         with self._lock:
             results: list[CheckResult] = []
+            evidence = Evidence(now=now, last_frame_time=self._last_frame_time, running=self._running,
+                                run_start=self._run_start, last_frame_id=self._last_frame_id,
+                                loss_counts=self._loss_counts, lost_ranges=self._lost_ranges,
+                                lost_ranges_dropped=self._lost_ranges_dropped, lost_known=self._lost_known)
             for c in self._checks:
-                if isinstance(c, RangeCheck):
-                    results.append(c.evaluate())
-                elif isinstance(c, StalenessCheck):
-                    results.append(c.evaluate(now, self._last_frame_time, self._running, self._run_start,
-                                              self._last_frame_id))
-                elif isinstance(c, LossCheck):
-                    shown = [(a, b) for a, b in self._lost_ranges[: c.max_ranges_listed]]
-                    more = len(self._lost_ranges) - len(shown) + self._lost_ranges_dropped
-                    results.append(c.evaluate(*self._loss_counts, ranges=shown, known=self._lost_known,
-                                              more_ranges=more))
-                else:
+                if isinstance(c, (RangeCheck, StalenessCheck, LossCheck)):
+                    results.append(c.check(evidence))
+                else:  # accumulated checks are judged by evaluate_references; their last result stands
                     results.append(self._acc_results.get(c.name) or CheckResult(
                         c.name, Verdict.INSUFFICIENT, None, {}, "not evaluated yet", check_type=c.check_type))
             verdict = worst((r.verdict for r in results), default=Verdict.INSUFFICIENT)
