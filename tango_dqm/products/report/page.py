@@ -1,0 +1,421 @@
+"""The report page of one scan (:func:`write_report`)."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...quality import format_id_ranges
+from ..scanfile import (MARKS, VERDICTS, safe_name)
+from .plots import PIXEL_CATEGORIES, _plot_curves, _plot_image, _plot_trend, _plot_verdicts
+from .reading import (VERDICT_COLOURS, _esc, _fmt, _href, _json_dict, _projection_axis, _read,
+                      _ScanData)
+
+log = logging.getLogger(__name__)
+
+# ---- the report page ------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;color:#222;max-width:1400px}
+h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.nowrap,td.num{white-space:nowrap}
+.verdict{font-weight:bold;padding:.1em .5em;border-radius:.3em;color:#fff}
+.mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
+.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0;flex:0 1 600px;max-width:100%}
+.plots img{width:100%;height:auto}td{overflow-wrap:break-word}
+figcaption{font-size:.8em;color:#555}
+pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}
+.verdict-box{border:1px solid #ccc;border-radius:.4em;padding:.3em .9em;background:#fafafa}
+.verdict-box ul.reasons{font-size:.95em}.frames{color:#555;font-size:.9em}
+.muted{color:#777}.small{font-size:.8em}
+table.runs{width:100%;table-layout:auto;font-size:.85em}td.brk{overflow-wrap:anywhere}td.scan{min-width:9em}
+td.why{min-width:15em}.verdict{white-space:nowrap}
+ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
+"""
+
+
+def _verdict_html(verdict: Any) -> str:
+    v = str(verdict or "")
+    if not v:
+        return '<span class="muted">none</span>'
+    colour = VERDICT_COLOURS.get(v.upper(), "#444444")
+    return f'<span class="verdict" style="background:{colour}">{_esc(v)}</span>'
+
+
+def _mark_html(info: dict[str, Any]) -> str:
+    mark = info.get("mark") or ""
+    if not mark:
+        return '<span class="muted">not marked</span>'
+    cls = f"mark-{mark}" if mark in MARKS else ""
+    extra = f": {_esc(info.get('mark_reason'))}" if info.get("mark_reason") else ""
+    when = f' <span class="muted">({_esc(info.get("mark_time"))})</span>' if info.get("mark_time") else ""
+    return f'<span class="{cls}">{_esc(mark)}</span>{extra}{when}'
+
+
+
+def _status(info: dict[str, Any]) -> str:
+    """``complete`` only for a finished scan that analysed every frame and lost none; otherwise
+    e.g. ``finished: 289/300 completed, 11 lost`` or ``stopped: 0/300 completed, 0 lost``."""
+    if info.get("error"):
+        return "unreadable"
+    if info.get("complete"):
+        completed = info.get("completed")
+        if completed is None:  # a file without counters: finished, but nothing says all arrived
+            return "finished" if info.get("frames") else "finished: no frames"
+        lost, bad, total, expected = info["lost"], info["bad"], info["total"], info.get("expected")
+        stopped = info.get("end_reason") == "stopped"
+        if completed > 0 and not lost and not bad and not stopped and (expected is None or completed >= expected):
+            return "complete"
+        return (f"{'stopped' if stopped else 'finished'}: {completed}/{total} completed, {lost} lost"
+                + (f", {bad} bad" if bad else ""))
+    if info.get("running"):
+        return "running"
+    if info.get("recovered"):
+        return "incomplete (writer stopped; recovered)"
+    return "incomplete (writer stopped)"
+
+
+def _rows(pairs: Sequence[tuple[str, str]], raw: bool = False) -> str:
+    return "\n".join(f"<tr><th>{_esc(k)}</th><td>{v if raw else _esc(v)}</td></tr>" for k, v in pairs)
+
+
+def _duration(start: str, end: str) -> str:
+    try:
+        d = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
+    except (TypeError, ValueError):
+        return ""
+    return f"{d.total_seconds():.1f} s"
+
+
+def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path."""
+    h5_path = Path(h5_path).resolve()
+    data = _read(h5_path)
+    out = Path(out_dir).resolve() if out_dir is not None else h5_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = safe_name(h5_path.stem)
+    plots_name = f"{stem}_plots"
+    plots = out / plots_name
+    plots.mkdir(exist_ok=True)
+    for old in plots.glob("*.png"):
+        old.unlink()
+    x = data.frame_id
+    figures: dict[str, list[tuple[str, str]]] = {"trends": [], "spectra": [], "histograms": [], "images": []}
+
+    def add(section: str, file: str, caption: str, draw) -> None:
+        try:
+            draw(plots / file)
+        except Exception as exc:  # noqa: BLE001 - one bad plot must not lose the page
+            log.warning("report %s: plot %s failed: %s", stem, file, exc)
+            return
+        figures[section].append((f"{plots_name}/{file}", caption))
+
+    if data.verdict is not None and len(x):
+        add("trends", "00_verdict.png", "per-frame verdict",
+            lambda p: _plot_verdicts(x, data.verdict, p, data.lost))
+    rois = _json_dict(data.provenance.get("rois_json"))
+    unit_of = {k: str(v.get("unit") or "") for k, v in data.declared.items() if isinstance(v, dict)}
+    plotted = 0
+    for s in data.scalars:  # every result: all-NaN ones are listed on the page instead (_page_body)
+        if len(x) and np.isfinite(s.values).any():
+            plotted += 1
+            add("trends", f"{plotted:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
+                lambda p, s=s: _plot_trend(s, x, p, s.name == data.main, data.lost))
+    for i, (mean, last) in enumerate(data.spectra):
+        px, xlabel = _axis_for(mean.name, mean.values, data.summary, rois, unit_of)
+        hist = "hist" in mean.name.lower()
+        add("histograms" if hist else "spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png",
+            f"{mean.name}: run mean and last frame",
+            lambda p, mean=mean, last=last, px=px, xlabel=xlabel, hist=hist: _plot_curves(
+                mean.label or mean.name, [("run mean", mean.values), ("last frame", last)],
+                "counts" if hist else (mean.unit or "value"), p, x=px, xlabel=xlabel, step=hist, log=hist))
+    for i, (name, image, caption) in enumerate(data.images):
+        add("images", f"image_{i:02d}_{safe_name(name)}.png", caption,
+            lambda p, name=name, image=image, caption=caption: _plot_image(caption, image, p, unit_of.get(name, ""),
+                                                                          rois, PIXEL_CATEGORIES.get(name)))
+    for i, (name, value) in enumerate(sorted(data.summary.items())):
+        if not isinstance(value, np.ndarray) or value.size < 2:
+            continue
+        if value.ndim == 2 and min(value.shape) > 1:
+            add("images", f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
+                lambda p, name=name, value=value: _plot_image(f"run summary: {name}", value, p,
+                                                              unit_of.get(name, ""), rois,
+                                                              PIXEL_CATEGORIES.get(name)))
+        elif value.ndim == 1 and not name.endswith(_AXIS_SUFFIXES):
+            x_axis, xlabel = _axis_for(name, value, data.summary, rois, unit_of)
+            hist = "hist" in name.lower() or (x_axis is not None and not xlabel.startswith("detector"))
+            section = "histograms" if hist else "spectra"
+            add(section, f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
+                lambda p, name=name, value=value, x_axis=x_axis, hist=hist, xlabel=xlabel: _plot_curves(
+                    f"run summary: {name}", [(name, value)], "counts" if hist else (unit_of.get(name) or "value"),
+                    p, x=x_axis, step=hist, xlabel=xlabel, log=hist))
+
+    body = _page_body(data, stem, h5_path, out, figures)
+    page = out / f"{stem}.html"
+    tmp = out / f".{stem}.html.tmp"
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, page)  # a browser never sees half a page
+    return page
+
+
+_AXIS_SUFFIXES = ("_edges", "_bins", "_centers", "_centres")
+
+
+def _axis_for(name: str, value: np.ndarray, summary: dict[str, Any], rois: dict[str, Any],
+              units: dict[str, str]) -> tuple[np.ndarray | None, str]:
+    """x values and label of a 1-D array: its bin edges/centres (labelled with their unit), or
+    detector pixels for a projection, or None (channels)."""
+    axis = _matching_axis(name, value, summary)
+    if axis is None:
+        return _projection_axis(name, len(value), rois)
+    axis_name = next((k for k, v in summary.items() if v is axis), "")
+    unit = units.get(axis_name, "")
+    return axis, f"bin position{f' [{unit}]' if unit else ''}"
+
+
+def _matching_axis(name: str, value: np.ndarray, summary: dict[str, Any]) -> np.ndarray | None:
+    """Bin positions for a 1-D summary array: the ``*_edges`` (n+1) or ``*_centers`` (n) array
+    sharing the longest name prefix with it (``hist_run_counts`` <- ``hist_edges``)."""
+    best, best_len = None, 0
+    for other, axis in summary.items():
+        if not (isinstance(axis, np.ndarray) and axis.ndim == 1 and other.endswith(_AXIS_SUFFIXES)):
+            continue
+        if len(axis) not in (len(value), len(value) + 1):
+            continue
+        prefix = len(os.path.commonprefix([name, other]))
+        if prefix > best_len:
+            best, best_len = axis, prefix
+    return best
+
+
+def _id_ranges(ids: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted frame ids as inclusive (first, last) runs of consecutive ids."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if not ids.size:
+        return []
+    breaks = np.nonzero(np.diff(ids) != 1)[0]
+    starts, ends = np.r_[ids[0], ids[breaks + 1]], np.r_[ids[breaks], ids[-1]]
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _frames_text(ids: np.ndarray, limit: int = 20) -> str:
+    ranges = _id_ranges(ids)
+    return f"{len(np.unique(ids))} frames: {format_id_ranges(ranges, limit)}" if ranges else ""
+
+
+def _range_check_frames(data: _ScanData) -> dict[str, np.ndarray]:
+    """Per range check (by name): ids of the frames outside its warning range (limits are outside)."""
+    try:
+        # a list of check configs is stored as one JSON dataset ("thresholds"), a dict also as "*_json"
+        checks = json.loads(data.provenance.get("thresholds_json") or data.provenance.get("thresholds") or "[]")
+    except (TypeError, ValueError):
+        return {}
+    series = {s.name: s.values for s in data.scalars}
+    out = {}
+    for c in checks if isinstance(checks, list) else []:
+        if not isinstance(c, dict) or c.get("type") != "range" or c.get("result") not in series:
+            continue
+        lo, hi = (c.get("warning") or c.get("error") or [None, None])[:2]
+        v = series[c["result"]]
+        with np.errstate(invalid="ignore"):
+            bad = np.zeros(len(v), bool)
+            if lo is not None:
+                bad |= v <= lo
+            if hi is not None:
+                bad |= v >= hi
+        out[str(c.get("name"))] = data.frame_id[bad & np.isfinite(v)]
+    return out
+
+
+def _verdict_section(data: _ScanData) -> str:
+    """The verdict, then each reason (one failing check) with the frames concerned, first on the page."""
+    report = str(data.provenance.get("quality_report") or "")
+    lines = [ln.strip() for ln in report.splitlines() if ln.strip()]
+    per_check = _range_check_frames(data)
+    items = []
+    for line in lines[1:]:
+        name = line.split(":", 1)[0].split(" ", 1)[-1]
+        frames = _frames_text(per_check[name]) if name in per_check else ""
+        items.append(f"<li>{_esc(line)}{f'<br><span class=frames>{_esc(frames)}</span>' if frames else ''}</li>")
+    if data.verdict is not None and len(data.verdict):
+        for code in range(len(VERDICTS) - 1, 1, -1):  # STALE, ERROR, WARNING frames
+            ids = data.frame_id[data.verdict == code]
+            if len(ids):
+                items.append(f"<li>frames judged {_esc(VERDICTS[code])}: {_esc(_frames_text(ids))}</li>")
+    if len(data.lost):
+        n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
+        items.append(f"<li>lost frames (never analysed): {n_lost}: "
+                     f"{_esc(format_id_ranges([(int(a), int(b)) for a, b in data.lost], 20))}</li>")
+    head = _esc(lines[0]) if lines else '<span class="muted">no quality report recorded</span>'
+    reasons = f"<ul class=reasons>{''.join(items)}</ul>" if items else '<p class="muted">nothing to report</p>'
+    return (f'<div class="verdict-box"><p>{_verdict_html(data.info.get("verdict"))} {head}</p>{reasons}</div>')
+
+
+def _metadata_section(data: _ScanData) -> str:
+    md = _json_dict(data.provenance.get("metadata_json"))
+    mode = data.provenance.get("mode") or ""
+    pairs = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in md.items()]
+    if mode:
+        pairs.insert(0, ("mode", str(mode)))
+    if not pairs:
+        return '<p class="muted">no scan metadata recorded</p>'
+    return f'<table class="meta">{_rows(pairs)}</table>'
+
+
+def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
+    """Declared results that have no plot, each with why: none is silently dropped."""
+    shown = " ".join(cap for items in figures.values() for _, cap in items)
+    drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra}
+    nan = {s.name for s in data.scalars if not np.isfinite(s.values).any()}
+    rows = []
+    for name, decl in sorted(data.declared.items()):
+        kind = decl.get("kind", "") if isinstance(decl, dict) else ""
+        if name in nan:
+            why = "no value in any frame (all NaN)"
+        elif name in drawn or f"{name}:" in shown or f"run summary: {name}" in shown:
+            continue
+        elif name in data.summary:
+            why = f"run summary value: {_fmt(data.summary[name])}" if not isinstance(data.summary[name], np.ndarray) \
+                else "run summary array (see below)"
+        elif kind == "scalar" and any(s.name == name for s in data.scalars):
+            continue
+        else:
+            why = "not recorded in this file"
+        rows.append((name, f"{kind}: {why}" if kind else why))
+    if not rows:
+        return ""
+    return ("<h3>Results without a plot</h3><table>" + _rows(rows) + "</table>")
+
+
+def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list]) -> str:
+    info = data.info
+    n = len(data.frame_id)
+    c = data.counters
+    key = [
+        ("scan id", _esc(info["scan_id"])),
+        ("verdict", _verdict_html(info.get("verdict"))),
+        ("flag status", _mark_html(info)),
+        ("status", _esc(_status(info) + (f" ({info['end_reason']})" if info.get("end_reason") else ""))),
+        ("start", _esc(info.get("start_time"))),
+        ("end", _esc(info.get("end_time") or "—")),
+        ("duration", _esc(_duration(info.get("start_time", ""), info.get("end_time", "")))),
+        ("frames stored", _esc(n)),
+        ("frame ids", _esc(f"{int(data.frame_id[0])} … {int(data.frame_id[-1])}" if n else "—")),
+    ]
+    for name in ("total", "completed", "dropped", "bad", "expected"):
+        if name in c:
+            key.append((f"{name} events", _esc(_fmt(c[name]))))
+    if len(data.lost):
+        n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
+        key.append(("lost frames", _esc(f"{n_lost} in {len(data.lost)} ranges: "
+                                        + format_id_ranges([(int(a), int(b)) for a, b in data.lost], 50))))
+    if data.verdict is not None and n:
+        counts = np.bincount(data.verdict.astype(np.int64), minlength=len(VERDICTS))
+        key.append(("frames per verdict", _esc(", ".join(
+            f"{VERDICTS[i] if i < len(VERDICTS) else i}: {k}" for i, k in enumerate(counts) if k))))
+    if data.main:
+        key.append(("main result", _esc(data.main)))
+    rel_h5 = os.path.relpath(h5_path, out)
+    key.append(("results file", f'<a href="{_href(rel_h5)}">{_esc(h5_path.name)}</a>'))
+
+    stats_rows = []
+    for s in data.scalars:
+        v = s.values
+        fin = v[np.isfinite(v)]
+        last = v[-1] if len(v) else float("nan")
+        cells = [len(fin), *(f(fin) if fin.size else float("nan") for f in (np.mean, np.std, np.min, np.max)), last]
+        stats_rows.append(f"<tr><th>{_esc(s.name)}</th><td>{_esc(s.unit)}</td>"
+                          + "".join(f'<td class="num">{_esc(_fmt(x))}</td>' for x in cells) + "</tr>")
+
+    summary_rows = [(k, _fmt(v)) for k, v in sorted(data.summary.items())
+                    if not isinstance(v, np.ndarray)
+                    and k not in ("verdict", "end_reason", "frame_verdict_counts_json")]
+    summary_rows += [(k, f"array {list(v.shape)} {v.dtype}") for k, v in sorted(data.summary.items())
+                     if isinstance(v, np.ndarray)]
+
+    def gallery(items: list[tuple[str, str]]) -> str:
+        if not items:
+            return '<p class="muted">none</p>'
+        return '<div class="plots">' + "".join(
+            f'<figure><img src="{_href(src)}" alt="{_esc(cap)}"><figcaption>{_esc(cap)}</figcaption></figure>'
+            for src, cap in items) + "</div>"
+
+    prov = data.provenance
+    prov_html = []
+    params = prov.get("parameters_json")
+    if params:
+        try:
+            pdict = json.loads(params)
+            prov_html.append("<h3>Parameters</h3><table>" + _rows([(k, json.dumps(v)) for k, v in pdict.items()])
+                             + "</table>")
+        except (TypeError, ValueError):
+            pass
+    for name in sorted(prov):
+        if name in ("parameters_json", "json", "results_declared_json"):
+            continue
+        value = prov[name]
+        if name.endswith("_json"):
+            try:
+                value = json.dumps(json.loads(value), indent=1, sort_keys=True)
+            except (TypeError, ValueError):
+                pass
+        elif isinstance(value, list):
+            value = "\n".join(str(v) for v in value)
+        elif isinstance(value, np.ndarray):
+            value = json.dumps(value.tolist())
+        prov_html.append(f"<h3>{_esc(name)}</h3><pre>{_esc(value)}</pre>")
+
+    generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    title = f"tango-dqm report: {info['scan_id']}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{_esc(title)}</h1>
+<p><a href="{_href(os.path.relpath(_run_list_root(h5_path) / 'index.html', out))}">run list</a></p>
+<h2>Verdict</h2>
+{_verdict_section(data)}
+<h2>Scan</h2>
+{_metadata_section(data)}
+<h2>Summary</h2>
+<table>
+{_rows(key, raw=True)}
+</table>
+<h2>Results per frame</h2>
+<table><tr><th>result</th><th>unit</th><th>frames</th><th>mean</th><th>std</th><th>min</th><th>max</th>
+<th>last</th></tr>
+{"".join(stats_rows) or '<tr><td colspan="8" class="muted">no scalar results</td></tr>'}
+</table>
+<h2>Trends</h2>
+{gallery(figures["trends"])}
+{_not_plotted(data, figures)}
+<h2>Projections and spectra</h2>
+{gallery(figures["spectra"])}
+<h2>Histograms</h2>
+{gallery(figures["histograms"])}
+<h2>Images</h2>
+{gallery(figures["images"])}
+<h2>Run summary values</h2>
+<table>
+{_rows(summary_rows) or '<tr><td class="muted">none</td></tr>'}
+</table>
+<h2>Provenance</h2>
+{"".join(prov_html) or '<p class="muted">none</p>'}
+<p class="muted">Generated {_esc(generated)} by tango-dqm from {_esc(h5_path.name)}.</p>
+</body></html>
+"""
+
+
+def _run_list_root(h5_path: Path) -> Path:
+    """The output root a results file belongs to (its directory, or the parent of flagged/ or archive/)."""
+    parent = h5_path.parent
+    return parent.parent if parent.name in MARKS.values() else parent
