@@ -75,6 +75,7 @@ import h5py
 import numpy as np
 
 from ..files import confine
+from ..quality.verdicts import Verdict
 
 try:
     import fcntl
@@ -83,8 +84,8 @@ except ImportError:  # not POSIX: liveness of writers in other processes is not 
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("OK", "INSUFFICIENT", "WARNING", "ERROR", "STALE")
-"""Per-frame verdict codes (as ``quality.Verdict``): the index is the uint8 stored in ``verdict``."""
+VERDICTS = tuple(v.name for v in Verdict)  # ("OK", "INSUFFICIENT", "WARNING", "ERROR", "STALE")
+"""Per-frame verdict codes (``quality.Verdict`` names): the index is the uint8 stored in ``verdict``."""
 VERDICT_CODES = {v: i for i, v in enumerate(VERDICTS)}
 MARKS = {"flagged": "flagged", "archived": "archive"}
 """Operator marks and the sub-directory of the output root each one moves a scan into."""
