@@ -32,9 +32,9 @@ from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instanti
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
-from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
+from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
-from .products.output_stream import ResultStream
+from .output_stream import ResultStream
 from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
@@ -1028,4 +1028,4 @@ class _Run:
     finished: bool = False
 
 
-__all__ = ["TRANSITIONS", "Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot", "refusal"]
+__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]

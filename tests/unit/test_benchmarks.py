@@ -24,7 +24,7 @@ def test_dranspose_worker_statistics_equal_the_roi_analysis():
     roi = load_analysis("roi")()
     p = Params({d.name: d.validate({"roi_signal": [462, 100, 462, 100]}.get(d.name, d.default), SHAPE)
                 for d in roi.parameters})
-    want = roi.process(Frame(image, 0), p).results  # plugin API v2: process returns a FrameOutput
+    want = roi.process(Frame(image, 0), p)
     got = _stats(image[462:562, 462:562], "signal")
     for key, value in got.items():
         assert value == pytest.approx(want[key], rel=1e-9), key
