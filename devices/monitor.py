@@ -69,6 +69,8 @@ class DataQualityMonitor(Device):
                                            doc="largest parameter file accepted, in bytes")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
+    AnalysisThreads = device_property(dtype=int, default_value=0,
+                                      doc="threads analysing consecutive frames at once (0: one per core)")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -95,7 +97,8 @@ class DataQualityMonitor(Device):
                              stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
                              output_directory=self.OutputDirectory,
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
-                             max_file_bytes=self.MaxParameterFileSize, output=self.Output),
+                             max_file_bytes=self.MaxParameterFileSize, output=self.Output,
+                             analysis_threads=self.AnalysisThreads),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError) as exc:
             self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
