@@ -35,7 +35,7 @@ class PipelineClosed(RuntimeError):
 class _Slot:
     """One submitted item: its tag, and once done, its value or exception."""
 
-    __slots__ = ("tag", "fn", "args", "value", "error", "done", "cancelled")
+    __slots__ = ("args", "cancelled", "done", "error", "fn", "tag", "value")
 
     def __init__(self, tag: Any, fn: Callable[..., Any] | None, args: tuple):
         self.tag, self.fn, self.args = tag, fn, args
