@@ -170,14 +170,15 @@ class RunWaiter:
         pass
 
 
-def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_directory: str = "") -> float:
+def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_directory: str = "",
+               analysis_threads: int = 0) -> float:
     """The engine on the same stream as :func:`bare_loop`: frames/s from the first to the last result."""
     from tango_dqm.engine import Engine, EngineConfig
 
     port = free_port()
     waiter = RunWaiter(frames - 1)
-    engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], analyses, output_directory=output_directory),
-                    waiter)
+    engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], analyses, output_directory=output_directory,
+                                 analysis_threads=analysis_threads), waiter)
     try:
         for name, value in params.items():
             engine.set_parameter(name, value)
