@@ -68,8 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.kernels import as_2d, region_stats
+from tango_dqm import Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, region_stats
 
 _NAN = float("nan")
 OK, INSUFFICIENT, FIT_FAILED = "OK", "INSUFFICIENT", "FIT_FAILED"
@@ -238,32 +237,42 @@ class Gain(Analysis):
     name = "gain"
     version = "1"
     parameters = [
-        Parameter("roi_gain", "roi", [], label="Gain integration window",
+        Parameter("roi_gain", "roi", [], label="Gain integration window", unit="pixels", format="%d",
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
-        Parameter("gain_pedestal", float, 0.0, unit="counts", label="Gain baseline",
+        Parameter("gain_pedestal", float, 0.0, unit="counts", label="Gain baseline", format="%.6g",
                   description="baseline per pixel/sample, subtracted from the window sum", min=-1e12, max=1e12),
-        Parameter("gain_bin_width", float, 1.0, unit="counts", label="Charge bin width",
+        Parameter("gain_bin_width", float, 1.0, unit="counts", label="Charge bin width", format="%.6g",
                   description="finest charge histogram bin; finish merges bins as statistics allow",
                   min=1e-12, max=1e12),
-        Parameter("gain_min_entries", int, 1000, label="Gain minimum entries",
+        Parameter("gain_min_entries", int, 1000, label="Gain minimum entries", unit="entries", format="%d",
                   description="fewer charges: no fit (INSUFFICIENT)", min=10, max=10**12),
     ]
     results = [
-        Result("gain_charge", float, unit="counts", label="Charge"),
-        Result("gain", float, unit="counts", label="Gain", description="run summary; NaN unless gain_status is OK", run_summary=True),
-        Result("gain_error", float, unit="counts", label="Gain error", description="run summary", run_summary=True),
-        Result("gain_entries", int, label="Gain entries", description="run summary", run_summary=True),
-        Result("gain_status", str, label="Gain status", description="OK, INSUFFICIENT or FIT_FAILED", run_summary=True),
-        Result("gain_mu", float, unit="p.e.", label="Mean photoelectrons", description="run summary", run_summary=True),
-        Result("gain_pedestal_position", float, unit="counts", label="Pedestal position", description="run summary", run_summary=True),
-        Result("gain_pedestal_sigma", float, unit="counts", label="Pedestal width", description="run summary", run_summary=True),
-        Result("gain_sigma_1pe", float, unit="counts", label="1 p.e. width", description="run summary", run_summary=True),
-        Result("gain_chi2_ndf", float, label="Gain fit chi2/ndf", description="run summary",
+        Result("gain_charge", float, unit="counts", label="Charge", format="%.6g",
+               description="window sum minus gain_pedestal per pixel/sample, this frame"),
+        Result("gain", float, unit="counts", label="Gain", format="%.6g",
+               description="run summary: charge per photoelectron; NaN unless gain_status is OK", run_summary=True),
+        Result("gain_error", float, unit="counts", label="Gain error", format="%.3g",
+               description="run summary: fit uncertainty of gain", run_summary=True),
+        Result("gain_entries", int, label="Gain entries", unit="entries", format="%d",
+               description="run summary: charges in the spectrum", run_summary=True),
+        Result("gain_status", str, label="Gain status", description="OK, INSUFFICIENT or FIT_FAILED",
+               run_summary=True),
+        Result("gain_mu", float, unit="p.e.", label="Mean photoelectrons", format="%.4g",
+               description="run summary: mean photoelectrons per trigger (Poisson mean)", run_summary=True),
+        Result("gain_pedestal_position", float, unit="counts", label="Pedestal position", format="%.6g",
+               description="run summary: fitted charge of zero photoelectrons", run_summary=True),
+        Result("gain_pedestal_sigma", float, unit="counts", label="Pedestal width", format="%.4g",
+               description="run summary: fitted width of the pedestal peak", run_summary=True),
+        Result("gain_sigma_1pe", float, unit="counts", label="1 p.e. width", format="%.4g",
+               description="run summary: fitted width of the one-photoelectron peak", run_summary=True),
+        Result("gain_chi2_ndf", float, label="Gain fit chi2/ndf", format="%.3f", dimensionless=True,
+               description="run summary: goodness of the spectrum fit",
                warning=(None, 3.0), alarm=(None, 10.0), run_summary=True),
-        Result("gain_spectrum", np.int64, kind="spectrum", label="Charge spectrum",
-               description="run summary", archive=False, run_summary=True),
+        Result("gain_spectrum", np.int64, kind="spectrum", label="Charge spectrum", unit="entries", format="%d",
+               description="run summary: charges per bin", archive=False, run_summary=True, axis="gain_spectrum_x"),
         Result("gain_spectrum_x", np.float64, kind="spectrum", unit="counts", label="Charge bin centres",
-               description="run summary", archive=False, run_summary=True),
+               format="%.6g", description="run summary: x axis of gain_spectrum", archive=False, run_summary=True),
     ]
 
     def _input(self, frame: Frame, params: Params) -> np.ndarray:
@@ -276,22 +285,21 @@ class Gain(Analysis):
         roi.check_fits(image.shape, "roi_gain")  # RoiError names the rule
         return image[roi.slices()]
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+    def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         stats = region_stats(self._input(frame, params))
-        charge = stats.sum - params.gain_pedestal * stats.count
-        # "_gain" is not a result: the settings finish() needs, handed to accumulate().
-        return {"gain_charge": charge, "_gain": (params.gain_bin_width, params.gain_min_entries)}
+        return FrameOutput({"gain_charge": stats.sum - params.gain_pedestal * stats.count})
 
     # Accumulator: {"hists": {bin_width: {bin index: count}}, "last": (width, min_entries) or None}
 
     def new_accumulator(self) -> dict[str, Any]:
         return {"hists": {}, "last": None}
 
-    def accumulate(self, acc: dict[str, Any], frame_results: dict[str, Any]) -> dict[str, Any]:
-        width, min_entries = frame_results["_gain"]
+    def accumulate(self, acc: dict[str, Any], output: FrameOutput, params: Params) -> dict[str, Any]:
+        # the settings finish() needs come from the frame's own parameters
+        width, min_entries = params.gain_bin_width, params.gain_min_entries
         acc["last"] = (width, min_entries)
         hist = acc["hists"].setdefault(width, {})
-        position = frame_results["gain_charge"] / width
+        position = output.results["gain_charge"] / width
         # NaN, inf and charges beyond MAX_BIN bin widths are not counted: bin indices stay exact
         # in float64 and their differences fit int64, so finish() cannot overflow.
         if abs(position) < MAX_BIN:

@@ -50,9 +50,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.corrections import DARK, MASK, region_values
-from tango_dqm.kernels import as_2d
+from tango_dqm import DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, region_values
 
 _NAN = float("nan")
 
@@ -204,31 +202,39 @@ class Histogram(Analysis):
     name = "histogram"
     version = "1"
     parameters = [
-        Parameter("roi_histogram", "roi", [], label="Histogram ROI",
+        Parameter("roi_histogram", "roi", [], label="Histogram ROI", unit="pixels", format="%d",
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
-        Parameter("hist_bins", int, 1024, label="Histogram bins", min=1, max=65535),
-        Parameter("hist_min", float, 0.0, unit="counts", label="Histogram minimum",
+        Parameter("hist_bins", int, 1024, label="Histogram bins", unit="bins", format="%d",
+                  description="number of equal-width bins between hist_min and hist_max", min=1, max=65535),
+        Parameter("hist_min", float, 0.0, unit="counts", label="Histogram minimum", format="%.6g",
                   description="lower edge of the first bin; smaller values are underflow",
                   min=-1e15, max=1e15),  # finite span: the bin edges never overflow
-        Parameter("hist_max", float, 65536.0, unit="counts", label="Histogram maximum",
+        Parameter("hist_max", float, 65536.0, unit="counts", label="Histogram maximum", format="%.6g",
                   description="upper edge of the last bin; larger values are overflow", min=-1e15, max=1e15),
         MASK,
         DARK,
     ]
     results = [
-        Result("hist_counts", np.int64, kind="spectrum", label="Histogram", archive=False),
-        Result("hist_underflow", int, label="Histogram underflow"),
-        Result("hist_overflow", int, label="Histogram overflow"),
-        Result("hist_mean", float, unit="counts", label="Histogram mean",
+        Result("hist_counts", np.int64, kind="spectrum", label="Histogram", unit="pixels", format="%d",
+               description="pixels per bin of this frame (bins of hist_edges)", archive=False),
+        Result("hist_underflow", int, label="Histogram underflow", unit="pixels", format="%d",
+               description="pixels of this frame below hist_min"),
+        Result("hist_overflow", int, label="Histogram overflow", unit="pixels", format="%d",
+               description="pixels of this frame above hist_max"),
+        Result("hist_mean", float, unit="counts", label="Histogram mean", format="%.6g",
                description="mean of the values inside [hist_min, hist_max]"),
-        Result("hist_run_counts", np.int64, kind="spectrum", label="Run histogram",
-               description="run summary", archive=False, run_summary=True),
-        Result("hist_edges", np.float64, kind="spectrum", unit="counts", label="Histogram bin edges",
-               description="run summary", archive=False, run_summary=True),
-        Result("hist_run_underflow", int, label="Run histogram underflow", description="run summary", run_summary=True),
-        Result("hist_run_overflow", int, label="Run histogram overflow", description="run summary", run_summary=True),
-        Result("hist_run_mean", float, unit="counts", label="Run histogram mean", description="run summary", run_summary=True),
-        Result("hist_run_frames", int, label="Frames in run histogram", description="run summary", run_summary=True),
+        Result("hist_run_counts", np.int64, kind="spectrum", label="Run histogram", unit="pixels", format="%d",
+               description="run summary: pixels per bin summed over the run", archive=False, run_summary=True),
+        Result("hist_edges", np.float64, kind="spectrum", unit="counts", label="Histogram bin edges", format="%.6g",
+               description="run summary: the hist_bins + 1 bin edges", archive=False, run_summary=True),
+        Result("hist_run_underflow", int, label="Run histogram underflow", unit="pixels", format="%d",
+               description="run summary: underflow summed over the run", run_summary=True),
+        Result("hist_run_overflow", int, label="Run histogram overflow", unit="pixels", format="%d",
+               description="run summary: overflow summed over the run", run_summary=True),
+        Result("hist_run_mean", float, unit="counts", label="Run histogram mean", format="%.6g",
+               description="run summary: mean of all in-range values of the run", run_summary=True),
+        Result("hist_run_frames", int, label="Frames in run histogram", unit="frames", format="%d",
+               description="run summary: frames in the run histogram", run_summary=True),
     ]
 
     def _input(self, frame: Frame, params: Params) -> np.ndarray:
@@ -240,30 +246,28 @@ class Histogram(Analysis):
         roi.check_fits(image.shape, "roi_histogram")  # RoiError names the rule
         return region_values(image, params, roi.slices())
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+    def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         bins, lo, hi = params.hist_bins, params.hist_min, params.hist_max
         if not hi > lo:
-            return {"hist_counts": np.zeros(0, np.int64), "hist_underflow": None, "hist_overflow": None,
-                    "hist_mean": _NAN, "_hist": None}
+            return FrameOutput({"hist_counts": np.zeros(0, np.int64), "hist_underflow": None,
+                                "hist_overflow": None, "hist_mean": _NAN})
         counts, under, over, s = histogram(self._input(frame, params), bins, lo, hi)
         n = int(counts.sum())
-        return {"hist_counts": counts, "hist_underflow": under, "hist_overflow": over,
-                "hist_mean": s / n if n else _NAN,
-                # not a result: the binning and the exact in-range sum, for accumulate()
-                "_hist": ((bins, lo, hi), s)}
+        # private: the binning and the exact in-range sum, for accumulate()
+        return FrameOutput({"hist_counts": counts, "hist_underflow": under, "hist_overflow": over,
+                            "hist_mean": s / n if n else _NAN}, ((bins, lo, hi), s))
 
     # Accumulator: {"runs": {(bins, lo, hi): _Run}, "last": binning or None}
 
     def new_accumulator(self) -> dict[str, Any]:
         return {"runs": {}, "last": None}
 
-    def accumulate(self, acc: dict[str, Any], frame_results: dict[str, Any]) -> dict[str, Any]:
-        extra = frame_results["_hist"]
-        if extra is None:
+    def accumulate(self, acc: dict[str, Any], output: FrameOutput, params: Params) -> dict[str, Any]:
+        if output.private is None:  # not histogrammed (empty binning range)
             return acc
-        key, s = extra
-        this = _Run(1, frame_results["hist_counts"], frame_results["hist_underflow"],
-                    frame_results["hist_overflow"], s)
+        key, s = output.private
+        r = output.results
+        this = _Run(1, r["hist_counts"], r["hist_underflow"], r["hist_overflow"], s)
         run = acc["runs"].get(key)
         if run is None:
             acc["runs"][key] = this.copy()  # the frame's counts are published: never modify them

@@ -24,7 +24,7 @@
 Per frame only the saturated count is computed (one pass, min/max/count kernel): the
 map-based classification needs the whole run and is done in ``finish`` only. It is not
 done every N frames because ``process`` is pure (it sees one frame and never the
-accumulator) and ``accumulate`` has no parameters and returns no published results.
+accumulator) and ``accumulate`` returns no published results.
 
 The accumulator holds per pixel: sum and sum of squares (int64, exact, for integer frames
 up to 16 bits; float64 otherwise), the two largest values, and the sum and sum of squares
@@ -57,8 +57,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.kernels import as_2d, min_max_count_above
+from tango_dqm import Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, min_max_count_above
 
 OK, HOT, DEAD, SATURATED = 0, 1, 2, 3
 
@@ -265,35 +264,42 @@ class Pixels(Analysis):
     version = "1"
     parameters = [
         # Identical to the roi analysis' declaration, so both share one parameter.
-        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
+        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level", format="%d",
                   description="pixels at or above this value count as saturated", min=0),
-        Parameter("hot_sigma", float, 5.0, unit="sigma", label="Hot pixel threshold",
+        Parameter("hot_sigma", float, 5.0, unit="sigma", label="Hot pixel threshold", format="%.3g",
                   description="hot: run mean this many of its own standard errors above its reference",
                   min=0.0, max=1e6),
-        Parameter("hot_ratio", float, 2.0, label="Hot pixel ratio",
+        Parameter("hot_ratio", float, 2.0, label="Hot pixel ratio", dimensionless=True, format="%.3g",
                   description="hot: run mean also at least this many times its reference", min=1.0, max=1e6),
         Parameter("pixels_hot_reference", "enum", "local", label="Hot pixel reference",
                   description="local: median of the 8 neighbours; global: median of the mean map; either",
                   choices=("local", "global", "either")),
-        Parameter("dead_threshold", float, 0.0, unit="counts", label="Dead pixel threshold",
+        Parameter("dead_threshold", float, 0.0, unit="counts", label="Dead pixel threshold", format="%.6g",
                   description="dead: the pixel's maximum over the run never exceeds this, while its "
                               "neighbourhood's does", min=-1e12, max=1e12),
-        Parameter("pixels_min_frames", int, 10, unit="frames", label="Pixel map minimum frames",
+        Parameter("pixels_min_frames", int, 10, unit="frames", label="Pixel map minimum frames", format="%d",
                   description="fewer accumulated frames: the map is INSUFFICIENT", min=1),
     ]
     results = [
-        Result("pixels_saturated", int, unit="pixels", label="Saturated pixels in frame"),
-        Result("pixels_hot", int, unit="pixels", label="Hot pixels", description="run summary", run_summary=True),
-        Result("pixels_dead", int, unit="pixels", label="Dead pixels", description="run summary", run_summary=True),
-        Result("pixels_saturated_run", int, unit="pixels", label="Pixels saturated in run",
-               description="run summary", run_summary=True),
-        Result("pixels_map", np.uint8, kind="image", label="Pixel map",
-               description="0 ok, 1 hot, 2 dead, 3 saturated in this run (run summary)", archive=False, run_summary=True),
-        Result("pixels_mean_map", np.float32, kind="image", unit="counts", label="Pixel mean map",
-               description="run summary", archive=False, run_summary=True),
-        Result("pixels_std_map", np.float32, kind="image", unit="counts", label="Pixel std map",
-               description="run summary", archive=False, run_summary=True),
-        Result("pixels_frames", int, unit="frames", label="Frames in pixel map", description="run summary", run_summary=True),
+        Result("pixels_saturated", int, unit="pixels", label="Saturated pixels in frame", format="%d",
+               description="pixels of this frame at or above saturation_level"),
+        Result("pixels_hot", int, unit="pixels", label="Hot pixels", format="%d",
+               description="run summary: pixels far above their reference (hot_sigma, hot_ratio)", run_summary=True),
+        Result("pixels_dead", int, unit="pixels", label="Dead pixels", format="%d",
+               description="run summary: pixels never above dead_threshold while their neighbourhood is",
+               run_summary=True),
+        Result("pixels_saturated_run", int, unit="pixels", label="Pixels saturated in run", format="%d",
+               description="run summary: pixels whose run maximum reached saturation_level", run_summary=True),
+        Result("pixels_map", np.uint8, kind="image", label="Pixel map", dimensionless=True, format="%d",
+               description="run summary: 0 ok, 1 hot, 2 dead, 3 saturated in this run", archive=False,
+               run_summary=True),
+        Result("pixels_mean_map", np.float32, kind="image", unit="counts", label="Pixel mean map", format="%.4g",
+               description="run summary: mean of every pixel over the run", archive=False, run_summary=True),
+        Result("pixels_std_map", np.float32, kind="image", unit="counts", label="Pixel std map", format="%.4g",
+               description="run summary: standard deviation of every pixel over the run", archive=False,
+               run_summary=True),
+        Result("pixels_frames", int, unit="frames", label="Frames in pixel map", format="%d",
+               description="run summary: frames accumulated into the maps", run_summary=True),
         Result("pixels_status", str, label="Pixel map status", description="OK or INSUFFICIENT", run_summary=True),
     ]
 
@@ -303,21 +309,20 @@ class Pixels(Analysis):
         image = as_2d(frame.data)
         return image.view(np.uint8) if image.dtype.kind == "b" else image
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+    def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         image = self._input(frame, params)
         _, _, n_saturated = min_max_count_above(image, params.saturation_level)
-        settings = (params.saturation_level, params.hot_sigma, params.pixels_hot_reference,
-                    params.dead_threshold, params.pixels_min_frames, params.hot_ratio)
-        # "_pixels" is not a result: it hands the frame (a view, no copy) and the
-        # parameters finish() needs to accumulate(), which sees only these results.
-        return {"pixels_saturated": n_saturated, "_pixels": (image, settings)}
+        # private: the frame (a view, no copy) for the per-pixel maps
+        return FrameOutput({"pixels_saturated": n_saturated}, image)
 
     def new_accumulator(self) -> PixelMap:
         return PixelMap()
 
-    def accumulate(self, acc: PixelMap, frame_results: dict[str, Any]) -> PixelMap:
-        image, settings = frame_results["_pixels"]
-        acc.add(image, settings)
+    def accumulate(self, acc: PixelMap, output: FrameOutput, params: Params) -> PixelMap:
+        # the parameters finish() classifies with: those of the last accumulated frame
+        settings = (params.saturation_level, params.hot_sigma, params.pixels_hot_reference,
+                    params.dead_threshold, params.pixels_min_frames, params.hot_ratio)
+        acc.add(output.private, settings)
         return acc
 
     def merge(self, a: PixelMap, b: PixelMap) -> PixelMap:

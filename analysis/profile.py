@@ -10,6 +10,7 @@
 |-----------------------------|----------|---------|----------------------------------------------------------|
 | profile_x                   | spectrum | float64 | column sums of the cleaned ROI (onto x), length size_x    |
 | profile_y                   | spectrum | float64 | row sums of the cleaned ROI (onto y), length size_y       |
+| profile_axis_x / _y         | spectrum | float64 | full-image pixel coordinates of profile_x / _y (x axis)   |
 | profile_centroid_x / _y     | scalar   | float   | centre of mass, full-image pixel coordinates             |
 | profile_rms_x / _y          | scalar   | float   | RMS width (second central moment), pixels                 |
 | profile_fwhm_x / _y         | scalar   | float   | full width at half maximum, pixels (linear interpolation) |
@@ -21,6 +22,7 @@
 | result (run, from finish)       | kind     | type    | meaning                                          |
 |---------------------------------|----------|---------|--------------------------------------------------|
 | profile_run_x / profile_run_y   | spectrum | float64 | run-mean projections                             |
+| profile_run_axis_x / _y         | spectrum | float64 | pixel coordinates of profile_run_x / _y          |
 | profile_run_centroid_x / _y     | scalar   | float   | centroid of the run-mean projections             |
 | profile_run_rms_x / _y          | scalar   | float   | RMS width of the run-mean projections            |
 | profile_run_fwhm_x / _y         | scalar   | float   | FWHM of the run-mean projections                 |
@@ -55,13 +57,14 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.corrections import DARK, MASK, corrected
-from tango_dqm.kernels import as_2d
+from tango_dqm import DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, corrected
 
 _NAN = float("nan")
 _AXES = ("x", "y")
 _FIT = ("amplitude", "mean", "sigma", "offset")
+_TEXT = {"centroid": "centre of mass, full-image pixels", "rms": "RMS width", "fwhm": "full width at half maximum",
+         "amplitude": "peak height above the offset", "mean": "centre, full-image pixels", "sigma": "width (sigma)",
+         "offset": "constant offset"}
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _NO_MASK = np.zeros((1, 1), np.uint8)
 
@@ -326,32 +329,45 @@ class Profile(Analysis):
     name = "profile"
     version = "1"
     parameters = [
-        Parameter("roi_profile", "roi", [], label="Profile ROI",
+        Parameter("roi_profile", "roi", [], label="Profile ROI", unit="pixels", format="%d",
                   description="[offset_x, size_x, offset_y, size_y]; [] = full frame"),
         Parameter("profile_fit", bool, False, label="Profile Gaussian fit",
                   description="fit a Gaussian + offset to each projection (costs ~1 ms per frame)"),
         # Identical to the roi analysis' declaration, so all share one parameter.
-        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
+        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level", format="%d",
                   description="pixels at or above this value count as saturated", min=0),
         MASK,
         DARK,
     ]
     results = [
-        Result("profile_x", np.float64, kind="spectrum", unit="counts", label="Projection on x",
-               description="column sums of the ROI", archive=False),
-        Result("profile_y", np.float64, kind="spectrum", unit="counts", label="Projection on y",
-               description="row sums of the ROI", archive=False),
-        *[Result(f"profile_{what}_{ax}", float, unit="px", label=f"Profile {what} {ax}")
+        Result("profile_x", np.float64, kind="spectrum", unit="counts", label="Projection on x", format="%.6g",
+               description="column sums of the cleaned ROI", archive=False, axis="profile_axis_x"),
+        Result("profile_y", np.float64, kind="spectrum", unit="counts", label="Projection on y", format="%.6g",
+               description="row sums of the cleaned ROI", archive=False, axis="profile_axis_y"),
+        *[Result(f"profile_axis_{ax}", np.float64, kind="spectrum", unit="px", label=f"Profile {ax} pixel",
+                 format="%.0f", description=f"full-image pixel {ax} coordinate of each point of profile_{ax}",
+                 archive=False) for ax in _AXES],
+        *[Result(f"profile_{what}_{ax}", float, unit="px", label=f"Profile {what} {ax}", format="%.3f",
+                 description=f"{_TEXT[what]} of profile_{ax} (NaN when undefined)")
           for what in ("centroid", "rms", "fwhm") for ax in _AXES],
         *[Result(f"profile_fit_{what}_{ax}", float, unit="counts" if what in ("amplitude", "offset") else "px",
-                 label=f"Profile fit {what} {ax}") for what in _FIT for ax in _AXES],
+                 label=f"Profile fit {what} {ax}", format="%.4g",
+                 description=f"Gaussian fit of profile_{ax}: {_TEXT[what]} (NaN when off or not converged)")
+          for what in _FIT for ax in _AXES],
         Result("profile_run_x", np.float64, kind="spectrum", unit="counts", label="Run-mean projection on x",
-               description="run summary", archive=False, run_summary=True),
+               format="%.6g", description="run summary: mean of profile_x over the run", archive=False,
+               run_summary=True, axis="profile_run_axis_x"),
         Result("profile_run_y", np.float64, kind="spectrum", unit="counts", label="Run-mean projection on y",
-               description="run summary", archive=False, run_summary=True),
-        *[Result(f"profile_run_{what}_{ax}", float, unit="px", label=f"Run profile {what} {ax}",
-                 description="run summary", run_summary=True) for what in ("centroid", "rms", "fwhm") for ax in _AXES],
-        Result("profile_run_frames", int, label="Profile frames in run", description="run summary", run_summary=True),
+               format="%.6g", description="run summary: mean of profile_y over the run", archive=False,
+               run_summary=True, axis="profile_run_axis_y"),
+        *[Result(f"profile_run_axis_{ax}", np.float64, kind="spectrum", unit="px", label=f"Run profile {ax} pixel",
+                 format="%.0f", description=f"run summary: full-image pixel {ax} coordinate of profile_run_{ax}",
+                 archive=False, run_summary=True) for ax in _AXES],
+        *[Result(f"profile_run_{what}_{ax}", float, unit="px", label=f"Run profile {what} {ax}", format="%.3f",
+                 description=f"run summary: {_TEXT[what]} of profile_run_{ax}", run_summary=True)
+          for what in ("centroid", "rms", "fwhm") for ax in _AXES],
+        Result("profile_run_frames", int, unit="frames", label="Profile frames in run", format="%d",
+               description="run summary: frames summed into the run-mean projections", run_summary=True),
     ]
 
     def _input(self, frame: Frame, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
@@ -373,11 +389,31 @@ class Profile(Analysis):
         raw = image if slices is None else image[slices]
         return corrected(image, params, slices), raw, mask, key
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+    def prepare(self, params: Params) -> dict[tuple[int, int], np.ndarray]:
+        """A cache of pixel-coordinate axes, {(offset, size): axis}: depends on nothing else."""
+        return {}
+
+    prepare_parameters = ("roi_profile",)
+
+    @staticmethod
+    def _axis(context: dict[tuple[int, int], np.ndarray], offset: int, size: int) -> np.ndarray:
+        axis = context.get((offset, size))
+        if axis is None:
+            axis = np.arange(offset, offset + size, dtype=np.float64)
+            axis.flags.writeable = False  # published by every frame of this region: shared, never modified
+            if len(context) > 64:  # full-frame regions follow the image shape: keep the cache small
+                context.clear()
+            context[(offset, size)] = axis
+        return axis
+
+    def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         region, raw, mask, key = self._input(frame, params)
         ox, sx, oy, sy = key
         px, py = project(region, raw, mask, params.saturation_level)
-        out: dict[str, Any] = {"profile_x": px, "profile_y": py}
+        axes = {} if context is None else context
+        out: dict[str, Any] = {"profile_x": px, "profile_y": py,
+                               "profile_axis_x": self._axis(axes, ox, px.size),
+                               "profile_axis_y": self._axis(axes, oy, py.size)}
         for ax, p, off in (("x", px, ox), ("y", py, oy)):
             st = axis_stats(p)
             c = st.centroid + off
@@ -387,24 +423,23 @@ class Profile(Analysis):
             fit = gaussian_fit(p, off, c, st.rms, st.fwhm, st.background) if params.profile_fit else (_NAN,) * 4
             for what, v in zip(_FIT, fit):
                 out[f"profile_fit_{what}_{ax}"] = v
-        # Not a result: tells accumulate() which region these projections belong to.
-        out["_profile_region"] = key
-        return out
+        # private: which region these projections belong to, for accumulate()
+        return FrameOutput(out, key)
 
     # Accumulator: {"sums": {region: [frames, sum_x, sum_y]}, "last": region or None}
 
     def new_accumulator(self) -> dict[str, Any]:
         return {"sums": {}, "last": None}
 
-    def accumulate(self, acc: dict[str, Any], frame_results: dict[str, Any]) -> dict[str, Any]:
-        key = frame_results["_profile_region"]
+    def accumulate(self, acc: dict[str, Any], output: FrameOutput, params: Params) -> dict[str, Any]:
+        key, r = output.private, output.results
         entry = acc["sums"].get(key)
         if entry is None:  # copies: the frame's results are published and must stay untouched
-            acc["sums"][key] = [1, frame_results["profile_x"].copy(), frame_results["profile_y"].copy()]
+            acc["sums"][key] = [1, r["profile_x"].copy(), r["profile_y"].copy()]
         else:
             entry[0] += 1
-            entry[1] += frame_results["profile_x"]
-            entry[2] += frame_results["profile_y"]
+            entry[1] += r["profile_x"]
+            entry[2] += r["profile_y"]
         acc["last"] = key
         return acc
 
@@ -423,6 +458,7 @@ class Profile(Analysis):
         key = acc["last"]
         if key is None:
             out: dict[str, Any] = {"profile_run_x": np.zeros(0), "profile_run_y": np.zeros(0),
+                                   "profile_run_axis_x": np.zeros(0), "profile_run_axis_y": np.zeros(0),
                                    "profile_run_frames": 0}
             for what in ("centroid", "rms", "fwhm"):
                 for ax in _AXES:
@@ -430,7 +466,9 @@ class Profile(Analysis):
             return out
         n, sx, sy = acc["sums"][key]
         mx, my = sx / n, sy / n
-        out = {"profile_run_x": mx, "profile_run_y": my, "profile_run_frames": int(n)}
+        out = {"profile_run_x": mx, "profile_run_y": my, "profile_run_frames": int(n),
+               "profile_run_axis_x": np.arange(key[0], key[0] + mx.size, dtype=np.float64),
+               "profile_run_axis_y": np.arange(key[2], key[2] + my.size, dtype=np.float64)}
         for ax, p, off in (("x", mx, key[0]), ("y", my, key[2])):
             c, rms, fwhm = projection_stats(p, off)
             out[f"profile_run_centroid_{ax}"] = c

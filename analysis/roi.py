@@ -19,17 +19,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from tango_dqm import Analysis, Frame, Parameter, Params, Result
-from tango_dqm.accumulators import ScalarSeries
-from tango_dqm.corrections import DARK, MASK, region_values
-from tango_dqm.kernels import region_stats, min_max_count_above
+from tango_dqm import (
+    DARK,
+    MASK,
+    Analysis,
+    Frame,
+    FrameOutput,
+    Parameter,
+    Params,
+    Result,
+    ScalarSeries,
+    min_max_count_above,
+    region_stats,
+    region_values,
+)
 
 _STATS = ("sum", "mean", "std", "min", "max")
 _NAN = float("nan")
 
 
+_STAT_TEXT = {"sum": "sum of the", "mean": "mean of the", "std": "standard deviation of the",
+              "min": "smallest of the", "max": "largest of the"}
+
+
 def _region_results(prefix: str, label: str) -> list[Result]:
-    return [Result(f"{prefix}_{s}", float, unit="counts", label=f"{label} {s}") for s in _STATS]
+    return [Result(f"{prefix}_{s}", float, unit="counts", label=f"{label} {s}", format="%.6g",
+                   description=f"{_STAT_TEXT[s]} dark-corrected, unmasked pixel values in the {prefix} ROI "
+                               "(NaN when the ROI is disabled)")
+            for s in _STATS]
 
 
 def normaliser(frame: Frame, spec: str) -> float | None:
@@ -55,11 +72,11 @@ class RoiStats(Analysis):
     name = "roi"
     version = "1"
     parameters = [
-        Parameter("roi_signal", "roi", [], label="Signal ROI",
+        Parameter("roi_signal", "roi", [], label="Signal ROI", unit="pixels", format="%d",
                   description="[offset_x, size_x, offset_y, size_y]; [] disables"),
-        Parameter("roi_background", "roi", [], label="Background ROI",
+        Parameter("roi_background", "roi", [], label="Background ROI", unit="pixels", format="%d",
                   description="[offset_x, size_x, offset_y, size_y]; [] disables"),
-        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level",
+        Parameter("saturation_level", int, 65535, unit="counts", label="Saturation level", format="%d",
                   description="pixels at or above this value count as saturated", min=0),
         Parameter("roi_normalisation", str, "", label="Normalisation",
                   description="divide net_signal by: a stream of the event (e.g. i0) or a scalar channel "
@@ -70,16 +87,19 @@ class RoiStats(Analysis):
     results = [
         *_region_results("signal", "Signal"),
         *_region_results("background", "Background"),
-        Result("net_signal", float, unit="counts", label="Net signal",
+        Result("net_signal", float, unit="counts", label="Net signal", format="%.6g",
                description="signal_sum - background_mean * signal area"),
-        Result("net_signal_normalised", float, label="Normalised net signal",
+        Result("net_signal_normalised", float, label="Normalised net signal", format="%.6g", dimensionless=True,
                description="net_signal / the roi_normalisation value (NaN when off or missing)"),
-        Result("frame_min", float, unit="counts", label="Frame minimum"),
-        Result("frame_max", float, unit="counts", label="Frame maximum"),
-        Result("saturated_pixels", int, unit="pixels", label="Saturated pixels"),
+        Result("frame_min", float, unit="counts", label="Frame minimum", format="%.6g",
+               description="smallest pixel value of the whole frame"),
+        Result("frame_max", float, unit="counts", label="Frame maximum", format="%.6g",
+               description="largest pixel value of the whole frame"),
+        Result("saturated_pixels", int, unit="pixels", label="Saturated pixels", format="%d",
+               description="pixels of the whole frame at or above saturation_level"),
     ]
 
-    def process(self, frame: Frame, params: Params) -> dict[str, Any]:
+    def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         image = frame.data
         out: dict[str, Any] = {}
         signal = self._region(image, params, params.roi_signal, "roi_signal", "signal", out)
@@ -94,7 +114,7 @@ class RoiStats(Analysis):
         out["net_signal_normalised"] = out["net_signal"] / norm if norm else _NAN
         mn, mx, nsat = min_max_count_above(image, params.saturation_level)
         out["frame_min"], out["frame_max"], out["saturated_pixels"] = mn, mx, nsat
-        return out
+        return FrameOutput(out)
 
     @staticmethod
     def _region(image, params: Params, roi, param_name: str, prefix: str, out: dict[str, Any]):
@@ -109,8 +129,8 @@ class RoiStats(Analysis):
     def new_accumulator(self) -> ScalarSeries:
         return ScalarSeries()
 
-    def accumulate(self, acc: ScalarSeries, frame_results: dict[str, Any]) -> ScalarSeries:
-        return acc.add(frame_results)
+    def accumulate(self, acc: ScalarSeries, output: FrameOutput, params: Params) -> ScalarSeries:
+        return acc.add(output.results)
 
     def merge(self, a: ScalarSeries, b: ScalarSeries) -> ScalarSeries:
         return a.merged(b)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tango_dqm import Frame, Params, load_analysis
+from tango_dqm.plugin import Runner, instantiate
 from tango_dqm.analysis.histogram import _count_values
 from tango_dqm.simulation import FrameGenerator, Scene
 
@@ -56,15 +57,16 @@ def per_frame_seconds(step: Callable[[int], Any], seconds: float) -> float:
 
 
 def analysis_step(spec: str, frames: list[np.ndarray], accumulate: bool = True, **values):
-    a = load_analysis(spec)()
+    runner = Runner(instantiate(load_analysis(spec)))  # as the engine calls it (prepare() cached)
+    a = runner.analysis
     p = params_for(a, **values)
     state = {"acc": a.new_accumulator()}
     fs = [Frame(f, i) for i, f in enumerate(frames)]
 
     def step(i: int) -> None:
-        r = a.process(fs[i % len(fs)], p)
+        r = runner.process(fs[i % len(fs)], p)
         if accumulate:
-            state["acc"] = a.accumulate(state["acc"], r)
+            state["acc"] = a.accumulate(state["acc"], r, p)
 
     return step, a, state
 
@@ -101,11 +103,12 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     roi = dict(roi_signal=[256, 512, 256, 512], roi_background=[0, 128, 0, 128])
     pixels_step, pixels, pixels_state = analysis_step("tango_dqm.analysis.pixels:Pixels", frames)
     pixels_proc_step, _, _ = analysis_step("tango_dqm.analysis.pixels:Pixels", frames, accumulate=False)
-    pixel_results = [pixels.process(Frame(f, i), params_for(pixels)) for i, f in enumerate(frames)]
+    pixel_params = params_for(pixels)
+    pixel_results = [pixels.process(Frame(f, i), pixel_params, None) for i, f in enumerate(frames)]
     acc_only_state = {"acc": pixels.new_accumulator()}
 
     def pixels_acc_step(i: int) -> None:
-        acc_only_state["acc"] = pixels.accumulate(acc_only_state["acc"], pixel_results[i % len(frames)])
+        acc_only_state["acc"] = pixels.accumulate(acc_only_state["acc"], pixel_results[i % len(frames)], pixel_params)
 
     rows: list[tuple[str, Callable[[int], Any]]] = [
         ("numpy.sum(dtype=uint64)  [baseline]", lambda i: np.sum(frames[i % N_FRAMES], dtype=np.uint64)),

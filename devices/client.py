@@ -37,7 +37,7 @@ COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "eve
 STATIC_ATTRIBUTES = frozenset({
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "eventRate",
     "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage", "outputFile",
-    "referenceVersion", "runSummary", "parameterLog",
+    "referenceVersion", "runSummary", "parameterLog", "httpUrl",
 })
 
 _INVALID_VALUE_REASONS = frozenset({
@@ -147,6 +147,14 @@ class MonitorClient:
 
     def status(self) -> str:
         return self._call("Status", self.proxy.status)
+
+    def http_url(self) -> str:
+        """URL of the device's read-only HTTP access ("" when its HttpPort property is 0).
+
+        ``h5pyd.File("/", "r", endpoint=url)`` opens the current or last scan's results;
+        ``url + "runs/"`` is the run list.
+        """
+        return self._call("httpUrl", self.proxy.read_attribute, "httpUrl").value or ""
 
     def wait_state(self, *states: DevState | str, timeout: float | None = 30.0,
                    progress: Callable[[dict[str, Any]], Any] | None = None) -> DevState:

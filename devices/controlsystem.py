@@ -19,6 +19,9 @@ BIN = Path(sys.executable).parent
 LOOPBACK_ENDPOINT = ["-ORBendPoint", "giop:tcp:127.0.0.1:"]
 # json2tango's exit codes: 0 nothing to change, 2 configuration applied
 _JSON2TANGO_OK = (0, 2)
+# Every server log written in this process, so a test run can scan them all for crashes.
+SERVER_LOGS: list[Path] = []
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 
 
 def free_port() -> int:
@@ -43,7 +46,18 @@ def _wait(what: str, ok, timeout: float, proc: subprocess.Popen | None = None, l
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def _record_crash(proc: subprocess.Popen, log: Path | None) -> None:
+    """A server killed by a crash signal leaves no trace of its own unless faulthandler ran:
+    say so in its log (a crash is a bug, and the test fixtures scan these logs)."""
+    rc = proc.returncode
+    if log is not None and rc is not None and rc < 0 and -rc in {s.value for s in _CRASH_SIGNALS}:
+        with log.open("a") as f:
+            f.write(f"\n*** server process died of signal {signal.Signals(-rc).name} (crash, core dump)\n")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10.0, log: Path | None = None) -> None:
+    if proc.poll() is not None:
+        _record_crash(proc, log)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # Tango servers shut down cleanly on SIGTERM
         try:
@@ -51,6 +65,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        _record_crash(proc, log)
 
 
 class ControlSystem:
@@ -63,9 +78,11 @@ class ControlSystem:
         self.folder = Path(folder).resolve()
         self.port = port or free_port()
         self.tango_host = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "TANGO_HOST": self.tango_host}
+        # faulthandler: a crash in a server prints its Python stacks into the server's log
+        self.env = {**os.environ, "TANGO_HOST": self.tango_host, "PYTHONFAULTHANDLER": "1"}
         self._db: subprocess.Popen | None = None
         self.servers: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
 
     def __enter__(self) -> "ControlSystem":
         self.start_database()
@@ -77,6 +94,7 @@ class ControlSystem:
     def start_database(self, timeout: float = 60.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = self.folder / "database.log"
+        SERVER_LOGS.append(log)
         env = {**self.env, "PYTANGO_DATABASE_NAME": str(self.folder / "tango_database.db")}
         self._db = subprocess.Popen([str(BIN / "PyDatabaseds"), "--host", "127.0.0.1", "--port", str(self.port), "2"],
                                     env=env, cwd=self.folder, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -98,13 +116,18 @@ class ControlSystem:
             raise RuntimeError(f"json2tango {json_file} failed ({result.returncode}): {result.stderr[-2000:]}")
 
     def start_server(self, executable: str, instance: str, devices: list[str], timeout: float = 60.0,
-                     extra_args: list[str] | None = None) -> subprocess.Popen:
-        """Start ``executable instance`` as Starter would; wait until ``devices`` answer."""
+                     extra_args: list[str] | None = None, wrapper: list[str] | None = None) -> subprocess.Popen:
+        """Start ``executable instance`` as Starter would; wait until ``devices`` answer.
+
+        ``wrapper`` is an argument list the server runs under (e.g. ``unshare`` in a test)."""
         log = self.folder / f"{executable}_{instance}.log"
-        argv = [str(BIN / executable), instance, *LOOPBACK_ENDPOINT, *(extra_args or [])]
-        proc = subprocess.Popen(argv, env=self.env, cwd=self.folder, stdout=log.open("ab"),
-                                stderr=subprocess.STDOUT)
-        self.servers[f"{executable}/{instance}"] = proc
+        SERVER_LOGS.append(log)
+        argv = [*(wrapper or []), str(BIN / executable), instance, *LOOPBACK_ENDPOINT, *(extra_args or [])]
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT)
+        key = f"{executable}/{instance}"
+        self.servers[key] = proc
+        self.logs[key] = log
         for name in devices:
             _wait(f"{executable} {instance} ({name})",
                   lambda name=name: tango.DeviceProxy(f"tango://{self.tango_host}/{name}").ping() >= 0,
@@ -117,7 +140,7 @@ class ControlSystem:
     def stop_server(self, key: str) -> None:
         proc = self.servers.pop(key, None)
         if proc is not None:
-            _stop(proc)
+            _stop(proc, log=self.logs.get(key))
 
     def stop(self) -> None:
         for key in list(self.servers):

@@ -1,7 +1,13 @@
-"""Map declared parameters and results onto Tango attribute definitions."""
+"""Map declared parameters and results onto Tango attribute definitions.
+
+``describe_attributes`` builds the dynamic attribute set of a device offline, with the same
+functions the device uses, so a declaration Tango refuses is found before deployment.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +32,7 @@ _PARAM_TYPES = {
 }
 
 
-def _props(label: str, unit: str, description: str) -> tango.UserDefaultAttrProp:
+def _props(label: str, unit: str, description: str, fmt: str = "") -> tango.UserDefaultAttrProp:
     p = tango.UserDefaultAttrProp()
     if label:
         p.set_label(label)
@@ -34,7 +40,17 @@ def _props(label: str, unit: str, description: str) -> tango.UserDefaultAttrProp
         p.set_unit(unit)
     if description:
         p.set_description(description)
+    if fmt:
+        p.set_format(fmt)
     return p
+
+
+def result_description(result: Result) -> str:
+    """The attribute description: the declared text, plus the x axis it is plotted against."""
+    text = result.description
+    if result.axis:
+        text = f"{text}; x axis: {result.axis}" if text else f"x axis: {result.axis}"
+    return text
 
 
 def parameter_attr(param: Parameter) -> tango.Attr:
@@ -46,7 +62,7 @@ def parameter_attr(param: Parameter) -> tango.Attr:
         attr: tango.Attr = tango.SpectrumAttr(param.name, dtype, w, size)
     else:
         attr = tango.Attr(param.name, dtype, w)
-    props = _props(param.label, param.unit, param.description)
+    props = _props(param.label, param.unit, param.description, param.format)
     if param.min is not None:
         props.set_min_value(repr(param.min) if param.type is ParamType.FLOAT else str(int(param.min)))
     if param.max is not None:
@@ -95,7 +111,7 @@ def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
         attr = tango.SpectrumAttr(result.name, dtype, r, MAX_SPECTRUM)
     else:
         attr = tango.ImageAttr(result.name, dtype, r, MAX_IMAGE, MAX_IMAGE)
-    props = _props(result.label, result.unit, result.description)
+    props = _props(result.label, result.unit, result_description(result), result.format)
     if result.kind == "scalar":
         # defaults: the configured range check, else the plugin's declaration; values
         # stored in the Tango database (edited in Jive) override these
@@ -104,14 +120,23 @@ def result_attr(result: Result, warning=None, error=None) -> tango.Attr:
             (error or result.alarm or (None, None), props.set_min_alarm, props.set_max_alarm),
         ):
             if lo is not None:
-                set_lo(str(lo))
+                set_lo(_limit(lo, kind, math.ceil))
             if hi is not None:
-                set_hi(str(hi))
+                set_hi(_limit(hi, kind, math.floor))
     attr.set_default_properties(props)
     attr.set_change_event(True, False)
     if result.kind == "scalar" and result.archive:
         attr.set_archive_event(True, False)
     return attr
+
+
+def _limit(value: float, kind: str, to_int) -> str:
+    """A limit in the format Tango parses for the attribute's type: DevLong64 wants an integer
+    ("100", not the "100.0" a range check keeps). A fractional limit from a QualityChecks range
+    on an int result is rounded inwards, which flags exactly the same integer values."""
+    if kind in "iu":
+        return str(int(to_int(value)))
+    return repr(float(value))
 
 
 def _array_int_type(dtype: np.dtype) -> tango.CmdArgType:
@@ -145,3 +170,76 @@ def parameter_value(param: Parameter, value: Any) -> Any:
         return np.asarray(plain, dtype=np.int32 if param.type is ParamType.ROI else
                           (np.int64 if param.type is ParamType.INT_ARRAY else np.float64))
     return plain
+
+
+@dataclass(frozen=True)
+class AttributeInfo:
+    """One dynamic attribute as the device builds it (what Jive and Taranta show)."""
+
+    name: str
+    analysis: str
+    role: str  # "parameter" or "result"
+    data_type: str  # Tango type name, e.g. DevDouble
+    data_format: str  # SCALAR, SPECTRUM or IMAGE
+    writable: bool
+    label: str
+    unit: str
+    description: str
+    format: str
+    limits: dict[str, str]  # min/max_value, min/max_warning, min/max_alarm that are set
+
+
+def _info(attr: tango.Attr, analysis: str, role: str) -> AttributeInfo:
+    """Read back what Tango kept of the default properties (after its own validation)."""
+    props = {p.get_name(): p.get_value() for p in attr.get_user_default_properties()}
+    limits = {k: props[k] for k in ("min_value", "max_value", "min_warning", "max_warning", "min_alarm",
+                                    "max_alarm") if k in props}
+    return AttributeInfo(attr.get_name(), analysis, role, str(tango.CmdArgType.values[attr.get_type()]),
+                         str(attr.get_format()), attr.get_writable() != tango.AttrWriteType.READ,
+                         props.get("label", ""), props.get("unit", ""), props.get("description", ""),
+                         props.get("format", ""), limits)
+
+
+def device_attribute_names() -> set[str]:
+    """Lower-case names of the attributes every DataQualityMonitor has (State, counters, verdict ...)."""
+    from tango.server import attribute
+
+    from .monitor import DataQualityMonitor  # late: monitor imports this module
+    return {"state", "status"} | {
+        (v.attr_name if getattr(v, "attr_name", None) else k).lower()
+        for klass in DataQualityMonitor.__mro__ for k, v in vars(klass).items() if isinstance(v, attribute)}
+
+
+def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> list[AttributeInfo]:
+    """The parameter and result attributes a DataQualityMonitor with these ``Analyses`` (and
+    ``QualityChecks``) adds, built offline exactly as the device does: the engine's
+    declarations (shared parameters, clashes refused), then ``parameter_attr`` and
+    ``result_attr``, whose ``set_default_properties`` is where Tango refuses a property.
+
+    Raises PluginError (or EngineError) naming the attribute and Tango's reason."""
+    from tango_dqm.engine import Engine, EngineConfig  # the engine, as the device configures it
+    from tango_dqm.plugin import PluginError
+
+    engine = Engine(EngineConfig(["sim://?frames=1&shape=8x8"], list(analyses), checks=list(checks)))
+    try:
+        owners = {p.name: a.name for a in reversed(engine.analyses) for p in a.parameters}
+        limits = engine.quality.range_limits()
+        out = []
+        builds = [(lambda p=p: parameter_attr(p), owners[p.name], "parameter", p.name)
+                  for p in engine.params.declarations.values()]
+        builds += [(lambda r=r, n=n: result_attr(r, *limits.get(n, (None, None))), owner, "result", n)
+                   for n, (owner, r) in engine.result_decl.items()]
+        for build, owner, role, name in builds:
+            try:
+                attr = build()
+            except tango.DevFailed as exc:
+                raise PluginError(f"analysis {owner!r}: {role} {name!r}: Tango refuses the attribute: "
+                                  f"{exc.args[0].desc.strip()}") from None
+            out.append(_info(attr, owner, role))
+        names = [i.name.lower() for i in out]
+        clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & device_attribute_names()))
+        if clash:
+            raise PluginError(f"attribute names used twice or by the device itself (Tango ignores case): {clash}")
+        return out
+    finally:
+        engine.close()

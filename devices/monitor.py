@@ -6,8 +6,11 @@ configured analyses become dynamic attributes, rebuilt by ``Init``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -17,6 +20,7 @@ from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
 
 from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.http import HttpServerError, ResultsHttpServer
 from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import LossCheck, Verdict, checks_from_config, range_verdict
@@ -35,6 +39,21 @@ _VERDICT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.INSUFFICIENT: At
 _RESULT_QUALITY = {Verdict.OK: AttrQuality.ATTR_VALID, Verdict.WARNING: AttrQuality.ATTR_WARNING,
                    Verdict.ERROR: AttrQuality.ATTR_ALARM}
 core_log = logging.getLogger("tango_dqm")
+_event_socket = {"ready": False}  # per process: the ZMQ event socket exists
+
+
+@atexit.register
+def _join_engine_threads(timeout: float = 10.0) -> None:
+    """At server exit, wait for the engine's threads, which ``Engine.close`` told to stop.
+
+    Finalization freezes daemon threads where they stand: one frozen inside h5py (the engine
+    appending to the results file when a Kill arrives) keeps h5py's lock, and the interpreter
+    then hangs forever on that lock while freeing h5py objects; one frozen in other C code can
+    crash the process."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("dqm-") and thread.daemon and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _throw(reason: str, desc: str, origin: str) -> None:
@@ -71,6 +90,10 @@ class DataQualityMonitor(Device):
                                          doc="where references are kept (default: OutputDirectory/references)")
     AnalysisThreads = device_property(dtype=int, default_value=0,
                                       doc="threads analysing consecutive frames at once (0: one per core)")
+    HttpPort = device_property(dtype="DevLong", default_value=0,
+                               doc="port of the read-only HTTP access (h5pyd, run pages under /runs/); 0: off")
+    HttpHost = device_property(dtype=str, default_value="127.0.0.1",
+                               doc="address the HTTP access listens on (0.0.0.0: every interface)")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -90,6 +113,31 @@ class DataQualityMonitor(Device):
         self._live_detectors: list[tango.DeviceProxy] = []
         self._note = ""  # why the last command was refused, shown in Status until one succeeds
         self._last_verdict: tuple[int, str] | None = None
+        # Nothing may escape: at startup an exception here makes the server exit, in Init it
+        # reaches the client as an opaque CORBA error with State and Status out of step.
+        self._http: ResultsHttpServer | None = None
+        self._http_error = ""
+        try:
+            self._configure()
+            self._start_http()
+            if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
+                self._ensure_event_socket()
+                self._build_dynamic_attributes()
+        except _ConfigError as exc:
+            self._fault(str(exc))
+            return
+        except RecursionError:
+            self._fault("a property value is nested too deeply to parse (RecursionError): check "
+                        "QualityChecks (one flat JSON object per line) and detectors")
+            return
+        except Exception as exc:  # noqa: BLE001 - reported in Status, never kills the server
+            self._fault(f"building the device failed: {_describe(exc)}")
+            return
+        self.set_state(DevState.ON)
+
+    def _configure(self) -> None:
+        """Check the properties and build the engine; raises _ConfigError naming what to fix."""
+        self._check_directories()
         try:
             self.engine = Engine(
                 EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
@@ -100,40 +148,123 @@ class DataQualityMonitor(Device):
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
                              analysis_threads=self.AnalysisThreads),
                 listener=self, thread_context=tango.EnsureOmniThread)
-        except (EngineError, PluginError, SourceError, ValueError) as exc:
-            self._config_error = (f"configuration error: {exc}. Fix the Sources/Analyses properties, "
-                                  "then run Init")
-            self.error_stream(self._config_error)
-            self.set_state(DevState.FAULT)
-            return
+        except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
+            raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
         self._restore_parameters()
         self._load_reference()
         self._init_loss_limits()
         try:
             self._detectors = self._parse_detectors()
         except ValueError as exc:
-            self._config_error = f"configuration error: {exc}. Fix the detectors property, then run Init"
+            raise _ConfigError(f"{exc}. Fix the detectors property") from None
+        self._live_flags = self._restore_live_flags()
+
+    def _check_directories(self) -> None:
+        # Relative paths would resolve against the server's working directory (/ under Starter).
+        named = [("OutputDirectory", self.OutputDirectory), ("ReferenceDirectory", self.ReferenceDirectory),
+                 *(("ParameterFileDirectories", d) for d in self.ParameterFileDirectories)]
+        for prop, folder in named:
+            if folder and not os.path.isabs(folder):
+                raise _ConfigError(f"{prop} {folder!r} is a relative path; give an absolute path")
+        for prop, folder in named[:2]:
+            if not folder:
+                continue
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise _ConfigError(f"{prop} {folder!r} exists and is not a directory; give a directory")
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise _ConfigError(f"{prop} {folder!r} cannot be created ({exc.strerror or exc}); "
+                                   "give a directory the server may write") from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise _ConfigError(f"{prop} {folder!r} is not writable by the server; give a directory "
+                                   "it may write")
+
+    def _fault(self, why: str) -> None:
+        """FAULT with a Status that says what failed and how to recover; no half-built device."""
+        self._config_error = (f"configuration error: {why}, then run Init (Init re-reads the properties)")
+        self.error_stream(self._config_error)
+        if self.engine is not None:
             self.engine.close()
             self.engine = None
-            self.set_state(DevState.FAULT)
+        if getattr(self, "_dynamic_ready", False):
+            self._remove_dynamic_attributes()
+        self.set_state(DevState.FAULT)
+
+    def server_init_hook(self) -> None:
+        self._ensure_event_socket()  # before a RestartDevice or Init can push an interface change
+
+    def _ensure_event_socket(self) -> None:
+        """Create cppTango's ZMQ event socket, which it makes only at the first event subscription.
+
+        Init (and the admin's RestartDevice) push the device-interface-change event whenever
+        ``EventSupplier::any_dev_intr_client`` says a client listens; cppTango 10 computes that as
+        ``steady_clock::now() - last_subscription < 600 s`` with a zero default, which is true during
+        the first 10 minutes after the host booted even when nobody ever subscribed. The push then
+        writes to the missing socket: a segfault in ``ZmqEventSupplier::push_event`` (a server
+        started by Starter at boot, or a test run on a fresh CI machine). A subscription to our own
+        interface-change event through the admin device creates the socket; once per process.
+        """
+        if _event_socket["ready"]:
             return
-        self._live_flags = self._restore_live_flags()
-        if getattr(self, "_dynamic_ready", False):  # Init command: rebuild the attribute set
-            self._build_dynamic_attributes()
-        self.set_state(DevState.ON)
+        util = tango.Util.instance()
+        try:
+            admin = tango.DeviceProxy(self._admin_trl(util))
+            admin.set_timeout_millis(3000)
+            admin.command_inout("ZmqEventSubscriptionChange", [self.get_name(), "", "subscribe", "intr_change", "6"])
+        except tango.DevFailed as exc:
+            self.warn_stream(f"could not create the event socket: {exc.args[0].desc}")
+            return
+        _event_socket["ready"] = True
+
+    def _admin_trl(self, util: tango.Util) -> str:
+        admin = util.get_dserver_device().get_name()
+        if tango.Util._UseDb:
+            return admin
+        # no database (DeviceTestContext): the admin answers on this process' own endpoint
+        return tango.DeviceProxy(self.get_name()).adm_name()
 
     def initialize_dynamic_attributes(self) -> None:
         self._dynamic_ready = True
-        self._build_dynamic_attributes()
+        try:
+            self._build_dynamic_attributes()
+        except Exception as exc:  # noqa: BLE001 - at startup this would make the server exit
+            self._fault(f"the attributes could not be created: {_describe(exc)}")
 
     def delete_device(self) -> None:
         # Dynamic attributes must go here, not in init_device: removing them during
         # Init's init_device crashes cppTango. init_device then adds the new set.
         self._remove_dynamic_attributes()
+        if getattr(self, "_http", None) is not None:
+            self._http.close()  # quick: asks uvicorn to exit, joins with a timeout
+            self._http = None
         if getattr(self, "engine", None) is not None:
             self.engine.close()
         if getattr(self, "_log_handler", None) is not None:
             core_log.removeHandler(self._log_handler)
+
+    # ---- HTTP access (read-only; its threads only read files, they push no events) -----------
+
+    def _start_http(self) -> None:
+        self._http = None
+        self._http_error = ""
+        if self.HttpPort <= 0:
+            return
+        try:
+            server = ResultsHttpServer(self.HttpHost, self.HttpPort, self.OutputDirectory or None,
+                                       self._current_results_file)
+            server.start()
+        except HttpServerError as exc:
+            self._http_error = f"HTTP access off: {exc}; fix the HttpPort/HttpHost properties, then run Init"
+            self.error_stream(self._http_error)
+            return
+        self._http = server
+        self.info_stream(f"HTTP access (h5pyd, /runs/) on {server.url}")
+
+    def _current_results_file(self) -> str | None:
+        engine = self.engine
+        products = engine.products if engine is not None else None
+        return str(products.current) if products is not None and products.current is not None else None
 
     # ---- dynamic attributes ------------------------------------------------------------
 
@@ -146,12 +277,14 @@ class DataQualityMonitor(Device):
         self._dynamic_names = []
 
     def _build_dynamic_attributes(self) -> None:
+        """All attributes or none: every definition is made before the first is added, and a
+        failed add removes the ones added, so Init never leaves half an attribute set."""
         self._remove_dynamic_attributes()
         if self.engine is None:
             return
+        todo = []
         for param in self.engine.params.declarations.values():
-            self.add_attribute(parameter_attr(param), self._read_parameter, self._write_parameter)
-            self._dynamic_names.append(param.name)
+            todo.append((parameter_attr(param), self._read_parameter, self._write_parameter))
         for stream in self._detectors:
             attr = tango.Attr(f"live_{stream}", tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
             props = tango.UserDefaultAttrProp()
@@ -159,12 +292,18 @@ class DataQualityMonitor(Device):
             attr.set_default_properties(props)
             attr.set_memorized()
             attr.set_memorized_init(False)  # restored by init_device, like the parameters
-            self.add_attribute(attr, self._read_live_flag, self._write_live_flag)
-            self._dynamic_names.append(f"live_{stream}")
+            todo.append((attr, self._read_live_flag, self._write_live_flag))
         limits = self.engine.quality.range_limits()
         for name, (_, result) in self.engine.result_decl.items():
-            self.add_attribute(result_attr(result, *limits.get(name, (None, None))), self._read_result)
-            self._dynamic_names.append(name)
+            todo.append((result_attr(result, *limits.get(name, (None, None))), self._read_result, None))
+        for attr, read, write in todo:
+            try:
+                self.add_attribute(attr, read, write)
+            except tango.DevFailed as exc:
+                self._remove_dynamic_attributes()
+                raise _ConfigError(f"attribute {attr.get_name()} refused by Tango: "
+                                   f"{' '.join(exc.args[0].desc.split())}") from None
+            self._dynamic_names.append(attr.get_name())
         self._sync_thresholds()
 
     def _read_parameter(self, attr: tango.Attribute) -> None:
@@ -368,7 +507,8 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
-        return f"{status}. {self._note}" if self._note else status
+        status = f"{status}. {self._note}" if self._note else status
+        return f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -549,48 +689,57 @@ class DataQualityMonitor(Device):
             return None
         return self.engine.snapshot().counters
 
-    @attribute(dtype="DevLong64", doc="events expected in the scan when known, else events seen")
+    @attribute(dtype="DevLong64", label="Total events", unit="events", format="%d",
+               doc="events expected in the scan when known, else events seen")
     def totalEvents(self) -> int:
         c = self._counters()
         return c.total if c else 0
 
-    @attribute(dtype="DevLong64", doc="events fully analysed")
+    @attribute(dtype="DevLong64", label="Completed events", unit="events", format="%d",
+               doc="events fully analysed")
     def completedEvents(self) -> int:
         c = self._counters()
         return c.completed if c else 0
 
-    @attribute(dtype="DevLong64", doc="events lost, each once: queue overflow in live mode, frame-id gaps, "
+    @attribute(dtype="DevLong64", label="Dropped events", unit="events", format="%d",
+               doc="events lost, each once: queue overflow in live mode, frame-id gaps, "
                                         "frames announced but never sent, events whose primary frame never arrived")
     def droppedEvents(self) -> int:
         c = self._counters()
         return c.dropped if c else 0
 
-    @attribute(dtype="DevLong64", doc="malformed messages, counted and skipped")
+    @attribute(dtype="DevLong64", label="Bad events", unit="events", format="%d",
+               doc="malformed messages, counted and skipped")
     def badEvents(self) -> int:
         c = self._counters()
         return c.bad if c else 0
 
-    @attribute(dtype="DevLong64", doc="events analysed with a partner stream missing (several Sources)")
+    @attribute(dtype="DevLong64", label="Partial events", unit="events", format="%d",
+               doc="events analysed with a partner stream missing (several Sources)")
     def partialEvents(self) -> int:
         c = self._counters()
         return c.partial if c else 0
 
-    @attribute(dtype="DevLong64", doc="frames whose id their stream had already delivered: skipped, not dropped")
+    @attribute(dtype="DevLong64", label="Duplicate frames", unit="frames", format="%d",
+               doc="frames whose id their stream had already delivered: skipped, not dropped")
     def duplicateEvents(self) -> int:
         c = self._counters()
         return c.duplicate if c else 0
 
-    @attribute(dtype="DevLong64", doc="frames that came after a higher id of their stream: analysed, not dropped")
+    @attribute(dtype="DevLong64", label="Out-of-order frames", unit="frames", format="%d",
+               doc="frames that came after a higher id of their stream: analysed, not dropped")
     def outOfOrderEvents(self) -> int:
         c = self._counters()
         return c.out_of_order if c else 0
 
-    @attribute(dtype=float, unit="Hz", doc="analysed events per second, by their arrival times over the last 2 s")
+    @attribute(dtype=float, unit="Hz", label="Event rate", format="%.1f",
+               doc="analysed events per second, by their arrival times over the last 2 s")
     def eventRate(self) -> float:
         c = self._counters()
         return c.event_rate if c else 0.0
 
-    @attribute(dtype=float, unit="ms", doc="receive-to-result time of the last event")
+    @attribute(dtype=float, unit="ms", label="Latency", format="%.2f",
+               doc="receive-to-result time of the last event")
     def latency(self) -> float:
         c = self._counters()
         return c.latency_ms if c else 0.0
@@ -616,7 +765,7 @@ class DataQualityMonitor(Device):
     def verdictReport(self) -> str:
         return self.engine.snapshot().verdict_report if self.engine else self._config_error
 
-    @attribute(dtype=float, unit="", min_value=0, max_value=1,
+    @attribute(dtype=float, unit="", label="Verdict coverage", format="%.3f", min_value=0, max_value=1,
                doc="fraction of the run's frames (incl. dropped and bad) on which the verdict was evaluated")
     def verdictCoverage(self) -> float:
         return self.engine.snapshot().coverage if self.engine else 0.0
@@ -669,6 +818,11 @@ class DataQualityMonitor(Device):
     def outputFile(self) -> str:
         return self.engine.output_file if self.engine else ""
 
+    @attribute(dtype=str, doc="URL of the read-only HTTP access: h5pyd.File('/', endpoint=url), "
+                              "run pages at url + 'runs/' ('' : off, see HttpPort)")
+    def httpUrl(self) -> str:
+        return self._http.url if getattr(self, "_http", None) is not None else ""
+
     @attribute(dtype=int, doc="version of the reference in use (0: none)")
     def referenceVersion(self) -> int:
         ref = self.engine.reference if self.engine else None
@@ -685,6 +839,16 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return "[]"
         return json.dumps([vars(c) for c in self.engine.params.changes])
+
+
+class _ConfigError(Exception):
+    """A property value the device cannot work with; the message says which and what to fix."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, tango.DevFailed):
+        return " ".join(exc.args[0].desc.split())
+    return str(exc) if isinstance(exc, _ConfigError) else f"{type(exc).__name__}: {exc}"
 
 
 def _json_small(value: Any) -> Any:

@@ -1,9 +1,17 @@
-"""tango-dqm: live data-quality monitoring for detector streams (core, no Tango)."""
-from importlib.metadata import PackageNotFoundError, version as _version
+"""tango-dqm: live data-quality monitoring for detector streams (core, no Tango).
 
+Everything an analysis plugin needs is importable from here, in one line:
+``from tango_dqm import Analysis, FrameOutput, Parameter, Result, region_stats, ...``.
+"""
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from .accumulators import RunningStats, ScalarSeries
+from .corrections import DARK, MASK, corrected, region_values
 from .frames import Frame
+from .kernels import RegionStats, as_2d, min_max_count_above, region_stats
 from .params import Parameter, ParameterError, Params, ParamType
-from .plugin import Analysis, PluginError, Result, load_analysis
+from .plugin import Analysis, FrameOutput, PluginError, Result, load_analysis
 from .roi import Roi, RoiError, parse_roi
 
 try:
@@ -12,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
 __all__ = [
-    "Analysis", "Frame", "Parameter", "ParameterError", "Params", "ParamType", "PluginError",
-    "Result", "Roi", "RoiError", "load_analysis", "parse_roi", "__version__",
+    "DARK", "MASK", "Analysis", "Frame", "FrameOutput", "ParamType", "Parameter", "ParameterError", "Params",
+    "PluginError", "RegionStats", "Result", "Roi", "RoiError", "RunningStats", "ScalarSeries", "__version__",
+    "as_2d", "corrected", "load_analysis", "min_max_count_above", "parse_roi", "region_stats", "region_values",
 ]

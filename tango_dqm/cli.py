@@ -4,6 +4,7 @@
     tango-dqm replay SOURCE --analysis roi [--analysis profile ...] [--params p.json] [-o results.h5]
     tango-dqm once FILE.h5 [--analysis ...] [--params p.json] [-o results.h5]
     tango-dqm report results.h5|DIR ...
+    tango-dqm check-plugin module:Class|NAME ...
 
 SOURCE is any source URI (sim://, zmq://, bsread://, hdf5://, watch://) or a file written by
 ``record``. Parameter files are JSON or YAML objects {parameter: value}, never pickles.
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .engine import EngineError, Snapshot
 from .params import ParameterError
-from .plugin import PluginError
+from .plugin import PluginError, load_analysis
 from .replay import load_params, print_summary, record, replay, replay_uri
 from .sources import SourceError
 
@@ -55,6 +56,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if snap.state.value == "CLOSE" else 1
 
 
+def _cmd_check_plugin(args: argparse.Namespace) -> int:
+    """Exit 0 when every plugin keeps the contract, 1 with the problems otherwise."""
+    from .contract import check_plugin, format_problems
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like python -m: the user's module in the current directory
+    failed = 0
+    for spec in args.plugins:
+        try:
+            problems = check_plugin(load_analysis(spec))
+        except PluginError as exc:
+            problems = [str(exc)]
+        print(format_problems(spec, problems), file=sys.stdout if not problems else sys.stderr)
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tango-dqm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tango-dqm {__version__}")
@@ -76,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--params", type=Path, help="JSON or YAML file of parameter values")
         p.add_argument("-o", "--output", type=Path, help="per-frame results and summary (HDF5)")
         p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("check-plugin", help="check analysis plugins against the plugin contract (offline)")
+    p.add_argument("plugins", nargs="+", metavar="module:Class", help="module:Class or an installed analysis name")
+    p.set_defaults(func=_cmd_check_plugin)
 
     p = sub.add_parser("report", help="regenerate the HTML run report of results files")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -27,7 +27,7 @@ from .events import BuiltEvent, EventBuilder, IdKind, IdTracker
 from .files import FileAccess
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
-from .plugin import Analysis, PluginError, Result, load_analysis
+from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
@@ -149,7 +149,8 @@ class Engine:
         if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
             raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
         self.config = config
-        self.analyses: list[Analysis] = [load_analysis(spec)() for spec in config.analyses]
+        self.analyses: list[Analysis] = [instantiate(load_analysis(spec)) for spec in config.analyses]
+        self._runners = [Runner(a) for a in self.analyses]  # prepare() contexts, cached on their parameters
         self.result_decl: dict[str, tuple[str, Result]] = {}
         declarations: list[Parameter] = []
         owners: dict[str, str] = {}
@@ -785,23 +786,21 @@ class Engine:
                 self._note_shape(frame)
                 if ahead[2] is not None:
                     raise ahead[2]
-                results = ahead[1]
+                outputs = ahead[1]
             else:
-                results = self._process(frame, params)
+                outputs = self._process(frame, params)
         except _AnalysisFailure as exc:
             self._enter_fault(str(exc))
             return False
         try:
-            run.accs = [a.accumulate(acc, r) for a, acc, r in zip(self.analyses, run.accs, results)]
+            run.accs = [a.accumulate(acc, o, params) for a, acc, o in zip(self.analyses, run.accs, outputs)]
         except Exception as exc:  # noqa: BLE001
             self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
                               f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
             return False
         merged: dict[str, Any] = {}
-        for r in results:
-            merged.update(r)
-        # keys starting with "_" hand data from process to accumulate only
-        merged = {k: v for k, v in merged.items() if not k.startswith("_")}
+        for o in outputs:
+            merged.update(o.results)  # private data went to accumulate only
         now = time.monotonic()
         with self._lock:
             if run.generation != self._generation:
@@ -873,11 +872,12 @@ class Engine:
         readonly.flags.writeable = False
         params = self.params.snapshot_with_version()[0]
         stream = self._specs[0].name
-        for a in self.analyses:
+        for runner in self._runners:  # their prepare() contexts are then ready for the first frame
+            a = runner.analysis
             try:
                 acc = a.new_accumulator()
                 for d in (data, readonly):
-                    acc = a.accumulate(acc, a.process(Frame(d, -1, stream=stream), params))
+                    acc = a.accumulate(acc, runner.process(Frame(d, -1, stream=stream), params), params)
                 a.finish(acc)
             except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs speed on the first frame
                 log.info("warm-up of analysis %r skipped: %s: %s", a.name, type(exc).__name__, exc)
@@ -885,7 +885,7 @@ class Engine:
         log.info("analyses warmed up for %s %s in %.2f s", dt.name, shp, took)
         return took
 
-    def _process(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
+    def _process(self, frame: Frame, params: Params) -> list[FrameOutput]:
         self._note_shape(frame)
         return self._analyse(frame, params)
 
@@ -893,19 +893,20 @@ class Engine:
         if frame.data.ndim >= 2 and self.params.image_shape != frame.data.shape[-2:]:
             self.params.image_shape = tuple(frame.data.shape[-2:])  # a new detector header may change it
 
-    def _analyse(self, frame: Frame, params: Params) -> list[dict[str, Any]]:
-        """Every analysis' process on one frame: pure, so it may run on an analysis thread."""
+    def _analyse(self, frame: Frame, params: Params) -> list[FrameOutput]:
+        """Every analysis' process on one frame: pure (the Runner's context cache is one pair),
+        so it may run on an analysis thread."""
         out = []
-        for a in self.analyses:
+        for runner in self._runners:
+            a = runner.analysis
             try:
-                r = a.process(frame, params)
+                r = runner.process(frame, params)  # prepare() too, when its parameters changed
+            except PluginError as exc:
+                raise _AnalysisFailure(f"{exc}. Fix the plugin, then run Reset") from exc
             except Exception as exc:  # noqa: BLE001 - reported with the plugin name
                 raise _AnalysisFailure(
                     f"analysis {a.name!r} failed on frame {frame.frame_id} (stream {frame.stream}): "
                     f"{type(exc).__name__}: {exc}. Fix the parameters or the plugin, then run Reset") from exc
-            if not isinstance(r, dict):
-                raise _AnalysisFailure(f"analysis {a.name!r} returned {type(r).__name__}, not a dict. "
-                                       "Fix the plugin, then run Reset")
             out.append(r)
         return out
 

@@ -61,6 +61,10 @@ class Parameter:
     choices: tuple[str, ...] = ()
     length: int | None = None
     file_format: str = "array"
+    #: display format for Jive/Taranta, printf style ("%.3f", "%d"); "" for str, bool, enum, roi, file
+    format: str = ""
+    #: a number with no unit: the only case where ``unit`` may be "" (checked by tango_dqm.contract)
+    dimensionless: bool = False
 
     def __post_init__(self) -> None:
         ptype = _PY_TYPES.get(self.type) or ParamType(self.type)

@@ -56,8 +56,15 @@ class ScanProducts:
             return None
         path = writer.finish(summary, counters, verdict, end_reason=end_reason, provenance=provenance)
         write_lost_frames(path, lost_frames if lost_frames is not None else ())
-        self.worker.submit(path)
+        self._submit(path)
         return path
+
+    def _submit(self, path: Path) -> None:
+        try:
+            self.worker.submit(path)
+        except RuntimeError:  # closed: the device is shutting down while the scan ended
+            log.warning("report for %s not written (shutting down); regenerate it with: tango-dqm report %s",
+                        path, path)
 
     def abort(self) -> None:
         """Close the results file of a failed scan, keeping every frame written so far."""
@@ -67,7 +74,7 @@ class ScanProducts:
                 writer.close()
             except Exception:  # noqa: BLE001 - already failing; keep the first error
                 log.exception("closing %s failed", writer.path)
-            self.worker.submit(writer.path)
+            self._submit(writer.path)
 
     def mark(self, mark: str, reason: str) -> Path:
         """Flag ("flagged") or archive ("archived") the last finished scan; returns its new path.
@@ -99,5 +106,8 @@ class ScanProducts:
                 log.warning("automatic archive of %s failed: %s", self.current, exc)
 
     def close(self) -> None:
+        # The device returns from delete_device only when the worker has stopped: a thread
+        # still drawing while the server process exits crashes it. Reports not yet started are
+        # skipped (the aborted scan's too), so a stop waits at most for the one being drawn.
+        self.worker.close(timeout=120.0, skip_reports=True)
         self.abort()
-        self.worker.close()

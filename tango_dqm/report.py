@@ -16,6 +16,7 @@ in a process that also has a GUI, and ``matplotlib.use`` is not needed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as _dt
 import html
 import json
@@ -26,6 +27,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -690,6 +692,17 @@ def write_run_list(root: str | os.PathLike) -> Path:
 
 # ---- background worker ---------------------------------------------------------------------
 
+# A daemon thread still drawing (or importing matplotlib) while the interpreter finalizes
+# crashes the process ("Fatal Python error: Segmentation fault" at every server stop). Exit
+# waits for every worker instead: the current job finishes, then the thread ends.
+_LIVE_WORKERS: "weakref.WeakSet[ReportWorker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _join_workers_at_exit() -> None:
+    for worker in list(_LIVE_WORKERS):
+        worker.close(timeout=None)
+
 
 class ReportWorker:
     """Writes reports and refreshes the run list in a background thread.
@@ -706,11 +719,13 @@ class ReportWorker:
         self._cond = threading.Condition()
         self._pending = 0
         self._closed = False
+        self._skip_reports = False
         self._dirty_roots: set[Path] = set()
         self.errors: deque[str] = deque(maxlen=50)
         self.reports: deque[Path] = deque(maxlen=200)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _LIVE_WORKERS.add(self)
 
     @property
     def last_error(self) -> str:
@@ -746,15 +761,20 @@ class ReportWorker:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Finish queued jobs, then stop the thread (waits at most ``timeout`` seconds)."""
+    def close(self, timeout: float | None = 30.0, skip_reports: bool = False) -> None:
+        """Finish queued jobs, then stop the thread (waits at most ``timeout`` seconds).
+
+        ``skip_reports`` (device shutdown): reports not yet started are left out (logged, and
+        ``tango-dqm report`` regenerates them); the one being drawn and every ``call`` finish."""
         with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-        self._q.put(None)
+            self._skip_reports = self._skip_reports or skip_reports
+            first, self._closed = not self._closed, True
+        if first:
+            self._q.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("report worker still busy after %s s; it is waited for at exit", timeout)
 
     def _loop(self) -> None:
         while True:
@@ -771,6 +791,10 @@ class ReportWorker:
                     except Exception as exc:  # noqa: BLE001 - handed to whoever waits on the future
                         future.set_exception(exc)
                         log.error("%s failed: %s: %s", getattr(fn, "__name__", fn), type(exc).__name__, exc)
+                elif kind == "report" and self._skip_reports:
+                    log.warning("report for %s not written (shutting down); regenerate it with: "
+                                "tango-dqm report %s", path, path)
+                    self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
                 elif kind == "report":
                     t0 = time.perf_counter()
                     page = write_report(path, out_dir)

@@ -139,3 +139,69 @@ def test_demo_runs_to_completion_and_leaves_no_process(tmp_path):
     assert (tmp_path / "demo" / "output" / "index.html").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+def young_host_clock() -> list[str]:
+    """Run a server as if the host had booted a minute ago (a Starter at boot, a fresh CI machine).
+
+    cppTango 10 believes an interface-change client listens during the first 600 s of
+    steady_clock (boot time on Linux) and then pushes that event on Init; without the device's
+    fix the push hits a ZMQ socket that does not exist yet and the server segfaults. A time
+    namespace makes this deterministic; where one cannot be made the server runs on the real
+    clock and the test still checks the rebuild."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    wrapper = ["unshare", "--fork", "--time", "--monotonic", str(int(60 - uptime))]
+    try:
+        ok = subprocess.run([*wrapper, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return wrapper if ok else []
+
+
+def test_init_rebuild_on_a_freshly_booted_host_does_not_crash(control_system, tmp_path):
+    cs = control_system
+    cs.apply_config(write_config(tmp_path, ["roi", SCALE]))
+    proc = cs.start_server("DataQualityMonitor", "e2e", [DEV], wrapper=young_host_clock())
+    dev = cs.proxy(DEV)
+    admin = cs.proxy("dserver/DataQualityMonitor/e2e")
+    for analyses, present, absent in ((["roi"], "roi_signal", "scale"), ([SCALE], "scale", "roi_signal"),
+                                      (["roi", SCALE], "scale_mode", "missing")):
+        tango.Database().put_device_property(DEV, {"Analyses": analyses})
+        dev.Init()
+        names = set(dev.get_attribute_list())
+        assert present in names and absent not in names
+        assert dev.state() == tango.DevState.ON
+    tango.Database().put_device_property(DEV, {"Analyses": ["roi"]})
+    admin.command_inout("DevRestart", DEV)  # RestartDevice pushes the same event
+    assert "roi_signal" in set(dev.get_attribute_list()) and "scale" not in set(dev.get_attribute_list())
+    dev.Start()
+    wait_state(dev, tango.DevState.CLOSE)
+    assert dev.completedEvents == 20
+    assert proc.poll() is None
+
+
+def test_bad_output_directory_at_start_then_fixed_and_init(control_system, tmp_path):
+    cs = control_system
+    a_file = tmp_path / "not_a_dir"
+    a_file.write_text("x")
+    config = {"servers": {"DataQualityMonitor": {"e2e": {"DataQualityMonitor": {DEV: {"properties": {
+        "Sources": ["sim://?frames=20&shape=64x64"], "Analyses": ["roi"], "OutputDirectory": [str(a_file)]}}}}}}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    cs.apply_config(path)
+    proc = cs.start_server("DataQualityMonitor", "e2e", [DEV])  # does not exit on a bad property
+    dev = cs.proxy(DEV)
+    assert dev.state() == tango.DevState.FAULT
+    assert "OutputDirectory" in dev.status() and "run Init" in dev.status()
+    assert "roi_signal" not in set(dev.get_attribute_list())
+    tango.Database().put_device_property(DEV, {"OutputDirectory": [str(tmp_path / "out")]})
+    dev.Init()
+    assert dev.state() == tango.DevState.ON and "ready" in dev.status()
+    assert "roi_signal" in set(dev.get_attribute_list())
+    dev.Start()
+    wait_state(dev, tango.DevState.CLOSE)
+    assert dev.completedEvents == 20 and dev.outputFile.startswith(str(tmp_path / "out"))
+    tango.Database().put_device_property(DEV, {"OutputDirectory": ["relative/out"]})
+    dev.Init()
+    assert dev.state() == tango.DevState.FAULT and "relative path" in dev.status()
+    assert proc.poll() is None

@@ -3,7 +3,7 @@ import hashlib
 
 import numpy as np
 
-from tango_dqm import Analysis, Parameter, Result
+from tango_dqm import Analysis, FrameOutput, Parameter, Result
 
 
 class FailOnFrame3(Analysis):
@@ -13,7 +13,7 @@ class FailOnFrame3(Analysis):
     parameters = [Parameter("fail_frame", int, 3, min=0)]
     results = [Result("fail_test_value", float)]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         if frame.frame_id == params.fail_frame:
             raise RuntimeError("boom on purpose")
         return {"fail_test_value": float(frame.frame_id)}
@@ -21,7 +21,7 @@ class FailOnFrame3(Analysis):
     def new_accumulator(self):
         return 0
 
-    def accumulate(self, acc, frame_results):
+    def accumulate(self, acc, output, params):
         return acc + 1
 
     def merge(self, a, b):
@@ -39,7 +39,7 @@ class Scale(Analysis):
                   Parameter("scale_mode", "enum", "linear", choices=("linear", "square"))]
     results = [Result("scaled_mean", float, unit="a.u.")]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         m = float(frame.data.mean())
         return {"scaled_mean": (m if params.scale_mode == "linear" else m * m) * params.scale}
 
@@ -50,15 +50,15 @@ class IntensityHistogram(Analysis):
     name = "test_hist"
     results = [Result("test_hist_counts", "int64", kind="spectrum")]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         values = frame.data.ravel().astype("int64") // 4
         return {"test_hist_counts": np.bincount(np.clip(values, 0, 63), minlength=64)}
 
     def new_accumulator(self):
         return np.zeros(64, np.int64)
 
-    def accumulate(self, acc, frame_results):
-        return acc + frame_results["test_hist_counts"]
+    def accumulate(self, acc, output, params):
+        return acc + output.results["test_hist_counts"]
 
     def merge(self, a, b):
         return a + b
@@ -73,15 +73,15 @@ class FrameRecorder(Analysis):
     name = "recorder"
     results = [Result("rec_frame_id", int), Result("rec_digest", str)]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         return {"rec_frame_id": int(frame.frame_id),
                 "rec_digest": hashlib.sha1(np.ascontiguousarray(frame.data).tobytes()).hexdigest()}
 
     def new_accumulator(self):
         return []
 
-    def accumulate(self, acc, r):
-        acc.append((r["rec_frame_id"], r["rec_digest"]))
+    def accumulate(self, acc, output, params):
+        acc.append((output.results["rec_frame_id"], output.results["rec_digest"]))
         return acc
 
     def merge(self, a, b):
@@ -89,3 +89,131 @@ class FrameRecorder(Analysis):
 
     def finish(self, acc):
         return {"recorded": list(acc)}
+
+
+class AnnulusMean(Analysis):
+    """Mean of the pixels in an annulus around the frame centre: the mask comes from prepare(),
+    rebuilt only when a radius changes (``annulus_scale`` does not need a new mask)."""
+
+    name = "annulus"
+    parameters = [Parameter("annulus_inner", float, 2.0, unit="pixels", min=0.0, format="%.1f", label="Inner radius",
+                            description="pixels at least this far from the centre are in the annulus"),
+                  Parameter("annulus_outer", float, 6.0, unit="pixels", min=0.0, format="%.1f", label="Outer radius",
+                            description="pixels closer than this to the centre are in the annulus"),
+                  Parameter("annulus_scale", float, 1.0, dimensionless=True, format="%.3g", label="Scale",
+                            description="factor applied to the mean")]
+    results = [Result("annulus_mean", float, unit="counts", format="%.4g", label="Annulus mean",
+                      description="mean pixel value in the annulus, times annulus_scale")]
+    prepare_parameters = ("annulus_inner", "annulus_outer")
+
+    def prepare(self, params):
+        return {"inner": params.annulus_inner, "outer": params.annulus_outer, "masks": {}}
+
+    def process(self, frame, params, context):
+        shape = frame.data.shape[-2:]
+        mask = context["masks"].get(shape)
+        if mask is None:  # one mask per frame shape, kept in the context (not on self)
+            y, x = np.indices(shape)
+            r = np.hypot(y - (shape[0] - 1) / 2, x - (shape[1] - 1) / 2)
+            mask = context["masks"][shape] = (r >= context["inner"]) & (r < context["outer"])
+        values = frame.data[..., mask]
+        mean = float(values.mean()) if values.size else float("nan")
+        return FrameOutput({"annulus_mean": mean * params.annulus_scale}, private=int(values.size))
+
+    def new_accumulator(self):
+        return {"frames": 0, "pixels": 0}
+
+    def accumulate(self, acc, output, params):
+        return {"frames": acc["frames"] + 1, "pixels": acc["pixels"] + output.private}
+
+    def merge(self, a, b):
+        return {"frames": a["frames"] + b["frames"], "pixels": a["pixels"] + b["pixels"]}
+
+    def finish(self, acc):
+        return {"annulus_pixels": acc["pixels"]}
+
+
+class NoMerge(Analysis):
+    """Accumulates but forgot merge(): the base refuses to drop data."""
+
+    name = "no_merge"
+    results = [Result("no_merge_value", float)]
+
+    def process(self, frame, params, context):
+        return {"no_merge_value": 1.0}
+
+    def new_accumulator(self):
+        return 0
+
+    def accumulate(self, acc, output, params):
+        return acc + 1
+
+
+class OldStyle(Analysis):
+    """A plugin API v1 class (deprecated): ``_`` keys carry private data to accumulate."""
+
+    name = "old_style"
+    results = [Result("old_mean", float)]
+
+    def process(self, frame, params):
+        return {"old_mean": float(frame.data.mean()), "_old_size": int(frame.data.size)}
+
+    def new_accumulator(self):
+        return 0
+
+    def accumulate(self, acc, frame_results):
+        return acc + frame_results["_old_size"]
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        return {"old_pixels": acc}
+
+
+class OldDocsThreshold(Analysis):
+    """The Threshold of the old docs/plugins.md, as users copied it: plugin API v1, and an int
+    result with float limits, which Tango refuses (the device's Init failed with it)."""
+
+    name = "threshold"
+    version = "1"
+    parameters = [
+        Parameter("threshold_level", float, 1000.0, unit="counts", label="Threshold",
+                  description="pixels above this are counted", min=0.0),
+        Parameter("threshold_mode", "enum", "above", choices=("above", "below")),
+    ]
+    results = [
+        Result("threshold_pixels", int, unit="pixels", label="Pixels past threshold",
+               warning=(None, 100.0), alarm=(None, 1000.0)),
+        Result("threshold_fraction", float, label="Fraction past threshold", archive=False),
+    ]
+
+    def process(self, frame, params):
+        data = frame.data
+        if params.threshold_mode == "above":
+            n = int(np.count_nonzero(data > params.threshold_level))
+        else:
+            n = int(np.count_nonzero(data < params.threshold_level))
+        return {"threshold_pixels": n, "threshold_fraction": n / data.size}
+
+    def new_accumulator(self):
+        return {"frames": 0, "pixels": 0}
+
+    def accumulate(self, acc, frame_results):
+        return {"frames": acc["frames"] + 1, "pixels": acc["pixels"] + frame_results["threshold_pixels"]}
+
+    def merge(self, a, b):
+        return {"frames": a["frames"] + b["frames"], "pixels": a["pixels"] + b["pixels"]}
+
+    def finish(self, acc):
+        return {"threshold_pixels_per_frame": acc["pixels"] / max(acc["frames"], 1)}
+
+
+class ClashesWithDevice(Analysis):
+    """Declares a result named like one of the device's own attributes."""
+
+    name = "clash"
+    results = [Result("Latency", float, unit="ms", label="Latency", description="clashes", format="%.2f")]
+
+    def process(self, frame, params, context):
+        return {"Latency": 0.0}

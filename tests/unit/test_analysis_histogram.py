@@ -43,7 +43,7 @@ BINNINGS = [(1, 0.0, 1.0), (7, -10.5, 100.0), (64, 0.0, 256.0), (255, -200.0, 20
 @pytest.mark.parametrize("bins, lo, hi", BINNINGS)
 def test_equals_numpy_histogram(analysis, dtype, bins, lo, hi):
     img = data(dtype) if dtype is not np.bool_ else data(np.int16) > 0
-    r = analysis.process(Frame(img, 0), params(analysis, hist_bins=bins, hist_min=lo, hist_max=hi))
+    r = analysis.process(Frame(img, 0), params(analysis, hist_bins=bins, hist_min=lo, hist_max=hi)).results
     values = img.astype(np.float64)  # the reference bins in float64 (numpy bins float32 in float32)
     ref, _ = np.histogram(values, bins=bins, range=(lo, hi))
     assert r["hist_counts"].dtype == np.int64
@@ -60,13 +60,13 @@ def test_equals_numpy_histogram(analysis, dtype, bins, lo, hi):
 def test_integer_data_matches_numpy_on_its_own_terms(analysis):
     img = data(np.uint16, shape=(512, 512), seed=5)
     for bins, lo, hi in BINNINGS:
-        r = analysis.process(Frame(img, 0), params(analysis, hist_bins=bins, hist_min=lo, hist_max=hi))
+        r = analysis.process(Frame(img, 0), params(analysis, hist_bins=bins, hist_min=lo, hist_max=hi)).results
         np.testing.assert_array_equal(r["hist_counts"], np.histogram(img, bins=bins, range=(lo, hi))[0])
 
 
 def test_nan_is_in_no_bin(analysis):
     img = np.array([[1.0, np.nan, 2.0, -5.0, 50.0]])
-    r = analysis.process(Frame(img, 0), params(analysis, hist_bins=2, hist_min=0.0, hist_max=10.0))
+    r = analysis.process(Frame(img, 0), params(analysis, hist_bins=2, hist_min=0.0, hist_max=10.0)).results
     assert r["hist_counts"].tolist() == [2, 0]
     assert (r["hist_underflow"], r["hist_overflow"]) == (1, 1)
 
@@ -74,21 +74,23 @@ def test_nan_is_in_no_bin(analysis):
 def test_roi(analysis):
     img = data(np.uint16, shape=(60, 80))
     r = analysis.process(Frame(img, 0), params(analysis, roi_histogram=[10, 30, 5, 20], hist_bins=16,
-                                               hist_min=0.0, hist_max=320.0))
+                                               hist_min=0.0, hist_max=320.0)).results
     np.testing.assert_array_equal(r["hist_counts"], np.histogram(img[5:25, 10:40], 16, (0, 320))[0])
 
 
 def test_invalid_range_disables_the_frame(analysis):
-    r = analysis.process(Frame(data(np.uint16), 0), params(analysis, hist_min=10.0, hist_max=10.0))
+    p = params(analysis, hist_min=10.0, hist_max=10.0)
+    out = analysis.process(Frame(data(np.uint16), 0), p)
+    r = out.results
     assert r["hist_counts"].size == 0 and r["hist_underflow"] is None and math.isnan(r["hist_mean"])
-    acc = analysis.accumulate(analysis.new_accumulator(), r)
+    acc = analysis.accumulate(analysis.new_accumulator(), out, p)
     assert analysis.finish(acc)["hist_run_frames"] == 0
 
 
 def run(analysis, frames, p):
     acc = analysis.new_accumulator()
     for i, f in enumerate(frames):
-        acc = analysis.accumulate(acc, analysis.process(Frame(f, i), p))
+        acc = analysis.accumulate(acc, analysis.process(Frame(f, i), p), p)
     return acc
 
 
@@ -121,10 +123,10 @@ def test_run_histogram_and_merge(analysis, dtype):
 def test_accumulate_leaves_published_counts_untouched(analysis):
     p = params(analysis, hist_bins=8, hist_min=0.0, hist_max=300.0)
     r0 = analysis.process(Frame(data(np.uint16, seed=1), 0), p)
-    before = r0["hist_counts"].copy()
-    acc = analysis.accumulate(analysis.new_accumulator(), r0)
-    analysis.accumulate(acc, analysis.process(Frame(data(np.uint16, seed=2), 1), p))
-    np.testing.assert_array_equal(r0["hist_counts"], before)
+    before = r0.results["hist_counts"].copy()
+    acc = analysis.accumulate(analysis.new_accumulator(), r0, p)
+    analysis.accumulate(acc, analysis.process(Frame(data(np.uint16, seed=2), 1), p), p)
+    np.testing.assert_array_equal(r0.results["hist_counts"], before)
 
 
 def test_binning_change_reports_latest(analysis):
@@ -139,8 +141,8 @@ def test_binning_change_reports_latest(analysis):
 def test_declared_results_cover_what_is_published(analysis):
     declared = {r.name for r in analysis.results}
     p = params(analysis)
-    r = analysis.process(Frame(data(np.uint16), 0), p)
-    assert {k for k in r if not k.startswith("_")} <= declared
+    r = analysis.process(Frame(data(np.uint16), 0), p).results
+    assert set(r) <= declared
     assert set(analysis.finish(run(analysis, [data(np.uint16)], p))) <= declared
     assert set(analysis.finish(analysis.new_accumulator())) <= declared
     assert all(n.startswith("hist_") for n in declared)

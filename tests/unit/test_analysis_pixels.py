@@ -49,7 +49,7 @@ def make_frames(n=30, seed=0, beam=True, dtype=np.uint16, hot_factor=3.0, hot_ad
 def run(analysis, frames, p):
     acc = analysis.new_accumulator()
     for i, f in enumerate(frames):
-        acc = analysis.accumulate(acc, analysis.process(Frame(f, i), p))
+        acc = analysis.accumulate(acc, analysis.process(Frame(f, i), p), p)
     return acc
 
 
@@ -69,7 +69,7 @@ def test_saturated_per_frame(analysis):
     frames = make_frames(5)
     for level in (65535, 1500, 1):
         for f in frames:
-            r = analysis.process(Frame(f, 0), params(analysis, saturation_level=level))
+            r = analysis.process(Frame(f, 0), params(analysis, saturation_level=level)).results
             assert r["pixels_saturated"] == int(np.count_nonzero(f >= level))
 
 
@@ -164,23 +164,24 @@ def test_shape_change_is_an_error_that_names_it(analysis):
     p = params(analysis)
     acc = run(analysis, make_frames(2), p)
     with pytest.raises(ValueError, match="shape changed"):
-        analysis.accumulate(acc, analysis.process(Frame(np.zeros((4, 4), np.uint16), 9), p))
+        analysis.accumulate(acc, analysis.process(Frame(np.zeros((4, 4), np.uint16), 9), p), p)
 
 
 def test_accumulate_does_not_copy_or_modify_the_frame(analysis):
     f = make_frames(1)[0]
     before = f.copy()
-    r = analysis.process(Frame(f, 0), params(analysis))
-    assert np.shares_memory(r["_pixels"][0], f)  # the hand-over is a view, not a copy
-    analysis.accumulate(analysis.new_accumulator(), r)
+    p = params(analysis)
+    r = analysis.process(Frame(f, 0), p)
+    assert np.shares_memory(r.private, f)  # the hand-over is a view, not a copy
+    analysis.accumulate(analysis.new_accumulator(), r, p)
     np.testing.assert_array_equal(f, before)
 
 
 def test_declared_results_cover_what_is_published(analysis):
     declared = {r.name for r in analysis.results}
     p = params(analysis)
-    r = analysis.process(Frame(make_frames(1)[0], 0), p)
-    assert {k for k in r if not k.startswith("_")} <= declared
+    r = analysis.process(Frame(make_frames(1)[0], 0), p).results
+    assert set(r) <= declared
     assert set(analysis.finish(run(analysis, make_frames(10), p))) <= declared
     assert all(n.startswith("pixels_") for n in declared)
 

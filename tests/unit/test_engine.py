@@ -266,7 +266,7 @@ class Stall(Analysis):
     def __init__(self):
         self.seen = 0
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         time.sleep(params.stall_first if self.seen == 0 else params.stall_each)  # the analysis cost itself
         self.seen += 1
         return {"stall_frame": int(frame.frame_id)}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tango_dqm import Frame, Params, load_analysis
+from tango_dqm.plugin import Runner, instantiate
 from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tango_dqm.params import Parameter, ParameterError, ParameterStore, ParamType
 from tests.helpers import run_scan
@@ -83,7 +84,8 @@ def test_plugins_never_raise_at_parameter_limits(spec, kind):
     """Each numeric parameter at its min and max (or +-1e308 / int64 limits without a bound): process,
     accumulate and finish run without exception (an OverflowError at finish put the scan in FAULT)."""
     cls = load_analysis(spec)
-    analysis = cls()
+    runner = Runner(instantiate(cls))  # as the engine calls it (prepare, v1 plugins adapted)
+    analysis = runner.analysis
     cases = [(p, v) for p in cls.parameters if p.type in (ParamType.FLOAT, ParamType.INT) for v in _extremes(p)]
     for p, value in cases or [(None, None)]:  # no numeric parameter: the defaults, with the same frames
         values = {q.name: q.default for q in cls.parameters}
@@ -93,7 +95,7 @@ def test_plugins_never_raise_at_parameter_limits(spec, kind):
         acc = analysis.new_accumulator()
         with np.errstate(all="ignore"):
             for frame in _frames(kind):
-                acc = analysis.accumulate(acc, analysis.process(frame, params))
+                acc = analysis.accumulate(acc, runner.process(frame, params), params)
             summary = analysis.finish(acc)
         assert isinstance(summary, dict), (p, value)
 

@@ -32,7 +32,7 @@ class Gate(Analysis):
     name = "gate"
     results = [Result("gate_frame", float)]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         GATE.wait(60)
         return {"gate_frame": float(frame.frame_id)}
 

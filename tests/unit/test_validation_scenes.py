@@ -105,9 +105,9 @@ def run(analysis, frames, p):
     acc = analysis.new_accumulator()
     results = []
     for i, f in enumerate(frames):
-        r = analysis.process(Frame(f, i), p)
-        results.append(r)
-        acc = analysis.accumulate(acc, r)
+        out = analysis.process(Frame(f, i), p)
+        results.append(out.results)
+        acc = analysis.accumulate(acc, out, p)
     return results, analysis.finish(acc)
 
 
