@@ -476,8 +476,8 @@ def test_parallel_analysis_gives_identical_results(tmp_path, threads):
     assert 39 in common  # the last frame is always published
     for fid in common:
         got, want = got_by_id[fid], want_by_id[fid]
-        assert got.keys() == want.keys()
-        for k in want:
+        assert "net_signal" in got.keys() & want.keys()  # arrays are published at most every 0.5 s (timing)
+        for k in got.keys() & want.keys():
             np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=f"{k} frame {fid}")
     assert ref_file.keys() == file.keys() and len(ref_file) > 5
     clock = {k for k in ref_file if k.rsplit("/", 1)[-1] in ("date", "time", "timestamp", "arrival_time")}
@@ -510,15 +510,15 @@ class SlowProcess(Analysis):
     parameters = [Parameter("slow_s", float, 0.02, min=0.0)]
     results = [Result("slow_id", float)]
 
-    def process(self, frame, params):
+    def process(self, frame, params, context):
         time.sleep(params.slow_s)
         return {"slow_id": float(frame.frame_id)}
 
     def new_accumulator(self):
         return []
 
-    def accumulate(self, acc, frame_results):
-        acc.append(frame_results["slow_id"])
+    def accumulate(self, acc, output, params):
+        acc.append(output.results["slow_id"])
         return acc
 
     def merge(self, a, b):
