@@ -19,6 +19,7 @@ Nothing here runs in the device: it works against any DataQualityMonitor over th
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -30,6 +31,10 @@ from tango import DevState
 __all__ = ["MonitorClient", "MonitorError", "InvalidValue", "CommandNotAllowed", "NotConfigured",
            "ScanFault", "MonitorTimeout", "COUNTERS", "STATIC_ATTRIBUTES"]
 
+#: how long MonitorClient.start waits for a scan to finish unless told otherwise (s)
+DEFAULT_SCAN_TIMEOUT = 3600.0
+_DEFAULT = object()  # start(timeout=...) not given: the client's scan_timeout
+
 #: counters in :meth:`MonitorClient.snapshot`
 COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "eventRate")
 
@@ -37,7 +42,8 @@ COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "eve
 STATIC_ATTRIBUTES = frozenset({
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "eventRate",
     "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage", "outputFile",
-    "referenceVersion", "runSummary", "parameterLog", "httpUrl",
+    "referenceVersion", "runSummary", "parameterLog", "httpUrl", "sample", "operator", "proposal",
+    "scanMetadata",
 })
 
 _INVALID_VALUE_REASONS = frozenset({
@@ -102,7 +108,8 @@ class MonitorClient:
     seconds (each command and attribute read); waits have their own ``timeout`` argument.
     """
 
-    def __init__(self, device: str | tango.DeviceProxy, timeout: float = 10.0, poll_interval: float = 0.1):
+    def __init__(self, device: str | tango.DeviceProxy, timeout: float = 10.0, poll_interval: float = 0.1,
+                 scan_timeout: float | None = DEFAULT_SCAN_TIMEOUT):
         try:
             self.proxy = device if isinstance(device, tango.DeviceProxy) else tango.DeviceProxy(device)
         except tango.DevFailed as exc:
@@ -110,6 +117,8 @@ class MonitorClient:
         if timeout:
             self.proxy.set_timeout_millis(int(timeout * 1000))
         self.poll_interval = poll_interval
+        #: how long :meth:`start` waits for a scan by default (None: for ever)
+        self.scan_timeout = scan_timeout
         self.name = self.proxy.dev_name()
         self._results: list[str] | None = None
         self._verdict_labels: list[str] | None = None
@@ -201,7 +210,7 @@ class MonitorClient:
 
     # ---- commands ----------------------------------------------------------------------
 
-    def start(self, wait: bool = True, timeout: float | None = None,
+    def start(self, wait: bool = True, timeout: float | None | object = _DEFAULT,
               progress: Callable[[dict[str, Any]], Any] | None = None) -> str:
         """Start a scan; returns its scan id.
 
@@ -209,12 +218,13 @@ class MonitorClient:
         RUNNING, normally to CLOSE: results frozen and readable). ``progress(snapshot)`` is
         called at every poll while waiting and once at the end. Raises :class:`ScanFault`
         with the Status text when the scan ends in FAULT, :class:`MonitorTimeout` after
-        ``timeout`` seconds (the scan keeps running), :class:`CommandNotAllowed` when the
-        device is RUNNING or FAULT (run :meth:`reset` first).
+        ``timeout`` seconds (default ``scan_timeout``, one hour; None waits for ever; the scan
+        keeps running), :class:`CommandNotAllowed` when the device is RUNNING or FAULT (run
+        :meth:`reset` first) or when ``RequiredMetadata`` keys are not set (see :meth:`set_metadata`).
         """
         scan_id = self._command("Start")
         if wait:
-            self._wait_end(scan_id, timeout, progress)
+            self._wait_end(scan_id, self.scan_timeout if timeout is _DEFAULT else timeout, progress)  # type: ignore[arg-type]
         return scan_id
 
     def live(self) -> str:
@@ -289,6 +299,36 @@ class MonitorClient:
                 value = labels.index(value)
         self._write(name, value)
         return self.parameter(name)
+
+    def set_metadata(self, sample: str | None = None, operator: str | None = None, proposal: str | None = None,
+                     **keys: Any) -> dict[str, Any]:
+        """Set the scan metadata recorded with the next scans; returns all of it (:meth:`metadata`).
+
+        ``sample``, ``operator`` and ``proposal`` go to their attributes (None: unchanged, "": cleared);
+        other keys (e.g. ``pmt_serial="SN123"``) are merged into ``scanMetadata`` (a value None
+        removes the key). Raises :class:`InvalidValue` naming the rule (the previous value is kept).
+        """
+        for name, value in (("sample", sample), ("operator", operator), ("proposal", proposal)):
+            if value is not None:
+                self._write(name, str(value))
+        if keys:
+            free = json.loads(self._call("read scanMetadata", self.proxy.read_attribute, "scanMetadata").value or "{}")
+            free.update(keys)
+            free = {k: v for k, v in free.items() if v is not None}
+            try:
+                text = json.dumps(free, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidValue(f"scanMetadata: {exc} (the previous value is kept)", device=self.name,
+                                   reason="DQM_InvalidValue") from None
+            self._write("scanMetadata", text)
+        return self.metadata()
+
+    def metadata(self) -> dict[str, Any]:
+        """The scan metadata the next scan records: sample, operator, proposal (when set) and scanMetadata keys."""
+        values = self._read(["sample", "operator", "proposal", "scanMetadata"])
+        out: dict[str, Any] = {k: values[k] for k in ("sample", "operator", "proposal") if values.get(k)}
+        out.update(json.loads(values.get("scanMetadata") or "{}"))
+        return out
 
     def parameter(self, name: str) -> Any:
         """The current value of a parameter attribute (enum parameters as their label)."""

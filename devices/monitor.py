@@ -25,6 +25,7 @@ from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import LossCheck, Verdict, checks_from_config, range_verdict
 from tango_dqm.references import ReferenceStore, ReferenceStoreError
+from tango_dqm.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
@@ -86,6 +87,9 @@ class DataQualityMonitor(Device):
                                                doc="directories file parameters (mask, dark ...) may be read from")
     MaxParameterFileSize = device_property(dtype=int, default_value=64 * 1024 * 1024,
                                            doc="largest parameter file accepted, in bytes")
+    RequiredMetadata = device_property(dtype=(str,), default_value=[],
+                                       doc="scan metadata keys (sample, operator, proposal or scanMetadata keys) "
+                                           "that must be set before Start; Live is not refused")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
     AnalysisThreads = device_property(dtype=int, default_value=0,
@@ -146,11 +150,13 @@ class DataQualityMonitor(Device):
                              output_directory=self.OutputDirectory,
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
-                             analysis_threads=self.AnalysisThreads),
+                             analysis_threads=self.AnalysisThreads,
+                             required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
             raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
         self._restore_parameters()
+        self._restore_metadata()
         self._load_reference()
         self._init_loss_limits()
         try:
@@ -426,6 +432,98 @@ class DataQualityMonitor(Device):
             if raw:
                 self._restore(name, raw, lambda r, p=decl[name]: memorized_value(p, r[0]))
 
+    # Scan metadata: memorized attributes (Tango keeps __value); restored here like the
+    # parameters, so a restart or Init keeps the sample and operator of the next scan.
+
+    def _restore_metadata(self) -> None:
+        names = [*COMMON_METADATA, "scanMetadata"]
+        try:
+            stored = self._database().get_device_attribute_property(self.get_name(), names)
+        except tango.DevFailed as exc:
+            self.warn_stream(f"could not read persisted scan metadata: {exc.args[0].desc}")
+            return
+        for name in names:
+            raw = list(stored.get(name, {}).get("__value", []))
+            if not raw:
+                continue
+            try:
+                self._set_metadata(name, raw[0])
+            except ValueError as exc:
+                self.warn_stream(f"persisted {name}={raw[0]!r} ignored: {exc}")
+
+    def _set_metadata(self, name: str, text: str) -> None:
+        """Apply one metadata attribute write to the engine; ValueError keeps the old value."""
+        md = self.engine.metadata
+        if name == "scanMetadata":
+            try:
+                free = json.loads(text) if text.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"scanMetadata must be a JSON object, e.g. {{\"pmt_serial\": \"SN123\"}}: "
+                                 f"invalid JSON ({exc})") from None
+            if not isinstance(free, dict):
+                raise ValueError(f"scanMetadata must be a JSON object of key: value, got a {type(free).__name__}")
+            clash = sorted(set(free) & set(COMMON_METADATA))
+            if clash:
+                raise ValueError(f"scanMetadata must not hold {', '.join(clash)}: write the attribute of that "
+                                 "name instead")
+            md = {**{k: md[k] for k in COMMON_METADATA if k in md}, **free}
+        else:
+            md = dict(md)
+            if text.strip():
+                md[name] = text.strip()
+            else:
+                md.pop(name, None)
+        self.engine.set_metadata(md)
+
+    def _metadata_attr(self, name: str) -> str:
+        if self.engine is None:
+            return ""
+        md = self.engine.metadata
+        if name == "scanMetadata":
+            return json.dumps({k: v for k, v in md.items() if k not in COMMON_METADATA}, sort_keys=True)
+        return str(md.get(name, ""))
+
+    def _write_metadata_attr(self, name: str, text: str) -> None:
+        self._require_engine(name)
+        try:  # applies from the next Start: a running scan's file already records its metadata
+            self._set_metadata(name, text)
+        except ValueError as exc:
+            _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
+
+    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: the sample of the next scans")
+    def sample(self) -> str:
+        return self._metadata_attr("sample")
+
+    @sample.write
+    def sample(self, value: str) -> None:
+        self._write_metadata_attr("sample", value)
+
+    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: who runs the next scans")
+    def operator(self) -> str:
+        return self._metadata_attr("operator")
+
+    @operator.write
+    def operator(self, value: str) -> None:
+        self._write_metadata_attr("operator", value)
+
+    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: proposal (beamtime) id")
+    def proposal(self) -> str:
+        return self._metadata_attr("proposal")
+
+    @proposal.write
+    def proposal(self, value: str) -> None:
+        self._write_metadata_attr("proposal", value)
+
+    @attribute(dtype=str, memorized=True, hw_memorized=False,
+               doc="scan metadata: JSON object of further keys, e.g. {\"pmt_serial\": \"SN123\"} "
+                   "(sample, operator, proposal have their own attributes)")
+    def scanMetadata(self) -> str:
+        return self._metadata_attr("scanMetadata")
+
+    @scanMetadata.write
+    def scanMetadata(self, value: str) -> None:
+        self._write_metadata_attr("scanMetadata", value)
+
     def _restore(self, name: str, raw: list[str], parse) -> None:
         try:
             self.engine.set_parameter(name, parse(raw))
@@ -508,7 +606,13 @@ class DataQualityMonitor(Device):
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
         status = f"{status}. {self._note}" if self._note else status
-        return f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        status = f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
+        if self.dev_state() == DevState.ALARM:
+            # Tango turns ON into ALARM when a result is outside its alarm range: Status says so first,
+            # and Tango's own text below names the attributes
+            status = f"ALARM: a result attribute is outside its alarm range; {status}"
+        self.set_status(status)
+        return super().dev_status()
 
     # ---- commands ---------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
     tango-dqm replay SOURCE --analysis roi [--analysis profile ...] [--params p.json] [-o results.h5]
     tango-dqm once FILE.h5 [--analysis ...] [--params p.json] [-o results.h5]
     tango-dqm report results.h5|DIR ...
+    tango-dqm runs DIR [--csv|--json]
     tango-dqm check-plugin module:Class|NAME ...
 
 SOURCE is any source URI (sim://, zmq://, bsread://, hdf5://, watch://) or a file written by
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from . import __version__
 from .engine import EngineError, Snapshot
@@ -25,11 +28,18 @@ from .replay import load_params, print_summary, record, replay, replay_uri
 from .sources import SourceError
 
 
+_last_progress = [0.0]
+
+
 def _progress_line(snap: Snapshot) -> None:
     c = snap.counters
     total = f"/{c.total}" if c.expected else ""
-    print(f"\r  {c.completed}{total} events, {c.event_rate:7.1f} Hz, dropped {c.dropped}, bad {c.bad}   ",
-          end="", file=sys.stderr, flush=True)
+    text = f"  {c.completed}{total} events, {c.event_rate:7.1f} Hz, dropped {c.dropped}, bad {c.bad}"
+    if sys.stderr.isatty():
+        print(f"\r{text}   ", end="", file=sys.stderr, flush=True)  # one line rewritten in place
+    elif time.monotonic() - _last_progress[0] >= 5.0:  # a log file gets whole lines, not carriage returns
+        _last_progress[0] = time.monotonic()
+        print(text, file=sys.stderr, flush=True)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -48,11 +58,26 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    snap = replay(args.source, args.analysis or ["roi"], params, args.output, _progress_line)
-    print(file=sys.stderr)
-    print_summary(snap)
+    source = args.source
+    if args.dataset:  # any HDF5 file: frames along the first axis of --dataset, ids optional
+        if "://" in source:
+            raise ValueError("--dataset takes a file path, not a URI (put dataset= into the URI instead)")
+        source = f"hdf5://{Path(source).resolve()}?dataset={quote(args.dataset)}" + (
+            f"&ids={quote(args.ids)}" if args.ids else "")
+    elif args.ids:
+        raise ValueError("--ids needs --dataset")
+    snap = replay(source, args.analysis or ["roi"], params, args.output, _progress_line)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress line
+    print_summary(snap, sys.stdout)  # the stream of now (its default was bound at import)
     if args.output:
-        print(f"results: {Path(args.output).resolve()}")
+        out = Path(args.output).resolve()
+        print(f"results: {out}")
+        for what, path in (("report", out.with_suffix(".html")), ("plots", out.with_name(out.stem + "_plots")),
+                           ("run list", out.parent / "index.html"), ("run log", out.parent / "runs.csv"),
+                           ("run log", out.parent / "runs.json")):
+            if path.exists():
+                print(f"{what}: {path}")
     return 0 if snap.state.value == "CLOSE" else 1
 
 
@@ -73,6 +98,13 @@ def _cmd_check_plugin(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("report", "runs"):  # their own parsers, so that --help shows their usage
+        if argv[0] == "report":
+            from .report import main as report_main
+            return report_main(argv[1:])
+        from .runlog import main as runs_main
+        return runs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tango-dqm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tango-dqm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -91,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("source", help="source URI, or a file written by 'record'")
         p.add_argument("--analysis", "-a", action="append", help="analysis name or module:Class (repeat)")
         p.add_argument("--params", type=Path, help="JSON or YAML file of parameter values")
-        p.add_argument("-o", "--output", type=Path, help="per-frame results and summary (HDF5)")
+        p.add_argument("-o", "--output", type=Path,
+                       help="per-frame results and summary (HDF5); its report, run list and run log go next to it")
+        p.add_argument("--dataset", help="replay this dataset of any HDF5 file (frames along the first axis)")
+        p.add_argument("--ids", help="with --dataset: a 1-D dataset of frame ids (default: the index)")
         p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("check-plugin", help="check analysis plugins against the plugin contract (offline)")
@@ -102,16 +137,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
 
+    p = sub.add_parser("runs", help="print the run log (one row per scan) of an output directory", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the CLI prints the error itself; the engine's FAULT line speaks of device properties
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: not (r.name == "tango_dqm.engine" and r.getMessage().startswith("FAULT")))
     if args.command == "report":
         from .report import main as report_main
         return report_main(args.rest)
+    if args.command == "runs":
+        from .runlog import main as runs_main
+        return runs_main(args.rest)
     try:
         return args.func(args)
     except (EngineError, PluginError, SourceError, ParameterError, ValueError, OSError) as exc:
-        print(f"tango-dqm {args.command}: {exc}", file=sys.stderr)
+        hint = ""
+        if args.command in ("replay", "once") and "has no dataset" in str(exc) and not getattr(args, "dataset", None):
+            hint = "; name the frames dataset with --dataset (and the frame ids with --ids)"
+        print(f"tango-dqm {args.command}: {exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -11,12 +11,13 @@ import bisect
 import contextlib
 import enum
 import itertools
+import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 RATE_WINDOW = 2.0
 #: how long close() waits for the source threads to close their sockets (s)
 CLOSE_TIMEOUT = 5.0
+METADATA_MAX_BYTES = 64 * 1024  # scan metadata as JSON: labels, not data
 
 
 class EngineState(str, enum.Enum):
@@ -88,6 +90,8 @@ class EngineConfig:
     #: threads running the analyses' ``process`` on consecutive frames at once (0: one per core);
     #: accumulation and everything after it stay in frame order, so results do not depend on it
     analysis_threads: int = 0
+    #: scan metadata keys (sample, pmt_serial ...) that must be set before a scan Starts (not Live)
+    required_metadata: Sequence[str] = ()
 
 
 @dataclass
@@ -136,7 +140,17 @@ class Snapshot:
     verdict_report: str = ""
 
 
+#: scan numbers of this process: an Init (a new Engine) must not reuse the last scan's id and file name
+_SCAN_SEQ = itertools.count(1)
+
 _DONE = object()  # a source thread finished
+
+
+def _empty(value: Any) -> bool:
+    """A metadata value that does not count as set: None, blank text, an empty list or object."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or value == [] or value == {}
 
 
 class Engine:
@@ -201,12 +215,12 @@ class Engine:
         self._frame_id: int | None = None
         self._summary: dict[str, Any] = {}
         self._bad_kinds: dict[str, int] = {}
-        self._scan_seq = itertools.count(1)
         self._scan_id = ""
         self._stop = threading.Event()
         self._generation = 0
         self._sources: list[Source] = []
         self._live = False
+        self._metadata: dict[str, Any] = {}
         self._closing = False
         self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
         self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
@@ -238,6 +252,11 @@ class Engine:
             if self._state not in (EngineState.ON, EngineState.CLOSE):
                 raise EngineError(f"{'Live' if live else 'Start'} is not allowed in {self._state.value}"
                                   + ("; run Reset first" if self._state is EngineState.FAULT else "; Stop first"))
+            missing = [] if live else self.missing_metadata()
+            if missing:
+                raise EngineError(f"Start refused: required scan metadata not set: {', '.join(missing)} "
+                                  "(RequiredMetadata); set each key (sample, operator, proposal or a key of "
+                                  "scanMetadata), then Start")
             sources = [open_source(entry) for entry in self._source_entries]
             opened: list[Source] = []
             try:
@@ -258,7 +277,7 @@ class Engine:
             self._end_reason = ""
             self._arrivals.clear()
             self._before_window = None
-            self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(self._scan_seq):04d}"
+            self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(_SCAN_SEQ):04d}"
             self._live = live
             self.quality.start(time.monotonic())
             if self.products is not None:
@@ -351,10 +370,42 @@ class Engine:
         self.output_file = str(path)
         return self.output_file
 
+    def set_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Replace the scan metadata (sample, operator, proposal, free keys) recorded with each
+        scan from the next Start. Keys are non-empty strings; values JSON scalars or lists/objects
+        of them, at most METADATA_MAX_BYTES as JSON. Raises ValueError, keeping the old value."""
+        if not isinstance(metadata, Mapping):
+            raise ValueError(f"scan metadata must be a mapping of key to value, got {type(metadata).__name__}")
+        for key in metadata:
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"scan metadata keys must be non-empty strings, got {key!r}")
+        try:
+            text = json.dumps(dict(metadata), allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"scan metadata must be JSON values (strings, numbers, lists, objects): {exc}") from None
+        if len(text.encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"scan metadata is {len(text.encode())} bytes as JSON; at most {METADATA_MAX_BYTES}")
+        with self._lock:
+            self._metadata = json.loads(text)  # a private deep copy
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the scan metadata set by ``set_metadata``."""
+        with self._lock:
+            return json.loads(json.dumps(self._metadata))
+
+    def missing_metadata(self) -> list[str]:
+        """Keys of ``config.required_metadata`` not set, or set to an empty value."""
+        with self._lock:
+            md = dict(self._metadata)
+        return [k for k in self.config.required_metadata if _empty(md.get(k))]
+
     def provenance(self) -> dict[str, Any]:
         """What a results file records about how its results were made."""
         ref = self.reference
         return {
+            "metadata": self.metadata,
+            "mode": "live" if self._live else "scan",
             "sources": list(self._source_entries),
             "analyses": [f"{type(a).__module__}:{type(a).__qualname__}" for a in self.analyses],
             "parameters": self.params.plain(),

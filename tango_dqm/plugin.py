@@ -33,8 +33,9 @@ MAX_ARRAY_LENGTH = 1 << 16  # longest spectrum attribute the device declares
 # them, and ``live_<stream>`` is the device's per-detector switch.
 DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "partialEvents",
-    "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict", "verdictReport", "verdictCoverage",
-    "outputFile", "referenceVersion", "runSummary", "parameterLog", "lostFraction", "httpUrl"))
+    "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict",
+    "verdictReport", "verdictCoverage", "outputFile", "referenceVersion", "runSummary", "parameterLog",
+    "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata"))
 RESERVED_PREFIX = "live_"
 
 

@@ -42,6 +42,7 @@ class ScanProducts:
         self._writer = ScanWriter(path, scan_id, results, provenance, root=self.root,
                                   flush_interval=self.flush_interval, main_result=main)
         self.current, self.mark_of_current = path, None
+        self.worker.refresh_run_list()  # the run list and run log show the new scan as running
         return path
 
     def append(self, frame_id: int, timestamp: float, results: Mapping[str, Any], verdict: int) -> None:

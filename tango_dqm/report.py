@@ -39,13 +39,13 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
+from . import runlog
 from .quality import format_id_ranges
 from .storage import (INT_MISSING, MARKS, VERDICTS, StorageError, _decode, open_scan, read_lost_frames,
                       read_scan_info, safe_name, scan_files)
 
 log = logging.getLogger(__name__)
 
-MAX_TRENDS = 24          # scalar results plotted (the main result first)
 MAX_POINTS = 2000        # longer series are drawn as per-bin min/max envelopes plus the mean
 SPECTRUM_BLOCK = 4096    # rows read at a time when averaging spectra
 VERDICT_COLOURS = {"OK": "#1b7f3b", "INSUFFICIENT": "#6b6b6b", "WARNING": "#c77700", "ERROR": "#c0171d",
@@ -101,6 +101,8 @@ class _ScanData:
     counters: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     main: str | None = None
+    #: declared results {name: {"kind", "unit", "label", ...}} (provenance/results_declared_json)
+    declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: lost frames, inclusive (first, last) id ranges (see storage.LOST_FRAMES)
     lost: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
@@ -177,7 +179,31 @@ def _read(path: Path) -> _ScanData:
             for name, obj in prov.items():
                 if isinstance(obj, h5py.Dataset):
                     data.provenance[name] = _decode(obj[()])
+    data.declared = _json_dict(data.provenance.get("results_declared_json"))
     return data
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _projection_axis(name: str, length: int, rois: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    """Detector pixel coordinates of a profile projection (``profile_x``, ``profile_run_y`` ...):
+    the ROI offset plus the channel, so they read like the centroid (in detector pixels)."""
+    import re
+
+    m = re.fullmatch(r"profile(?:_run)?_([xy])", name)
+    if not m:
+        return None, ""
+    roi = rois.get("roi_profile")
+    offset = 0
+    if isinstance(roi, (list, tuple)) and len(roi) == 4:
+        offset = int(roi[0] if m.group(1) == "x" else roi[2])
+    return offset + np.arange(length), f"detector {m.group(1)} [px]"
 
 
 # ---- plots --------------------------------------------------------------------------------
@@ -191,6 +217,19 @@ def _figure(width: float = 7.5, height: float = 2.6, **adjust: float):
     margins.update(adjust)
     fig.subplots_adjust(**margins)
     return fig
+
+
+def _save(fig: Any, out: Path) -> None:
+    """Save without offset notation (``+1.073e7`` above an axis is misread): plain tick values."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            fmt = axis.get_major_formatter()
+            if isinstance(fmt, ScalarFormatter):
+                fmt.set_useOffset(False)
+                fmt.set_powerlimits((-4, 9))  # 10740000, not 1.074 with "1e7" in a corner
+    fig.savefig(out)
 
 
 def _envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS):
@@ -268,7 +307,7 @@ def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool,
     axh.set_xlabel("frames")
     axh.set_title(f"{int(finite.sum())} values", fontsize=8)
     axh.tick_params(labelleft=False)
-    fig.savefig(out)
+    _save(fig, out)
 
 
 def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path,
@@ -287,45 +326,114 @@ def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path,
     ax.set_xlabel("frame id")
     ax.set_title("per-frame verdict (worst per bin)" if len(codes) > MAX_POINTS else "per-frame verdict", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.savefig(out)
+    _save(fig, out)
 
 
 def _plot_curves(title: str, curves: list[tuple[str, np.ndarray]], ylabel: str, out: Path,
-                 x: np.ndarray | None = None, step: bool = False) -> None:
+                 x: np.ndarray | None = None, step: bool = False, xlabel: str = "", log: bool = False) -> None:
+    """Curves over ``x`` (bin edges when one longer: a histogram). The first curve (e.g. the run
+    mean) is drawn last and thicker, so a later one (the last frame) never hides it."""
     fig = _figure(6.0, 2.8, left=0.13, bottom=0.17)
     ax = fig.subplots()
-    for label, y in curves:
+    styles = [{"linewidth": 1.6, "zorder": 3, "color": "#08519c"}, {"linewidth": 0.8, "zorder": 2, "color": "#fd8d3c",
+                                                                     "alpha": 0.9}]
+    for i, (label, y) in reversed(list(enumerate(curves))):
+        style = styles[min(i, 1)] if len(curves) > 1 else {"linewidth": 0.9, "color": "#08519c"}
         if x is not None and len(x) == len(y) + 1:  # histogram bin edges
-            ax.stairs(y, x, label=label, linewidth=0.9)
+            ax.stairs(y, x, label=label, **style)
             continue
         xs = np.arange(len(y)) if x is None or len(x) != len(y) else x
-        ax.plot(xs, y, label=label, linewidth=0.9, drawstyle="steps-mid" if step else "default")
-    ax.set_xlabel("channel" if x is None else "bin position")
+        ax.plot(xs, y, label=label, drawstyle="steps-mid" if step else "default", **style)
+    ax.set_xlabel(xlabel or ("channel" if x is None else "bin position"))
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=9)
+    if log:
+        values = np.concatenate([np.asarray(y, np.float64).ravel() for _, y in curves]) if curves else np.zeros(0)
+        positive = values[np.isfinite(values) & (values > 0)]
+        if positive.size and positive.max() > 100 * positive.min():
+            ax.set_yscale("log")  # counts over decades: a linear axis puts everything in the first bins
     if len(curves) > 1:
-        ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles[::-1], labels[::-1], fontsize=7)
     ax.grid(alpha=0.3)
-    fig.savefig(out)
+    _save(fig, out)
 
 
-def _plot_image(title: str, image: np.ndarray, out: Path) -> None:
+#: category codes of the pixels analysis' map (analysis/pixels.py: 0 ok, 1 hot, 2 dead, 3 saturated)
+PIXEL_CATEGORIES = {"pixels_map": [("ok", "#f0f0f0"), ("hot", "#e31a1c"), ("dead", "#1f78b4"),
+                                   ("saturated", "#ff7f00")]}
+ROI_STYLES = {"roi_signal": ("#e7298a", "signal ROI"), "roi_background": ("#66a61e", "background ROI"),
+              "roi_profile": ("#e6ab02", "profile ROI"), "roi_histogram": ("#7570b3", "histogram ROI")}
+MAX_MARKERS = 2000  # bad pixels marked individually on a categorical map
+
+
+def _roi_boxes(rois: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[str, str, list[int]]]:
+    """(name, colour, [offset_x, size_x, offset_y, size_y]) of the ROIs that fit ``shape``."""
+    out = []
+    for name, (colour, label) in ROI_STYLES.items():
+        roi = rois.get(name)
+        if isinstance(roi, (list, tuple)) and len(roi) == 4 and all(isinstance(v, (int, float)) for v in roi):
+            ox, sx, oy, sy = (int(v) for v in roi)
+            if sx > 0 and sy > 0 and ox + sx <= shape[1] and oy + sy <= shape[0]:
+                out.append((label, colour, [ox, sx, oy, sy]))
+    return out
+
+
+def _plot_image(title: str, image: np.ndarray, out: Path, unit: str = "", rois: dict[str, Any] | None = None,
+                categories: list[tuple[str, str]] | None = None) -> None:
+    """An image in detector pixels with a colour bar labelled with its unit, the ROIs drawn on it;
+    a category map (``categories``: (label, colour) per code) gets a legend with counts and a
+    marker on every non-zero pixel, which would be invisible at one pixel in a thousand."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
     img = np.asarray(image, dtype=np.float64)
-    fig = _figure(5.0, 4.2, left=0.12, right=0.97, bottom=0.11, top=0.92)
+    # legends sit outside the image (right of a category map, under a colour-scaled one): never over a pixel
+    fig = _figure(6.4 if categories else 5.6, 4.8, left=0.10, right=0.70 if categories else 0.93,
+                  bottom=0.27 if not categories else 0.11, top=0.93)
     ax = fig.subplots()
-    finite = img[np.isfinite(img)]
-    vmin = vmax = None
-    if finite.size:
-        vmin, vmax = np.percentile(finite, [0.5, 99.5])
-        if vmax <= vmin:
-            vmin, vmax = float(finite.min()), float(finite.max()) or 1.0
-    im = ax.imshow(img, origin="upper", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax,
-                   aspect="equal" if max(img.shape) <= 4 * min(img.shape) else "auto")
-    fig.colorbar(im, ax=ax, shrink=0.85)
+    aspect = "equal" if max(img.shape) <= 4 * min(img.shape) else "auto"
+    handles = []
+    if categories:
+        cmap = ListedColormap([c for _, c in categories])
+        norm = BoundaryNorm(np.arange(len(categories) + 1) - 0.5, len(categories))
+        ax.imshow(np.clip(np.nan_to_num(img), 0, len(categories) - 1), origin="upper", interpolation="nearest",
+                  cmap=cmap, norm=norm, aspect=aspect)
+        codes = np.rint(np.nan_to_num(img)).astype(np.int64)
+        for code, (label, colour) in enumerate(categories):
+            n = int((codes == code).sum())
+            if code == 0:
+                handles.append(Patch(facecolor=colour, edgecolor="#999999", label=f"{label}: {n}"))
+                continue
+            ys, xs = np.nonzero(codes == code)
+            if len(xs):
+                ax.scatter(xs[:MAX_MARKERS], ys[:MAX_MARKERS], s=40, facecolors="none", edgecolors=colour,
+                           linewidths=1.2, zorder=3)
+            handles.append(Patch(facecolor=colour, label=f"{label}: {n}"))
+    else:
+        finite = img[np.isfinite(img)]
+        vmin = vmax = None
+        if finite.size:
+            vmin, vmax = np.percentile(finite, [0.5, 99.5])
+            if vmax <= vmin:
+                vmin, vmax = float(finite.min()), float(finite.max()) or 1.0
+        im = ax.imshow(img, origin="upper", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax,
+                       aspect=aspect)
+        bar = fig.colorbar(im, ax=ax, shrink=0.85)
+        bar.set_label(unit or "value", fontsize=8)
+    for label, colour, (ox, sx, oy, sy) in _roi_boxes(rois or {}, img.shape):
+        for edge, width, z in (("white", 2.8, 4), (colour, 1.4, 5)):  # a white halo: visible on any colour map
+            ax.add_patch(Rectangle((ox - 0.5, oy - 0.5), sx, sy, fill=False, edgecolor=edge, linewidth=width, zorder=z))
+        handles.append(Patch(facecolor="none", edgecolor=colour, label=label))
+    if handles and categories:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0)
+    elif handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=3,
+                  borderaxespad=0)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    fig.savefig(out)
+    ax.set_xlabel("detector x [px]")
+    ax.set_ylabel("detector y [px]")
+    _save(fig, out)
 
 
 # ---- the report page ------------------------------------------------------------------------
@@ -335,12 +443,19 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 2em;
 h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}.nowrap,td.num{white-space:nowrap}
 .verdict{font-weight:bold;padding:.1em .5em;border-radius:.3em;color:#fff}
 .mark-flagged{color:#c0171d;font-weight:bold}.mark-archived{color:#1b7f3b;font-weight:bold}
-.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0}
-figcaption{font-size:.8em;color:#555}pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em}
-.muted{color:#777}
+.plots{display:flex;flex-wrap:wrap;gap:.6em}.plots figure{margin:0;flex:0 1 600px;max-width:100%}
+.plots img{width:100%;height:auto}td{overflow-wrap:break-word}
+figcaption{font-size:.8em;color:#555}
+pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}
+.verdict-box{border:1px solid #ccc;border-radius:.4em;padding:.3em .9em;background:#fafafa}
+.verdict-box ul.reasons{font-size:.95em}.frames{color:#555;font-size:.9em}
+.muted{color:#777}.small{font-size:.8em}
+table.runs{width:100%;table-layout:auto;font-size:.85em}td.brk{overflow-wrap:anywhere}td.scan{min-width:9em}
+td.why{min-width:15em}.verdict{white-space:nowrap}
+ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
 """
 
 
@@ -372,17 +487,6 @@ def _loss_counts(counters: dict[str, Any]) -> dict[str, Any]:
     # "dropped" counts every lost event once, events whose primary frame never arrived included
     return {"completed": num("completed"), "total": num("total") or 0, "expected": num("expected"),
             "lost": num("dropped") or 0, "bad": num("bad") or 0}
-
-
-def _scan_counters(path: Path) -> dict[str, Any]:
-    try:
-        with open_scan(path) as f:
-            g = f.get("entry/summary/counters")
-            if not isinstance(g, h5py.Group):
-                return {}
-            return _loss_counts({k: _decode(v[()]) for k, v in g.items() if isinstance(v, h5py.Dataset)})
-    except (StorageError, OSError, KeyError, ValueError):
-        return {}
 
 
 def _status(info: dict[str, Any]) -> str:
@@ -431,7 +535,7 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     plots.mkdir(exist_ok=True)
     for old in plots.glob("*.png"):
         old.unlink()
-    info, x = data.info, data.frame_id
+    x = data.frame_id
     figures: dict[str, list[tuple[str, str]]] = {"trends": [], "spectra": [], "histograms": [], "images": []}
 
     def add(section: str, file: str, caption: str, draw) -> None:
@@ -445,30 +549,42 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     if data.verdict is not None and len(x):
         add("trends", "00_verdict.png", "per-frame verdict",
             lambda p: _plot_verdicts(x, data.verdict, p, data.lost))
-    for i, s in enumerate(data.scalars[:MAX_TRENDS]):
-        if len(x):
-            add("trends", f"{i + 1:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
+    rois = _json_dict(data.provenance.get("rois_json"))
+    unit_of = {k: str(v.get("unit") or "") for k, v in data.declared.items() if isinstance(v, dict)}
+    plotted = 0
+    for s in data.scalars:  # every result: all-NaN ones are listed on the page instead (_page_body)
+        if len(x) and np.isfinite(s.values).any():
+            plotted += 1
+            add("trends", f"{plotted:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
                 lambda p, s=s: _plot_trend(s, x, p, s.name == data.main, data.lost))
     for i, (mean, last) in enumerate(data.spectra):
-        add("spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png", f"{mean.name}: run mean and last frame",
-            lambda p, mean=mean, last=last: _plot_curves(mean.label or mean.name,
-                                                         [("run mean", mean.values), ("last frame", last)],
-                                                         mean.unit or "value", p))
+        px, xlabel = _axis_for(mean.name, mean.values, data.summary, rois, unit_of)
+        hist = "hist" in mean.name.lower()
+        add("histograms" if hist else "spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png",
+            f"{mean.name}: run mean and last frame",
+            lambda p, mean=mean, last=last, px=px, xlabel=xlabel, hist=hist: _plot_curves(
+                mean.label or mean.name, [("run mean", mean.values), ("last frame", last)],
+                "counts" if hist else (mean.unit or "value"), p, x=px, xlabel=xlabel, step=hist, log=hist))
     for i, (name, image, caption) in enumerate(data.images):
         add("images", f"image_{i:02d}_{safe_name(name)}.png", caption,
-            lambda p, name=name, image=image, caption=caption: _plot_image(caption, image, p))
+            lambda p, name=name, image=image, caption=caption: _plot_image(caption, image, p, unit_of.get(name, ""),
+                                                                          rois, PIXEL_CATEGORIES.get(name)))
     for i, (name, value) in enumerate(sorted(data.summary.items())):
         if not isinstance(value, np.ndarray) or value.size < 2:
             continue
         if value.ndim == 2 and min(value.shape) > 1:
             add("images", f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
-                lambda p, name=name, value=value: _plot_image(f"run summary: {name}", value, p))
+                lambda p, name=name, value=value: _plot_image(f"run summary: {name}", value, p,
+                                                              unit_of.get(name, ""), rois,
+                                                              PIXEL_CATEGORIES.get(name)))
         elif value.ndim == 1 and not name.endswith(_AXIS_SUFFIXES):
-            x_axis = _matching_axis(name, value, data.summary)
-            section = "histograms" if "hist" in name.lower() or x_axis is not None else "spectra"
+            x_axis, xlabel = _axis_for(name, value, data.summary, rois, unit_of)
+            hist = "hist" in name.lower() or (x_axis is not None and not xlabel.startswith("detector"))
+            section = "histograms" if hist else "spectra"
             add(section, f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
-                lambda p, name=name, value=value, x_axis=x_axis, hist=section == "histograms": _plot_curves(
-                    f"run summary: {name}", [(name, value)], "value", p, x=x_axis, step=hist))
+                lambda p, name=name, value=value, x_axis=x_axis, hist=hist, xlabel=xlabel: _plot_curves(
+                    f"run summary: {name}", [(name, value)], "counts" if hist else (unit_of.get(name) or "value"),
+                    p, x=x_axis, step=hist, xlabel=xlabel, log=hist))
 
     body = _page_body(data, stem, h5_path, out, figures)
     page = out / f"{stem}.html"
@@ -479,6 +595,18 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 _AXIS_SUFFIXES = ("_edges", "_bins", "_centers", "_centres")
+
+
+def _axis_for(name: str, value: np.ndarray, summary: dict[str, Any], rois: dict[str, Any],
+              units: dict[str, str]) -> tuple[np.ndarray | None, str]:
+    """x values and label of a 1-D array: its bin edges/centres (labelled with their unit), or
+    detector pixels for a projection, or None (channels)."""
+    axis = _matching_axis(name, value, summary)
+    if axis is None:
+        return _projection_axis(name, len(value), rois)
+    axis_name = next((k for k, v in summary.items() if v is axis), "")
+    unit = units.get(axis_name, "")
+    return axis, f"bin position{f' [{unit}]' if unit else ''}"
 
 
 def _matching_axis(name: str, value: np.ndarray, summary: dict[str, Any]) -> np.ndarray | None:
@@ -494,6 +622,105 @@ def _matching_axis(name: str, value: np.ndarray, summary: dict[str, Any]) -> np.
         if prefix > best_len:
             best, best_len = axis, prefix
     return best
+
+
+def _id_ranges(ids: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted frame ids as inclusive (first, last) runs of consecutive ids."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if not ids.size:
+        return []
+    breaks = np.nonzero(np.diff(ids) != 1)[0]
+    starts, ends = np.r_[ids[0], ids[breaks + 1]], np.r_[ids[breaks], ids[-1]]
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _frames_text(ids: np.ndarray, limit: int = 20) -> str:
+    ranges = _id_ranges(ids)
+    return f"{len(np.unique(ids))} frames: {format_id_ranges(ranges, limit)}" if ranges else ""
+
+
+def _range_check_frames(data: _ScanData) -> dict[str, np.ndarray]:
+    """Per range check (by name): ids of the frames outside its warning range (limits are outside)."""
+    try:
+        # a list of check configs is stored as one JSON dataset ("thresholds"), a dict also as "*_json"
+        checks = json.loads(data.provenance.get("thresholds_json") or data.provenance.get("thresholds") or "[]")
+    except (TypeError, ValueError):
+        return {}
+    series = {s.name: s.values for s in data.scalars}
+    out = {}
+    for c in checks if isinstance(checks, list) else []:
+        if not isinstance(c, dict) or c.get("type") != "range" or c.get("result") not in series:
+            continue
+        lo, hi = (c.get("warning") or c.get("error") or [None, None])[:2]
+        v = series[c["result"]]
+        with np.errstate(invalid="ignore"):
+            bad = np.zeros(len(v), bool)
+            if lo is not None:
+                bad |= v <= lo
+            if hi is not None:
+                bad |= v >= hi
+        out[str(c.get("name"))] = data.frame_id[bad & np.isfinite(v)]
+    return out
+
+
+def _verdict_section(data: _ScanData) -> str:
+    """The verdict, then each reason (one failing check) with the frames concerned, first on the page."""
+    report = str(data.provenance.get("quality_report") or "")
+    lines = [ln.strip() for ln in report.splitlines() if ln.strip()]
+    per_check = _range_check_frames(data)
+    items = []
+    for line in lines[1:]:
+        name = line.split(":", 1)[0].split(" ", 1)[-1]
+        frames = _frames_text(per_check[name]) if name in per_check else ""
+        items.append(f"<li>{_esc(line)}{f'<br><span class=frames>{_esc(frames)}</span>' if frames else ''}</li>")
+    if data.verdict is not None and len(data.verdict):
+        for code in range(len(VERDICTS) - 1, 1, -1):  # STALE, ERROR, WARNING frames
+            ids = data.frame_id[data.verdict == code]
+            if len(ids):
+                items.append(f"<li>frames judged {_esc(VERDICTS[code])}: {_esc(_frames_text(ids))}</li>")
+    if len(data.lost):
+        n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
+        items.append(f"<li>lost frames (never analysed): {n_lost}: "
+                     f"{_esc(format_id_ranges([(int(a), int(b)) for a, b in data.lost], 20))}</li>")
+    head = _esc(lines[0]) if lines else '<span class="muted">no quality report recorded</span>'
+    reasons = f"<ul class=reasons>{''.join(items)}</ul>" if items else '<p class="muted">nothing to report</p>'
+    return (f'<div class="verdict-box"><p>{_verdict_html(data.info.get("verdict"))} {head}</p>{reasons}</div>')
+
+
+def _metadata_section(data: _ScanData) -> str:
+    md = _json_dict(data.provenance.get("metadata_json"))
+    mode = data.provenance.get("mode") or ""
+    pairs = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in md.items()]
+    if mode:
+        pairs.insert(0, ("mode", str(mode)))
+    if not pairs:
+        return '<p class="muted">no scan metadata recorded</p>'
+    return f'<table class="meta">{_rows(pairs)}</table>'
+
+
+def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
+    """Declared results that have no plot, each with why: none is silently dropped."""
+    shown = " ".join(cap for items in figures.values() for _, cap in items)
+    drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra}
+    nan = {s.name for s in data.scalars if not np.isfinite(s.values).any()}
+    rows = []
+    for name, decl in sorted(data.declared.items()):
+        kind = decl.get("kind", "") if isinstance(decl, dict) else ""
+        if name in nan:
+            why = "no value in any frame (all NaN)"
+        elif name in drawn or f"{name}:" in shown or f"run summary: {name}" in shown:
+            continue
+        elif name in data.summary:
+            why = f"run summary value: {_fmt(data.summary[name])}" if not isinstance(data.summary[name], np.ndarray) \
+                else "run summary array (see below)"
+        elif kind == "scalar" and any(s.name == name for s in data.scalars):
+            continue
+        else:
+            why = "not recorded in this file"
+        rows.append((name, f"{kind}: {why}" if kind else why))
+    if not rows:
+        return ""
+    return ("<h3>Results without a plot</h3><table>" + _rows(rows) + "</table>")
 
 
 def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list]) -> str:
@@ -582,6 +809,10 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
 <body>
 <h1>{_esc(title)}</h1>
 <p><a href="{_href(os.path.relpath(_run_list_root(h5_path) / 'index.html', out))}">run list</a></p>
+<h2>Verdict</h2>
+{_verdict_section(data)}
+<h2>Scan</h2>
+{_metadata_section(data)}
 <h2>Summary</h2>
 <table>
 {_rows(key, raw=True)}
@@ -593,6 +824,7 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
 </table>
 <h2>Trends</h2>
 {gallery(figures["trends"])}
+{_not_plotted(data, figures)}
 <h2>Projections and spectra</h2>
 {gallery(figures["spectra"])}
 <h2>Histograms</h2>
@@ -618,54 +850,44 @@ def _run_list_root(h5_path: Path) -> Path:
 
 # ---- the run list ----------------------------------------------------------------------------
 
-_INFO_CACHE: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
-_INFO_LOCK = threading.Lock()
-
-
-def _cached_info(path: Path) -> dict[str, Any]:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        return {"path": str(path), "scan_id": path.stem, "error": str(exc)}
-    key = (st.st_mtime_ns, st.st_size)
-    with _INFO_LOCK:
-        hit = _INFO_CACHE.get(str(path))
-        if hit and hit[0] == key:
-            return hit[1]
-    info = read_scan_info(path)
-    if info.get("complete") and not info.get("error"):
-        info.update(_scan_counters(path))
-    if info.get("complete") and not info.get("error"):  # only finished files are stable
-        with _INFO_LOCK:
-            _INFO_CACHE[str(path)] = (key, info)
-    return info
-
-
 def write_run_list(root: str | os.PathLike) -> Path:
-    """Write ``root/index.html``: every scan under root (and flagged/, archive/) with a link to its report."""
+    """Write ``root/index.html`` (every scan under root, flagged/ and archive/, newest first, with a
+    link to its report) and the run log ``root/runs.csv`` and ``root/runs.json`` (see runlog)."""
     root = Path(root).resolve()
-    rows = []
-    for path in scan_files(root):
-        info = _cached_info(path)
-        report = path.with_name(safe_name(path.stem) + ".html")
-        rel_dir = path.parent.relative_to(root).as_posix()
-        rows.append((info, path, report if report.is_file() else None, rel_dir if rel_dir != "." else ""))
-    rows.sort(key=lambda r: (str(r[0].get("start_time") or ""), r[1].name), reverse=True)
+    run_rows = runlog.rows(root)
+    runlog.write_run_log(root, run_rows)
     verdicts: dict[str, int] = {}
-    for info, *_ in rows:
-        v = str(info.get("verdict") or "none")
+    for r in run_rows:
+        v = str(r.get("verdict") or "none")
         verdicts[v] = verdicts.get(v, 0) + 1
     body_rows = []
-    for info, path, report, rel_dir in rows:
-        scan = _esc(info.get("scan_id") or path.stem)
-        link = f'<a href="{_href(report.relative_to(root).as_posix())}">{scan}</a>' if report else scan
-        h5_link = f'<a href="{_href(path.relative_to(root).as_posix())}">{_esc(path.name)}</a>'
-        status = _status(info) + (f": {info['error']}" if info.get("error") else "")
+    for r in reversed(run_rows):
+        scan = _esc(r.get("scan_id"))
+        link = f'<a href="{_href(r["report"])}">{scan}</a>' if r.get("report") else scan
+        folder = str(Path(r["file"]).parent.as_posix())
+        h5_link = f'<a class="small" href="{_href(r["file"])}">{_esc(Path(r["file"]).name)}</a>'
+        status = r.get("status", "") + (f": {r['error']}" if r.get("error") else "")
+        md = r.get("metadata") or {}
+        other = ", ".join(f"{k}={v}" for k, v in md.items() if k not in runlog.COMMON_METADATA)
+        reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("reasons") or [])
+        frames = _esc(r.get("frames_completed")) + (f" / {_esc(r['frames_expected'])}"
+                                                    if r.get("frames_expected") is not None else "")
+        main = (f"{_esc(r['main_result'])}<br>mean {_esc(_fmt(r['main_mean']))}"
+                if r.get("main_result") and r.get("main_mean") is not None else "")
+        duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
+        mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
         body_rows.append(
-            f"<tr><td>{link}</td><td>{_esc(info.get('start_time'))}</td><td>{_esc(info.get('end_time'))}</td>"
-            f'<td class="num">{_esc(info.get("frames", ""))}</td><td>{_verdict_html(info.get("verdict"))}</td>'
-            f"<td>{_mark_html(info)}</td><td>{_esc(status)}</td><td>{_esc(rel_dir or '.')}</td>"
-            f"<td>{h5_link}</td><td>{'' if report else '<span class=muted>no report</span>'}</td></tr>")
+            f"<tr><td class='brk scan'>{link}<br>{h5_link}"
+            f"{'' if r.get('report') else ' <span class=muted>no report</span>'}"
+            f"{f' <span class=muted>({_esc(folder)})</span>' if folder != '.' else ''}</td>"
+            f"<td class=nowrap>{'<br>'.join(_esc(p) for p in str(r.get('start') or '')[:19].split('T'))}<br>"
+            f"<span class=muted>{_esc(duration)}</span></td><td>{_esc(r.get('mode'))}</td>"
+            f'<td class="num">{frames}</td><td class="num">{_esc(r.get("frames_lost"))}</td>'
+            f'<td class="num">{_esc(r.get("frames_bad"))}</td><td>{_esc(status)}</td>'
+            f"<td class='brk why'>{_verdict_html(r.get('verdict'))}"
+            f"{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
+            f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
+            f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td class=brk>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     page = f"""<!DOCTYPE html>
@@ -674,11 +896,13 @@ def write_run_list(root: str | os.PathLike) -> Path:
 <title>tango-dqm run list</title><style>{_CSS}</style></head>
 <body>
 <h1>tango-dqm run list</h1>
-<p>{len(rows)} scans in {_esc(root)} ({counts or 'none'}).</p>
-<table>
-<tr><th>scan</th><th>start</th><th>end</th><th>frames</th><th>verdict</th><th>flag status</th><th>status</th>
-<th>folder</th><th>results file</th><th></th></tr>
-{"".join(body_rows) or '<tr><td colspan="10" class="muted">no scans yet</td></tr>'}
+<p>{len(run_rows)} scans in {_esc(root)} ({counts or 'none'}). Run log:
+<a href="{runlog.RUNS_CSV}">{runlog.RUNS_CSV}</a>, <a href="{runlog.RUNS_JSON}">{runlog.RUNS_JSON}</a>.</p>
+<table class="runs">
+<tr><th>scan</th><th>start</th><th>mode</th><th>frames</th><th>lost</th><th>bad</th><th>status</th>
+<th>verdict and reasons</th><th>flag status</th><th>sample</th><th>operator</th><th>proposal</th><th>metadata</th>
+<th>main result</th></tr>
+{"".join(body_rows) or '<tr><td colspan="14" class="muted">no scans yet</td></tr>'}
 </table>
 <p class="muted">Generated {_esc(generated)} by tango-dqm.</p>
 </body></html>

@@ -32,7 +32,7 @@ import pytest
 
 from tango_dqm.plugin import Result
 from tango_dqm.report import write_report, write_run_list
-from tango_dqm.storage import ScanWriter, mark_scan, scan_file_name
+from tango_dqm.storage import ScanWriter, mark_scan, scan_file_name, write_lost_frames
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,12 +45,16 @@ INSTALL_HINT = ("Debian's chromium is needed for the browser test of the run rep
 
 SCAN_ID = 'scan_0042 "beam<b>test</b>" & co'  # escaping is checked by the browser's DOM too
 OTHER_ID = "scan_0041"
+METADATA = {"sample": "Si wafer 7", "operator": "ann", "proposal": "p2026-17", "pmt_serial": "SN-4711"}
+REASON = "3 frames outside the warning range [-3, 3]"
 FRAMES = 400
 # Chromium asks for these by itself; they are not links of the page.
 BROWSER_OWN = {"/favicon.ico"}
 
-DECL = [Result(f"r{i}", float, unit="counts", label=f"Result {i}") for i in range(12)] + [
+N_SCALARS = 28  # more than the 24 trends the report used to stop at
+DECL = [Result(f"r{i}", float, unit="counts", label=f"Result {i}") for i in range(N_SCALARS)] + [
     Result("saturated_pixels", int, unit="pixels"),
+    Result("never_measured", float, unit="counts"),  # all NaN: listed, not drawn as an empty plot
     Result("profile_x", float, kind="spectrum", unit="counts"),
     Result("profile_y", float, kind="spectrum", unit="counts"),
     Result("last_image", np.uint16, kind="image"),
@@ -59,26 +63,40 @@ DECL = [Result(f"r{i}", float, unit="counts", label=f"Result {i}") for i in rang
 
 def make_scan(root: Path, scan_id: str, verdict: str, seed: int) -> Path:
     rng = np.random.default_rng(seed)
+    rois = {"roi_signal": [30, 15, 10, 10], "roi_background": [0, 10, 0, 10], "roi_profile": [0, 64, 0, 48]}
     w = ScanWriter(root / scan_file_name(scan_id), scan_id, DECL,
-                   {"parameters": {"roi_signal": [30, 15, 10, 10], "saturation_level": 65535},
-                    "thresholds": {"r0": {"warning": [-3, 3]}}, "sources": ["sim://?frames=400"]},
+                   {"parameters": {**rois, "saturation_level": 65535}, "rois": rois,
+                    "thresholds": [{"type": "range", "name": "r0_range", "result": "r0", "warning": [-3, 3],
+                                    "error": None}],
+                    "metadata": METADATA, "mode": "scan", "sources": ["sim://?frames=400"]},
                    main_result="r0")
     x = np.arange(64)
     for i in range(FRAMES):
-        r = {f"r{k}": float(rng.normal(k, 1)) for k in range(12)}
+        r = {f"r{k}": float(rng.normal(k, 1)) for k in range(N_SCALARS)}
+        r["r0"] = 5.0 if i in (7, 8, 300) else r["r0"] * 0.1
+        r["never_measured"] = float("nan")
         r["r1"] = float("nan") if i % 50 == 0 else r["r1"]
         r["saturated_pixels"] = int(rng.integers(0, 4))
         r["profile_x"] = np.exp(-((x - 32 - 3 * np.sin(i / 40)) / 6.0) ** 2) * 1000 + rng.normal(0, 5, 64)
         r["profile_y"] = np.exp(-((x[:48] - 20) / 4.0) ** 2) * 800 + rng.normal(0, 5, 48)
         r["last_image"] = rng.integers(0, 1000, (48, 64)).astype(np.uint16)
+        if 200 <= i < 220:  # lost frames: ids 1200-1219 never arrived
+            continue
         w.append(1000 + i, 1.7e9 + i * 0.01, r, verdict="WARNING" if i in (7, 8, 300) else "OK")
     yy, xx = np.mgrid[0:48, 0:64]
+    pixels_map = np.zeros((48, 64), np.uint8)
+    pixels_map[5, 50] = pixels_map[40, 3] = 1  # hot
+    pixels_map[30, 60] = 2  # dead
     summary = {"run_r0_mean": 0.1, "run_r0_std": 1.0,
                "pixel_map": np.exp(-((xx - 32) ** 2 + (yy - 20) ** 2) / 200.0) + rng.random((48, 64)) * 0.05,
                "hist_run_counts": np.bincount(rng.integers(0, 20, 500), minlength=20),
-               "hist_edges": np.linspace(0, 1000, 21)}
-    return w.finish(summary, {"total": FRAMES, "completed": FRAMES, "dropped": 0, "bad": 3}, verdict,
-                    end_reason="series end")
+               "hist_edges": np.linspace(0, 1000, 21), "pixels_map": pixels_map,
+               "pixels_mean_map": 100 + 900 * np.exp(-((xx - 37) ** 2 + (yy - 15) ** 2) / 20.0)}
+    path = w.finish(summary, {"total": FRAMES, "completed": FRAMES - 20, "dropped": 20, "bad": 3}, verdict,
+                    end_reason="series end", provenance={"quality_report": f"verdict {verdict}: 1 of 2 checks failing\n"
+                                                         f"{verdict} r0_range: {REASON}"})
+    write_lost_frames(path, [[1200, 1219]])
+    return path
 
 
 # ---- HTTP server that logs every request ----------------------------------------------------
@@ -232,6 +250,18 @@ def test_report_in_chromium(site, tmp_path):
     assert "series end" in text and f"{FRAMES}" in text
     assert "b" not in dom.tags, "a string from the file became markup"
 
+    # a run page: the verdict and each reason first, with the frames concerned, then the scan's metadata
+    top = text.index("Summary scan id")
+    for first in (f"r0_range: {REASON} 3 frames: 1007-1008, 1300", "frames judged WARNING: 3 frames",
+                  "lost frames (never analysed): 20: 1200-1219", *METADATA.values()):
+        assert 0 <= text.find(first) < top, f"{first!r} is not above the summary"
+    # every result: each informative scalar has a trend (beyond the old 24), the all-NaN one is listed
+    trends = [src for src in dom.img if "_trend_" in src]
+    assert len(trends) == N_SCALARS + 1, trends
+    assert "never_measured scalar: no value in any frame (all NaN)" in text
+    assert not any("never_measured" in src for src in dom.img)
+    assert any("pixels_map" in src for src in dom.img) and any("pixels_mean_map" in src for src in dom.img)
+
     # every image of the page was requested by the browser and served
     served = {path: code for path, code in requests}
     assert len(dom.img) >= 16, dom.img  # verdict + 13 trends + 2 spectra + image + summary map + histogram
@@ -261,8 +291,7 @@ def test_report_in_chromium(site, tmp_path):
     server.clear()
     chromium(f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars", url)
     assert shot.is_file(), "chromium wrote no screenshot"
-    ARTIFACTS.mkdir(exist_ok=True)
-    shutil.copy(shot, ARTIFACTS / "report.png")
+    keep(shot)
     pixels = decode_png(shot.read_bytes())
     assert pixels.shape[:2] == (2000, 1280)
     colours = pixels.reshape(-1, 3).astype(int)
@@ -271,8 +300,46 @@ def test_report_in_chromium(site, tmp_path):
     assert len(np.unique(colours, axis=0)) > 200, "screenshot looks blank (plots not drawn?)"
     assert not [(p, c) for p, c in server.requests() if c != 200 and p not in BROWSER_OWN]
 
+    # usable at 1280 px: nothing wider than the window (tables wrap, images shrink)
+    width, window = page_width(root, server, page.relative_to(root).as_posix())
+    assert width <= window, f"the report is {width} px wide in a {window} px window"
+    # the whole page as a picture for people (the images section: ROI boxes, categorical pixel map)
+    full = tmp_path / "report_full.png"
+    chromium(f"--screenshot={full}", "--window-size=1280,14000", "--hide-scrollbars", url)
+    keep(full)
 
-def test_run_list_in_chromium(site):
+
+def keep(shot: Path) -> None:
+    """Screenshots stay in the test's tmp dir and are copied to test-artifacts/ for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+HARNESS = """<!DOCTYPE html><html><head><title>measuring</title></head><body style="margin:0">
+<iframe id="f" src="{src}" style="width:1280px;height:900px;border:0"></iframe>
+<script>document.getElementById("f").onload = function () {{
+  var d = this.contentDocument.documentElement;
+  document.title = "width=" + d.scrollWidth + " window=" + this.contentWindow.innerWidth;
+}};</script></body></html>"""
+
+
+def page_width(root: Path, server: Server, rel: str) -> tuple[int, int]:
+    """(scroll width, window width) of a page shown in a 1280 px frame, measured by a test-only page
+    next to it (the reports themselves have no scripts)."""
+    import re
+
+    harness = root / "_test_harness"
+    harness.mkdir(exist_ok=True)
+    name = f"measure_{abs(hash(rel))}.html"
+    (harness / name).write_text(HARNESS.format(src="../" + urllib.request.pathname2url(rel)), encoding="utf-8")
+    out = chromium("--dump-dom", "--virtual-time-budget=20000", "--window-size=1400,1000",
+                   server.base + f"_test_harness/{name}")
+    m = re.search(r"<title>width=(\d+) window=(\d+)</title>", out)
+    assert m, f"the measuring page did not run: {out[:500]}"
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_run_list_in_chromium(site, tmp_path):
     require_chromium()
     root, server, page, other_page, index = site
     url = server.base + "index.html"
@@ -284,6 +351,17 @@ def test_run_list_in_chromium(site):
     assert "flagged" in text and "beam lost <at> 12:00" in text
     assert "WARNING" in dom.verdicts and "ERROR" in dom.verdicts
     assert not [(p, c) for p, c in server.requests() if c != 200 and p not in BROWSER_OWN]
+    # the run list tells lost frames, the reasons, scan or live, sample and operator; links the run log
+    for shown in ("lost", "verdict and reasons", REASON, "Si wafer 7", "ann", "p2026-17", "pmt_serial=SN-4711",
+                  "finished: 380/400 completed, 20 lost, 3 bad", "runs.csv", "runs.json"):
+        assert shown in text, shown
+    assert "scan" in text.split("mode", 1)[1]
+    width, window = page_width(root, server, "index.html")
+    assert width <= window, f"the run list is {width} px wide in a {window} px window"
+    shot = tmp_path / "run_list.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars", url)
+    keep(shot)
+    assert decode_png(shot.read_bytes()).shape[:2] == (900, 1280)
 
     # the run list links to both reports (one in flagged/), and each link works
     reports = [urljoin(url, h) for h in dom.a if unquote(urlparse(h).path).endswith(".html")]

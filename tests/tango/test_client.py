@@ -132,6 +132,12 @@ def test_live_stop_wait_state_and_timeouts():
         with pytest.raises(MonitorTimeout, match="still running"):
             client.start(timeout=0.3)
         assert client.state() == tango.DevState.RUNNING
+        client.stop()
+        # start() waits at most the client's scan_timeout by default (an hour unless set)
+        assert MonitorClient(p).scan_timeout == 3600.0
+        with pytest.raises(MonitorTimeout, match="not finished after 0.3 s"):
+            MonitorClient(p, scan_timeout=0.3).start()
+        assert client.state() == tango.DevState.RUNNING
         assert client.stop(wait=False) in (tango.DevState.RUNNING, tango.DevState.CLOSE)
         assert client.wait_state("CLOSE", timeout=10) == tango.DevState.CLOSE
         # start(wait=False) returns at once

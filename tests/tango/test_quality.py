@@ -232,3 +232,18 @@ def test_first_frame_is_analysed_at_once_because_init_compiled_the_kernels():
         assert delay_ms < 500, f"first result {delay_ms:.0f} ms after Start"
         assert STALE not in verdicts, verdicts  # start-up never reads as STALE
         assert p.completedEvents + p.droppedEvents == 60
+
+
+def test_state_and_status_agree_when_a_result_is_in_alarm():
+    """Tango turns ON into ALARM when a result attribute is outside its alarm range: Status must say
+    ALARM too (and name the attribute), in every state the device passes through."""
+    sim = "sim://?frames=10&shape=64x64&noise=2&background=100&amplitude=0"
+    with context([sim], QualityChecks=[range_check("frame_max", [0, 5], [0, 10])]) as p:
+        for step in ("Start", "Init", "Start", "Reset"):
+            getattr(p, step)()
+            if step == "Start":
+                wait_for(p, tango.DevState.CLOSE)
+            state, status = p.state(), p.status()
+            assert status.startswith(str(state)), (state, status)
+            if state == tango.DevState.ALARM:
+                assert "frame_max" in status, status

@@ -569,3 +569,16 @@ def test_analysis_threads_config_checked():
     e = Engine(EngineConfig(["sim://?frames=1"]))
     assert e.analysis_threads >= 1  # 0: one per core
     e.close()
+
+
+def test_a_new_engine_never_reuses_the_last_scan_id(tmp_path):
+    """Init builds a new Engine; a Start in the same second must not collide with the last results file."""
+    ids = []
+    for _ in range(2):
+        e = Engine(EngineConfig(["sim://?frames=2&shape=8x8&rate=0"], output_directory=str(tmp_path)))
+        ids.append(e.start())
+        wait_state(e, EngineState.CLOSE)
+        assert e.snapshot().state is EngineState.CLOSE
+        e.close()
+    assert ids[0] != ids[1]
+    assert len(list(tmp_path.glob("scan_*.h5"))) == 2

@@ -269,3 +269,106 @@ def test_status_wording_of_finished_scans(tmp_path, counters, end_reason, status
     rows = write_run_list(tmp_path).read_text()
     assert f"<td>{status}</td>" in rows
     assert _status({"complete": False, "running": True}) == "running"  # an unfinished scan is never complete
+
+
+# ---- a report that reads like a run page ------------------------------------------------------
+
+
+def _colour_pixels(png: Path, hex_colour: str, tol: int = 40, left: float = 1.0) -> int:
+    """Pixels of about ``hex_colour`` in the ``left`` fraction of the image (legends are on the right)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    rgb = rgb[:, : int(rgb.shape[1] * left)]
+    want = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(rgb - want).sum(axis=2) < tol).sum())
+
+
+def test_verdict_reasons_with_frames_and_metadata_come_first(tmp_path):
+    checks = [{"type": "range", "name": "x_range", "result": "x", "warning": [-1, 3], "error": None}]
+    w = ScanWriter(tmp_path / "v.h5", "v", [Result("x", float), Result("y", float)],
+                   {"thresholds": checks, "metadata": {"sample": "Au <foil>", "pmt_serial": "SN-9"}, "mode": "scan"})
+    for i in range(20):
+        x = 5.0 if 5 <= i <= 7 or i == 12 else 1.0
+        w.append(100 + i, 0.0, {"x": x, "y": float("nan")}, verdict="WARNING" if x > 3 else "OK")
+    report = ("verdict WARNING: 1 of 1 checks failing, 0 insufficient, 0 OK; 20 frames\n"
+              "WARNING x_range: 4 frames outside")
+    w.finish({}, Counters(total=20, completed=20), "WARNING", end_reason="series end",
+             provenance={"quality_report": report})
+    text = write_report(w.path).read_text(encoding="utf-8")
+    top = text.index("<h2>Summary")
+    assert text.index("WARNING x_range: 4 frames outside") < top
+    # the frames concerned, by id, under the reason of the check
+    assert text.index("x_range: 4 frames outside<br><span class=frames>4 frames: 105-107, 112</span>") < top
+    assert text.index("frames judged WARNING: 4 frames: 105-107, 112") < top
+    assert text.index("Au &lt;foil&gt;") < top and "SN-9" in text[:top]
+    assert "y</th><td>scalar: no value in any frame (all NaN)" in text  # listed, not drawn empty
+    assert not list((tmp_path / "v_plots").glob("*trend_y*")) and list((tmp_path / "v_plots").glob("*trend_x*"))
+
+
+def test_every_scalar_result_is_plotted_beyond_24(tmp_path):
+    decl = [Result(f"s{i:02d}", float) for i in range(30)]
+    w = ScanWriter(tmp_path / "many.h5", "many", decl, {})
+    for i in range(10):
+        w.append(i, 0.0, {f"s{k:02d}": float(i + k) for k in range(30)})
+    w.finish({}, Counters(total=10, completed=10), "OK")
+    write_report(w.path)
+    trends = sorted(p.name for p in (tmp_path / "many_plots").glob("*_trend_*.png"))
+    assert len(trends) == 30 and any("s29" in t for t in trends)
+
+
+def test_plot_axes_have_no_offset_and_projections_are_in_detector_pixels(tmp_path):
+    from matplotlib.figure import Figure
+
+    from tango_dqm.report import _axis_for, _projection_axis, _save
+
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot(np.arange(10), 1.0734e7 + np.arange(10))
+    _save(fig, tmp_path / "t.png")
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
+    px, label = _projection_axis("profile_x", 400, {"roi_profile": [312, 400, 300, 200]})
+    assert (px[0], px[-1], label) == (312, 711, "detector x [px]")
+    py, label = _projection_axis("profile_run_y", 200, {"roi_profile": [312, 400, 300, 200]})
+    assert (py[0], label) == (300, "detector y [px]")
+    assert _projection_axis("spectrum", 10, {})[0] is None
+    edges = np.linspace(0, 4096, 257)
+    axis, label = _axis_for("hist_run_counts", np.ones(256), {"hist_edges": edges}, {}, {"hist_edges": "counts"})
+    assert axis is edges and label == "bin position [counts]"
+
+
+def test_histogram_is_log_and_the_run_mean_is_drawn_on_top(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from tango_dqm.report import _plot_curves
+
+    scales, orders = [], []
+    set_yscale, stairs = Axes.set_yscale, Axes.stairs
+    monkeypatch.setattr(Axes, "set_yscale", lambda self, v, **k: (scales.append(v), set_yscale(self, v, **k))[1])
+    monkeypatch.setattr(Axes, "stairs", lambda self, *a, **k: (orders.append((k["label"], k["zorder"])),
+                                                               stairs(self, *a, **k))[1])
+    counts = np.r_[1e6, np.full(99, 10.0)]
+    _plot_curves("h", [("run mean", counts), ("last frame", counts)], "counts", tmp_path / "h.png",
+                 x=np.arange(101.0), log=True)
+    assert scales == ["log"]
+    assert dict(orders)["run mean"] > dict(orders)["last frame"]
+
+
+def test_pixel_map_is_categorical_with_markers_and_mean_map_has_roi_boxes(tmp_path):
+    from tango_dqm.report import PIXEL_CATEGORIES, ROI_STYLES, _plot_image
+
+    pmap = np.zeros((1024, 1024), np.uint8)
+    pmap[100, 200] = pmap[900, 50] = 1  # hot: a single pixel each, invisible at this size without a marker
+    pmap[500, 600] = 2
+    _plot_image("pixels_map", pmap, tmp_path / "map.png", categories=PIXEL_CATEGORIES["pixels_map"])
+    hot, dead = PIXEL_CATEGORIES["pixels_map"][1][1], PIXEL_CATEGORIES["pixels_map"][2][1]
+    assert _colour_pixels(tmp_path / "map.png", hot) > 40 and _colour_pixels(tmp_path / "map.png", dead) > 20
+    assert _colour_pixels(tmp_path / "map.png", "#440154") == 0  # no continuous (viridis) colour scale
+
+    mean = np.random.default_rng(0).normal(100, 5, (256, 256))
+    rois = {"roi_signal": [20, 60, 150, 60], "roi_background": [0, 30, 0, 30], "roi_profile": [300, 10, 0, 10]}
+    _plot_image("mean", mean, tmp_path / "mean.png", unit="counts", rois=rois)
+    # the boxes on the image (its left half: the legend and colour bar are on the right)
+    assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_signal"][0], 60, left=0.5) > 60
+    assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_background"][0], 60, left=0.5) > 30
+    assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_profile"][0], 60) == 0  # outside: not drawn
