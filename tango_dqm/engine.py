@@ -231,6 +231,7 @@ class Engine:
         if not (isinstance(threads, int) and not isinstance(threads, bool) and 0 <= threads <= 256):
             raise EngineError(f"AnalysisThreads must be between 0 (one per core) and 256, got {threads!r}")
         self.analysis_threads = threads or default_threads()
+        self.frames_run_ahead = 0  # frames of this scan whose process ran on the pool (diagnostics, tests)
         # Kernels compiled (or loaded from numba's cache) in the background from Init on, so Init
         # returns at once and a plugin that is slow on a synthetic frame cannot hold it up.
         self.warmup_s = 0.0
@@ -638,6 +639,7 @@ class Engine:
                    time.monotonic() + self.config.reference_interval, builder=builder, overflow=overflow)
         # Parallel analysis with one stream only: an event's partner frames join its primary frame in
         # the builder, after it was dequeued, and process may read them.
+        self.frames_run_ahead = 0
         if self.analysis_threads > 1 and builder is None:
             run.pool = OrderedPool(self.analysis_threads, name="dqm-analysis")
         try:
@@ -805,13 +807,21 @@ class Engine:
         run.ahead = None
         if pool is None:
             return q.get(timeout=0.1)
-        while pool.has_room():
+        pending: list[tuple[float, Any]] = []
+        if not len(pool):
+            first = q.get(timeout=0.1)
             try:
-                t_recv, item = q.get_nowait() if len(pool) else q.get(timeout=0.1)
-            except queue.Empty:
-                if not len(pool):
-                    raise
-                break
+                pending = [first, q.get_nowait()]
+            except queue.Empty:  # nothing behind it (a low rate): analysed here, no hand-over latency
+                return first
+        while pool.has_room():
+            if pending:
+                t_recv, item = pending.pop(0)
+            else:
+                try:
+                    t_recv, item = q.get_nowait()
+                except queue.Empty:
+                    break
             if isinstance(item, Frame):
                 params, version = self.params.snapshot_with_version()
                 pool.submit((t_recv, item, version), self._analyse, item, params)
@@ -834,6 +844,7 @@ class Engine:
             run.param_version = version
         try:
             if ahead is not None and ahead[0] == version:
+                self.frames_run_ahead += 1
                 self._note_shape(frame)
                 if ahead[2] is not None:
                     raise ahead[2]

@@ -462,6 +462,7 @@ def test_parallel_analysis_gives_identical_results(tmp_path, threads):
         wait_state(e, EngineState.CLOSE)
         e.publisher.flush()
         snap = e.snapshot()
+        assert (e.frames_run_ahead > 0) is (n_threads > 1)  # the pool did analyse (sim:// outruns it)
         e.close()
         with h5py.File(f"{out}/r.h5", "r") as f:
             results = _datasets(f["entry/results"])
