@@ -648,7 +648,7 @@ class Engine:
             if run.pool is not None:
                 run.pool.close()
 
-    def _engine_items(self, run: "_Run", q: queue.Queue, n_sources: int, generation: int,
+    def _engine_items(self, run: _Run, q: queue.Queue, n_sources: int, generation: int,
                       builder: EventBuilder | None) -> None:
         done = 0
         while done < n_sources:
@@ -797,7 +797,7 @@ class Engine:
             self._recount_locked(run)
         return True
 
-    def _take(self, run: "_Run", q: queue.Queue) -> tuple[float, Any]:
+    def _take(self, run: _Run, q: queue.Queue) -> tuple[float, Any]:
         """The next item of the source queue (queue.Empty after 0.1 s without one).
 
         With analysis threads, the frames queued behind it are taken too and their ``process``
