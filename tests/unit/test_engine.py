@@ -583,3 +583,35 @@ def test_a_new_engine_never_reuses_the_last_scan_id(tmp_path):
         e.close()
     assert ids[0] != ids[1]
     assert len(list(tmp_path.glob("scan_*.h5"))) == 2
+
+
+def test_parameter_change_with_frames_in_flight_applies_from_the_frame_it_names(tmp_path):
+    """Frames analysed ahead with the old value are analysed again when the value changed before
+    they are handled: every frame from the change's applied_at_frame on has the new value."""
+    e = Engine(EngineConfig(["sim://?frames=0&shape=16x16&seed=2"], ["tests.unit.plugins:Scale",
+                                                                     "tests.unit.test_engine:SlowProcess"],
+                            queue_size=16, output_directory=str(tmp_path), output_name="r.h5",
+                            analysis_threads=3))
+    e.set_parameter("slow_s", 0.01)
+    e.start()
+    deadline = time.monotonic() + 10
+    while e.snapshot().counters.completed < 5 or e.frames_run_ahead < 3:  # the pool is busy ahead
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    e.set_parameter("scale", 2.0)
+    while e.snapshot().counters.completed < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    e.stop()
+    wait_state(e, EngineState.CLOSE)
+    if e.products is not None:
+        e.products.worker.wait_idle(30)
+    applied = e.params.changes[-1].applied_at_frame
+    e.close()
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        ids, got = f["entry/results/frame_id"][()], f["entry/results/scaled_mean"][()]
+    gen = FrameGenerator(Scene(shape=(16, 16), seed=2))
+    assert applied is not None and ids[0] < applied <= ids[-1]
+    for fid, value in zip(ids, got):
+        scale = 2.0 if fid >= applied else 1.0
+        assert value == float(gen.render(int(fid)).mean()) * scale, fid
