@@ -63,7 +63,8 @@ def server_cpu_seconds() -> float:
     return total
 
 
-PollStats = tuple[int, int, float, float, float, float]  # polls, failed, seconds polling, server CPU, reused, client CPU
+# polls, failed, seconds polling, server CPU, reused, client CPU
+PollStats = tuple[int, int, float, float, float, float]
 
 
 def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, PollStats | None]:

@@ -403,7 +403,7 @@ def live_period(mon: tango.DeviceProxy, sim: tango.DeviceProxy, seconds: float =
         if not moved and time.monotonic() - t0 > seconds / 2:
             sim.spot_x = 600.0
             moved = True
-            print(f"\n  detector: spot_x 512 -> 600")
+            print("\n  detector: spot_x 512 -> 600")
         print(progress(mon, "profile_centroid_x"), end="", flush=True)
         time.sleep(0.25)
     mon.Stop()

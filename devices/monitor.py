@@ -648,7 +648,7 @@ class DataQualityMonitor(Device):
                               f"{' '.join(exc.args[0].desc.split())}; check the detector, then Live again")
                 _throw("DQM_DetectorFailed", f"{self._note}. Nothing was started", origin)
         self._live_detectors = started
-        self._note = "" 
+        self._note = ""
         self.set_state(_STATES[engine.state.value])
         return scan_id
 

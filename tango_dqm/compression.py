@@ -304,4 +304,5 @@ def encode_bslz4(array: np.ndarray, block_elements: int = 0) -> bytes:
 
 
 __all__ = ["COMPRESSIONS", "LZ4_MAX_RATIO", "CompressionError", "DecodedSizeError", "FrameTooLarge",
-           "SizeMismatch", "UnsupportedCompression", "canonical", "check_bitshuffle_framing", "decode", "encode_bslz4", "limit_threads"]
+           "SizeMismatch", "UnsupportedCompression", "canonical", "check_bitshuffle_framing", "decode", "encode_bslz4",
+           "limit_threads"]

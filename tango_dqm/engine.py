@@ -467,7 +467,8 @@ class Engine:
             return f"ON: ready; source {where}; analyses {', '.join(a.name for a in self.analyses)}"
         if s is EngineState.RUNNING:
             mode = "live" if self._live else "scan"
-            backlog = "".join(f"; {b}" for b in (src.backlog() for src in self._sources) if b)  # source outruns analysis
+            # a source that outruns the analysis says so
+            backlog = "".join(f"; {b}" for b in (src.backlog() for src in self._sources) if b)
             return f"RUNNING {mode} {self._scan_id} from {where}: {counts}, {c.event_rate:.1f} Hz{backlog}"
         if s is EngineState.CLOSE:
             lost = self._lost(c)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from concurrent.futures import Future
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .report import ReportWorker
 from .storage import MARKS, ScanWriter, confined_path, mark_scan, scan_file_name, write_lost_frames

@@ -58,7 +58,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import special, stats
@@ -97,7 +97,7 @@ def worst(verdicts: Iterable[Verdict], default: Verdict = Verdict.OK) -> Verdict
     return max(verdicts, default=default)
 
 
-Range = tuple[Union[float, None], Union[float, None]]
+Range = tuple[float | None, float | None]
 
 
 @dataclass(frozen=True)
@@ -748,7 +748,7 @@ def _short(items: Sequence[Any], n: int = 8) -> str:
     return shown + (f", ... ({len(items)} listed)" if len(items) > n else "")
 
 
-Check = Union[RangeCheck, StalenessCheck, ReferenceCheck, ChannelCheck, LossCheck]
+Check = RangeCheck | StalenessCheck | ReferenceCheck | ChannelCheck | LossCheck
 
 CHECK_TYPES: dict[str, type] = {"range": RangeCheck, "staleness": StalenessCheck,
                                  "reference": ReferenceCheck, "channels": ChannelCheck, "loss": LossCheck}
@@ -940,8 +940,8 @@ class QualityMonitor:
             where = f"{c.check_type} check {c.name!r}: field 'result'"
             if isinstance(c, RangeCheck):
                 if kind is None:
-                    raise ValueError(f"{where}: no analysis declares a result {c.result!r}; "
-                                     f"scalars are {', '.join(sorted(k for k, v in declared.items() if v == 'scalar'))}")
+                    scalars = ", ".join(sorted(k for k, v in declared.items() if v == "scalar"))
+                    raise ValueError(f"{where}: no analysis declares a result {c.result!r}; scalars are {scalars}")
                 if kind != "scalar":
                     raise ValueError(f"{where}: {c.result!r} is a {kind}; a range check needs a scalar")
             elif kind == "scalar" or (isinstance(c, ReferenceCheck) and c.method == "ks" and kind == "image"):

@@ -215,7 +215,7 @@ class ReferenceStore:
                                       f"{', '.join(map(str, files))}")
         path = self._confine(files[int(version)])
         with h5py.File(path, "r") as f:
-            arrays = {key: _read(f, key) for key in f.keys() if isinstance(f[key], h5py.Dataset)}
+            arrays = {key: _read(f, key) for key in f if isinstance(f[key], h5py.Dataset)}
             info = _info_from_attrs(f.attrs, path, name, kind, int(version))
         return Reference(info, arrays)
 

@@ -764,7 +764,8 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
                           + "".join(f'<td class="num">{_esc(_fmt(x))}</td>' for x in cells) + "</tr>")
 
     summary_rows = [(k, _fmt(v)) for k, v in sorted(data.summary.items())
-                    if not isinstance(v, np.ndarray) and k not in ("verdict", "end_reason", "frame_verdict_counts_json")]
+                    if not isinstance(v, np.ndarray)
+                    and k not in ("verdict", "end_reason", "frame_verdict_counts_json")]
     summary_rows += [(k, f"array {list(v.shape)} {v.dtype}") for k, v in sorted(data.summary.items())
                      if isinstance(v, np.ndarray)]
 

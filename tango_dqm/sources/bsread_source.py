@@ -269,7 +269,8 @@ class BsreadSource(Source):
     def __init__(self, spec: SourceSpec):
         super().__init__(spec)
         if not spec.host or not spec.port:
-            raise SourceError(f"source {spec.uri!r}: needs host and port (1-65535), e.g. bsread://127.0.0.1:9999?channel=image "
+            raise SourceError(f"source {spec.uri!r}: needs host and port (1-65535), "
+                              "e.g. bsread://127.0.0.1:9999?channel=image "
                               "(a host is required: the PSI dispatcher is never queried)")
         self.channel = spec.q("channel", "")
         if not self.channel:

@@ -26,7 +26,8 @@ one file before starting the next is read in file name order.
   is retried at every poll, never skipped. Only when it has stayed unchanged for
   ``bad_after`` seconds (default 10) is it counted once as BadInput (``unreadable_file``,
   ``missing_dataset``, ``bad_dataset``, or ``read_error`` for one frame, which is then
-  skipped; its id is used up and carried by the BadInput, so the engine counts it bad, once). It is retried when it changes.
+  skipped; its id is used up and carried by the BadInput, so the engine counts it bad, once).
+  It is retried when it changes.
 - End: live watchers never end. In a scan, the series ends (SeriesEnd) once ``idle``
   seconds pass without a new frame (default: never; Stop ends it).
 

@@ -252,7 +252,8 @@ def test_compressed_chunk_bomb_refused_before_decoding(tmp_path):
         ds.id.write_direct_chunk((0,), zlib.compress(b"\0" * 100_000_000, 9))
     s = ParameterStore([Parameter("mask", "file")], FileAccess([d]))
     def attempt():
-        with pytest.raises(ParameterError, match=r"chunk \(0,\) decodes to at least 8001 bytes, more than its 8000 bytes"):
+        with pytest.raises(ParameterError,
+                           match=r"chunk \(0,\) decodes to at least 8001 bytes, more than its 8000 bytes"):
             s.set("mask", "bomb.h5")
     assert _peak_while(attempt) < 2_000_000
 
@@ -296,7 +297,8 @@ def test_hdf5_non_numeric_dataset_refused_before_reading(store):
 
 
 # 10**6 list items from 7 short lines: each alias repeats the previous list ten times
-_ALIAS_BOMB = "a: &a [1, 2]\n" + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef")) \
+_ALIAS_BOMB = "a: &a [1, 2]\n" \
+    + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef")) \
     + f"g: [{', '.join(['*f'] * 10)}]\n"
 
 
@@ -333,7 +335,8 @@ def test_compressed_chunk_whose_header_claims_too_much_is_refused(store, plugin,
     with h5py.File(d / "forged.h5", "w") as f:
         ds = f.create_dataset("mask", shape=(1000,), chunks=(1000,), dtype="f8", **getattr(hdf5plugin, plugin)())
         ds.id.write_direct_chunk((0,), header)
-    with pytest.raises(ParameterError, match=r"chunk \(0,\) decodes to 1000000000 bytes \(its size header\), more than its 8000"):
+    with pytest.raises(ParameterError,
+                       match=r"chunk \(0,\) decodes to 1000000000 bytes \(its size header\), more than its 8000"):
         s.set("mask", "forged.h5")
 
 

@@ -6,7 +6,6 @@ so these tests prove the wire format, not only a round trip through our own code
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np

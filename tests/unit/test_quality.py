@@ -43,7 +43,8 @@ def test_verdict_tango_mapping():
 
 
 def drifting_monitor():
-    # value drifts up by 0.5 per frame: < 5 OK, [5, 10) WARNING, >= 10 ERROR (a value at a limit is outside, as in Tango)
+    # value drifts up by 0.5 per frame: < 5 OK, [5, 10) WARNING, >= 10 ERROR
+    # (a value at a limit is outside, as in Tango)
     return QualityMonitor([RangeCheck("signal_mean", warning=(None, 5.0), error=(None, 10.0))])
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tango_dqm.engine import Engine, EngineConfig, EngineError, EngineState
-from tango_dqm.frames import BadInput, Frame, SeriesEnd
+from tango_dqm.frames import Frame, SeriesEnd
 from tango_dqm.sources import SourceError, open_source
 from tango_dqm.sources.hdf5_replay import block_frames
 from tests.helpers import frames_for_test

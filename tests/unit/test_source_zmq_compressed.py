@@ -19,7 +19,6 @@ import lz4.block
 import numpy as np
 import pytest
 
-from tango_dqm import Analysis, Result
 from tango_dqm import compression
 from tango_dqm.engine import Engine, EngineConfig, EngineState
 from tango_dqm.frames import BadInput, Frame, SeriesEnd
