@@ -170,14 +170,15 @@ class RunWaiter:
         pass
 
 
-def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_directory: str = "") -> float:
+def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_directory: str = "",
+               analysis_threads: int = 0) -> float:
     """The engine on the same stream as :func:`bare_loop`: frames/s from the first to the last result."""
     from tango_dqm.engine import Engine, EngineConfig
 
     port = free_port()
     waiter = RunWaiter(frames - 1)
-    engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], analyses, output_directory=output_directory),
-                    waiter)
+    engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], analyses, output_directory=output_directory,
+                                 analysis_threads=analysis_threads), waiter)
     try:
         for name, value in params.items():
             engine.set_parameter(name, value)
@@ -199,11 +200,12 @@ def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_
 def warm_up(analyses: list[str], params: dict[str, Any]) -> None:
     """Compile (or load from numba's cache) every kernel once, outside the timed runs."""
     from tango_dqm import Frame, Params, load_analysis
+    from tango_dqm.plugin import Runner, instantiate
 
     frame = demo_frames(1)[0]
     for spec in analyses:
-        a = load_analysis(spec)()
+        a = instantiate(load_analysis(spec))
         p = Params({d.name: d.validate(params.get(d.name, d.default), SHAPE) for d in a.parameters})
         acc = a.new_accumulator()
-        acc = a.accumulate(acc, a.process(Frame(frame, 0), p))
+        acc = a.accumulate(acc, Runner(a).process(Frame(frame, 0), p), p)  # plugin API v2
         a.finish(acc)

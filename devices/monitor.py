@@ -89,6 +89,8 @@ class DataQualityMonitor(Device):
                                            "that must be set before Start; Live is not refused")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
+    AnalysisThreads = device_property(dtype=int, default_value=0,
+                                      doc="threads analysing consecutive frames at once (0: one per core)")
     HttpPort = device_property(dtype="DevLong", default_value=0,
                                doc="port of the read-only HTTP access (h5pyd, run pages under /runs/); 0: off")
     HttpHost = device_property(dtype=str, default_value="127.0.0.1",
@@ -145,6 +147,7 @@ class DataQualityMonitor(Device):
                              output_directory=self.OutputDirectory,
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
+                             analysis_threads=self.AnalysisThreads,
                              required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
                 listener=self, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:

@@ -35,6 +35,7 @@ from .products import ScanProducts
 from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
 from .output_stream import ResultStream
+from .pipeline import OrderedPool, default_threads
 from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ class EngineConfig:
     #: directories that file parameters (mask, dark ...) may be read from, and their size limit
     file_roots: Sequence[str] = ()
     max_file_bytes: int = 64 * 1024 * 1024
+    #: threads running the analyses' ``process`` on consecutive frames at once (0: one per core);
+    #: accumulation and everything after it stay in frame order, so results do not depend on it
+    analysis_threads: int = 0
     #: scan metadata keys (sample, pmt_serial ...) that must be set before a scan Starts (not Live)
     required_metadata: Sequence[str] = ()
 
@@ -259,6 +263,11 @@ class Engine:
         self._before_window: float | None = None  # the latest arrival that left the window
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
+        threads = config.analysis_threads
+        if not (isinstance(threads, int) and not isinstance(threads, bool) and 0 <= threads <= 256):
+            raise EngineError(f"AnalysisThreads must be between 0 (one per core) and 256, got {threads!r}")
+        self.analysis_threads = threads or default_threads()
+        self.frames_run_ahead = 0  # frames of this scan whose process ran on the pool (diagnostics, tests)
         # Kernels compiled (or loaded from numba's cache) in the background from Init on, so Init
         # returns at once and a plugin that is slow on a synthetic frame cannot hold it up.
         self.warmup_s = 0.0
@@ -658,10 +667,23 @@ class Engine:
                    if n_sources > 1 else None)
         run = _Run([a.new_accumulator() for a in self.analyses], stop, generation,
                    time.monotonic() + self.config.reference_interval, builder=builder, overflow=overflow)
+        # Parallel analysis with one stream only: an event's partner frames join its primary frame in
+        # the builder, after it was dequeued, and process may read them.
+        self.frames_run_ahead = 0
+        if self.analysis_threads > 1 and builder is None:
+            run.pool = OrderedPool(self.analysis_threads, name="dqm-analysis")
+        try:
+            self._engine_items(run, q, n_sources, generation, builder)
+        finally:
+            if run.pool is not None:
+                run.pool.close()
+
+    def _engine_items(self, run: _Run, q: queue.Queue, n_sources: int, generation: int,
+                      builder: EventBuilder | None) -> None:
         done = 0
         while done < n_sources:
             try:
-                t_recv, item = q.get(timeout=0.1)
+                t_recv, item = self._take(run, q)
             except queue.Empty:
                 self._count_overflow(run)
                 if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
@@ -688,7 +710,7 @@ class Engine:
             if not self._admit(run, item):
                 continue
             if builder is None:
-                if not self._handle_frame(run, item, t_recv):
+                if not self._handle_frame(run, item, t_recv, run.ahead):
                     return
                 continue
             # Events time out on the arrival clock: while this thread was busy (a slow analysis),
@@ -805,14 +827,60 @@ class Engine:
             self._recount_locked(run)
         return True
 
-    def _handle_frame(self, run: "_Run", frame: Frame, t_recv: float) -> bool:
-        """Analyse one event (its primary frame); False when the engine went to FAULT."""
+    def _take(self, run: _Run, q: queue.Queue) -> tuple[float, Any]:
+        """The next item of the source queue (queue.Empty after 0.1 s without one).
+
+        With analysis threads, the frames queued behind it are taken too and their ``process``
+        started on the pool (with the parameters of now, checked again when they are handled);
+        items come back in queue order and the analysed frame's outputs are left in run.ahead."""
+        pool = run.pool
+        run.ahead = None
+        if pool is None:
+            return q.get(timeout=0.1)
+        pending: list[tuple[float, Any]] = []
+        if not len(pool):
+            first = q.get(timeout=0.1)
+            try:
+                pending = [first, q.get_nowait()]
+            except queue.Empty:  # nothing behind it (a low rate): analysed here, no hand-over latency
+                return first
+        while pool.has_room():
+            if pending:
+                t_recv, item = pending.pop(0)
+            else:
+                try:
+                    t_recv, item = q.get_nowait()
+                except queue.Empty:
+                    break
+            if isinstance(item, Frame):
+                params, version = self.params.snapshot_with_version()
+                pool.submit((t_recv, item, version), self._analyse, item, params)
+            else:
+                pool.submit((t_recv, item, None))
+        (t_recv, item, version), value, error = pool.next()
+        if version is not None:
+            run.ahead = (version, value, error)
+        return t_recv, item
+
+    def _handle_frame(self, run: "_Run", frame: Frame, t_recv: float,
+                      ahead: tuple[int, Any, BaseException | None] | None = None) -> bool:
+        """Analyse one event (its primary frame); False when the engine went to FAULT.
+
+        ``ahead``: (parameter version, outputs, exception) of process run ahead on the pool; used
+        when the parameters did not change since, else process runs again here."""
         params, version = self.params.snapshot_with_version()
         if version != run.param_version:
             self._mark_params_applied(frame.frame_id)
             run.param_version = version
         try:
-            outputs = self._process(frame, params)
+            if ahead is not None and ahead[0] == version:
+                self.frames_run_ahead += 1
+                self._note_shape(frame)
+                if ahead[2] is not None:
+                    raise ahead[2]
+                outputs = ahead[1]
+            else:
+                outputs = self._process(frame, params)
         except _AnalysisFailure as exc:
             self._enter_fault(str(exc))
             return False
@@ -910,9 +978,17 @@ class Engine:
         return took
 
     def _process(self, frame: Frame, params: Params) -> list[FrameOutput]:
-        out = []
+        self._note_shape(frame)
+        return self._analyse(frame, params)
+
+    def _note_shape(self, frame: Frame) -> None:
         if frame.data.ndim >= 2 and self.params.image_shape != frame.data.shape[-2:]:
             self.params.image_shape = tuple(frame.data.shape[-2:])  # a new detector header may change it
+
+    def _analyse(self, frame: Frame, params: Params) -> list[FrameOutput]:
+        """Every analysis' process on one frame: pure (the Runner's context cache is one pair),
+        so it may run on an analysis thread."""
+        out = []
         for runner in self._runners:
             a = runner.analysis
             try:
@@ -1026,6 +1102,8 @@ class _Run:
     dropped_before: int = 0  # slow joiner
     shortfall: int = 0  # announced, never sent
     finished: bool = False
+    pool: OrderedPool | None = None  # analysis threads (process of queued frames, run ahead)
+    ahead: tuple[int, Any, BaseException | None] | None = None  # the current frame's, from the pool
 
 
 __all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]

@@ -36,3 +36,16 @@ def test_standard_set_runs_in_the_device():
         assert summary["pixels_dead"] == 2 and summary["pixels_status"] == "OK"
         assert isinstance(summary["pixels_map"], str)  # large maps: in the results file
         assert summary["run_frame_max_max"] == 65535  # the hot pixels are saturated
+
+
+def test_analysis_threads_property():
+    """AnalysisThreads reaches the engine: the standard set with 3 threads; a bad value is a clear FAULT."""
+    sim = "sim://?frames=40&shape=64x64&spot_x=30&spot_y=30&sigma=4&amplitude=3000&background=100&noise=3"
+    with context([sim], ["roi", "profile", "pixels", "histogram"], AnalysisThreads=3) as p:
+        p.Start()
+        wait_for(p, tango.DevState.CLOSE, timeout=60)
+        assert p.completedEvents == 40 and p.droppedEvents == 0
+        assert p.profile_centroid_x == pytest.approx(30, abs=1.5)
+    with context([sim], ["roi"], AnalysisThreads=-2) as p:
+        assert p.state() == tango.DevState.FAULT
+        assert "AnalysisThreads" in p.status()

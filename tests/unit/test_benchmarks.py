@@ -8,6 +8,7 @@ import pytest
 from benchmarks.common import SHAPE, RunWaiter, demo_engine_parameters, demo_frames, demo_monitor, engine_run
 from benchmarks.dranspose_roi import _stats
 from tango_dqm import Frame, Params, load_analysis
+from tango_dqm.plugin import Runner
 
 
 def test_demo_configuration_is_read_from_config_demo_json():
@@ -24,7 +25,7 @@ def test_dranspose_worker_statistics_equal_the_roi_analysis():
     roi = load_analysis("roi")()
     p = Params({d.name: d.validate({"roi_signal": [462, 100, 462, 100]}.get(d.name, d.default), SHAPE)
                 for d in roi.parameters})
-    want = roi.process(Frame(image, 0), p)
+    want = Runner(roi).process(Frame(image, 0), p).results  # plugin API v2
     got = _stats(image[462:562, 462:562], "signal")
     for key, value in got.items():
         assert value == pytest.approx(want[key], rel=1e-9), key

@@ -433,6 +433,145 @@ def test_id_tracker_partner_ids_before_the_first_series_are_one_numbering():
     assert t.missing == 0
 
 
+# ---- parallel analysis (analysis threads): results independent of their number -------------------
+
+STANDARD_SET = ["roi", "profile", "pixels", "histogram"]
+
+
+def _datasets(group: h5py.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, item in group.items():
+        if isinstance(item, h5py.Group):
+            out.update(_datasets(item, f"{prefix}{name}/"))
+        else:
+            out[f"{prefix}{name}"] = item[()]
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_parallel_analysis_gives_identical_results(tmp_path, threads):
+    """Per-frame results (published and in the results file) and the run summary are bit-for-bit
+    those of one thread: process runs ahead on the pool, accumulation stays in frame order."""
+    def scan(n_threads: int, out: str):
+        rec = Recorder()
+        e = Engine(EngineConfig(["sim://?frames=40&shape=48x64&seed=5"], STANDARD_SET, queue_size=8,
+                                output_directory=out, output_name="r.h5", analysis_threads=n_threads), rec)
+        assert e.analysis_threads == n_threads
+        e.set_parameter("roi_signal", [10, 20, 10, 20])
+        e.start()
+        wait_state(e, EngineState.CLOSE)
+        e.publisher.flush()
+        snap = e.snapshot()
+        assert (e.frames_run_ahead > 0) is (n_threads > 1)  # the pool did analyse (sim:// outruns it)
+        e.close()
+        with h5py.File(f"{out}/r.h5", "r") as f:
+            results = _datasets(f["entry/results"])
+        return rec.results, snap.summary, results, snap.counters
+
+    ref_events, ref_summary, ref_file, _ = scan(1, str(tmp_path / "one"))
+    events, summary, file, counters = scan(threads, str(tmp_path / "many"))
+    assert counters.completed == 40 and counters.dropped == 0
+    # the publisher coalesces results when busy (timing), so compare the frames both published
+    got_by_id, want_by_id = dict(events), dict(ref_events)
+    common = sorted(got_by_id.keys() & want_by_id.keys())
+    assert 39 in common  # the last frame is always published
+    for fid in common:
+        got, want = got_by_id[fid], want_by_id[fid]
+        assert "net_signal" in got.keys() & want.keys()  # arrays are published at most every 0.5 s (timing)
+        for k in got.keys() & want.keys():
+            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=f"{k} frame {fid}")
+    assert ref_file.keys() == file.keys() and len(ref_file) > 5
+    clock = {k for k in ref_file if k.rsplit("/", 1)[-1] in ("date", "time", "timestamp", "arrival_time")}
+    for k in ref_file.keys() - clock:
+        np.testing.assert_array_equal(file[k], ref_file[k], err_msg=k)
+    assert summary.keys() == ref_summary.keys()
+    for k in ref_summary:
+        np.testing.assert_array_equal(np.asarray(summary[k]), np.asarray(ref_summary[k]), err_msg=k)
+
+
+def test_parallel_analysis_failure_on_frame_k_faults_naming_it():
+    e = Engine(EngineConfig(["sim://?frames=60&shape=16x16"], ["roi", "tests.unit.plugins:FailOnFrame3"],
+                            analysis_threads=4))
+    e.set_parameter("fail_frame", 17)
+    e.start()
+    wait_state(e, EngineState.FAULT)
+    assert "fail_on_3" in e.status() and "frame 17" in e.status()
+    snap = e.snapshot()
+    # every frame before k handled in order, none after it (their process ran ahead, discarded)
+    assert snap.counters.completed == 17 and snap.frame_id == 16
+    e.reset()
+    e.close()
+    _wait_no_analysis_threads()
+
+
+class SlowProcess(Analysis):
+    """process sleeps (releasing the GIL, like a nogil kernel), so frames stay in flight on the pool."""
+
+    name = "slow"
+    parameters = [Parameter("slow_s", float, 0.02, min=0.0)]
+    results = [Result("slow_id", float)]
+
+    def process(self, frame, params, context):
+        time.sleep(params.slow_s)
+        return {"slow_id": float(frame.frame_id)}
+
+    def new_accumulator(self):
+        return []
+
+    def accumulate(self, acc, output, params):
+        acc.append(output.results["slow_id"])
+        return acc
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        return {"slow_in_order": acc == sorted(acc) and acc == list(map(float, range(len(acc))))}
+
+
+def _analysis_threads() -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name.startswith("dqm-analysis")]
+
+
+def _wait_no_analysis_threads(timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _analysis_threads():
+        assert time.monotonic() < deadline, f"analysis threads left: {_analysis_threads()}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["stop", "close"])
+def test_stop_or_close_with_frames_in_flight_leaves_no_thread(how):
+    e = Engine(EngineConfig(["sim://?frames=0&shape=16x16"], ["roi", "tests.unit.test_engine:SlowProcess"],
+                            queue_size=16, analysis_threads=3))
+    rec_before = len(_analysis_threads())
+    e.start()
+    deadline = time.monotonic() + 10
+    while e.snapshot().counters.completed < 5:  # running, with frames queued behind the slow ones
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert len(_analysis_threads()) == rec_before + 3
+    if how == "stop":
+        e.stop()
+        wait_state(e, EngineState.CLOSE)
+        snap = e.snapshot()
+        assert snap.summary["slow_in_order"] is True  # every frame taken was accumulated in order
+        assert_counters_exact(snap, dropped=0, bad=0)
+        e.close()
+    else:
+        assert e.close()
+    _wait_no_analysis_threads()
+
+
+def test_analysis_threads_config_checked():
+    with pytest.raises(EngineError, match="AnalysisThreads"):
+        Engine(EngineConfig(["sim://?frames=1"], analysis_threads=-1))
+    e = Engine(EngineConfig(["sim://?frames=1"]))
+    assert e.analysis_threads >= 1  # 0: one per core
+    e.close()
+
+
 def test_a_new_engine_never_reuses_the_last_scan_id(tmp_path):
     """Init builds a new Engine; a Start in the same second must not collide with the last results file."""
     ids = []
@@ -444,3 +583,35 @@ def test_a_new_engine_never_reuses_the_last_scan_id(tmp_path):
         e.close()
     assert ids[0] != ids[1]
     assert len(list(tmp_path.glob("scan_*.h5"))) == 2
+
+
+def test_parameter_change_with_frames_in_flight_applies_from_the_frame_it_names(tmp_path):
+    """Frames analysed ahead with the old value are analysed again when the value changed before
+    they are handled: every frame from the change's applied_at_frame on has the new value."""
+    e = Engine(EngineConfig(["sim://?frames=0&shape=16x16&seed=2"], ["tests.unit.plugins:Scale",
+                                                                     "tests.unit.test_engine:SlowProcess"],
+                            queue_size=16, output_directory=str(tmp_path), output_name="r.h5",
+                            analysis_threads=3))
+    e.set_parameter("slow_s", 0.01)
+    e.start()
+    deadline = time.monotonic() + 10
+    while e.snapshot().counters.completed < 5 or e.frames_run_ahead < 3:  # the pool is busy ahead
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    e.set_parameter("scale", 2.0)
+    while e.snapshot().counters.completed < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    e.stop()
+    wait_state(e, EngineState.CLOSE)
+    if e.products is not None:
+        e.products.worker.wait_idle(30)
+    applied = e.params.changes[-1].applied_at_frame
+    e.close()
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        ids, got = f["entry/results/frame_id"][()], f["entry/results/scaled_mean"][()]
+    gen = FrameGenerator(Scene(shape=(16, 16), seed=2))
+    assert applied is not None and ids[0] < applied <= ids[-1]
+    for fid, value in zip(ids, got):
+        scale = 2.0 if fid >= applied else 1.0
+        assert value == float(gen.render(int(fid)).mean()) * scale, fid
