@@ -32,9 +32,9 @@ from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instanti
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
-from .references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
+from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
 from .versions import deployed_versions
-from .output_stream import ResultStream
+from .products.output_stream import ResultStream
 from .pipeline import OrderedPool, default_threads
 from .sources import Source, SourceError, SourceSpec, open_source
 
