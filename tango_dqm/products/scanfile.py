@@ -366,9 +366,37 @@ class _open_rw:
             self.f.close()
 
 
+class _OwnHandle(h5py.File):
+    """A read-only file opened through a Python file object, which it closes with itself.
+
+    HDF5 shares one handle among the opens of a file in a process: a reader here would keep
+    the writer's (or Flag/Archive's) re-open for writing from succeeding ("already open for
+    read-only"). Through a file object the reader has a handle of its own, as another process
+    has, and sees the file as of the writer's last flush."""
+
+    def __init__(self, path: Path):
+        fobj = path.open("rb")
+        try:
+            super().__init__(fobj, "r")
+        except BaseException:
+            fobj.close()
+            raise
+        self._fobj = fobj
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._fobj.close()
+
+
 def open_scan(path: str | os.PathLike) -> h5py.File:
     """Open a results file for reading: finished, being written (SWMR) or left by a killed writer."""
     path = Path(path)
+    try:
+        return _OwnHandle(path)
+    except OSError:
+        pass  # e.g. a file left by a killed writer: HDF5's own driver knows more ways to open it
     try:
         return h5py.File(path, "r")
     except OSError as exc:

@@ -597,3 +597,22 @@ def test_mark_scan_refusals(tmp_path):
         running.close()
     assert (root / "running.h5").is_file() and outside.is_file() and inside.is_file()
     assert not (root / "marks.log").exists()  # nothing was marked
+
+
+def test_a_reader_in_the_writers_process_never_blocks_finish_or_marks(tmp_path):
+    """The run list and the report read results files in the process that writes and marks them:
+    a reader holding the file open while the scan finishes, or while it is flagged, must not make
+    the writer's re-open for writing fail ("already open for read-only")."""
+    decl = {"a": ("roi", Result("a", float))}
+    w = ScanWriter(tmp_path / "r.h5", "r", decl, {})
+    for i in range(5):
+        w.append(i, 0.0, {"a": float(i)})
+    w.flush()
+    with open_scan(w.path) as reader:  # the file is being written
+        assert reader["entry/results/frame_id"].shape[0] in (0, 5)
+        path = w.finish({}, None, "OK")
+    with open_scan(path) as reader:  # a finished file, read while it is marked
+        assert reader["entry/results/a"][...].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+        moved = mark_scan(tmp_path, path, "flagged", "test")
+    with open_scan(moved) as f:
+        assert f["entry/results/a"].shape == (5,)
