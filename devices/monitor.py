@@ -29,7 +29,7 @@ from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
-from .logging_bridge import TangoLogHandler
+from .logging_bridge import EngineListener, TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
@@ -104,6 +104,7 @@ class DataQualityMonitor(Device):
         self._config_error = ""
         self._log_handler = TangoLogHandler(self)
         core_log.addHandler(self._log_handler)
+        self._listener = EngineListener(self)
         core_log.setLevel(logging.DEBUG)
         for name in ("State", "Status", *_COUNTERS, "verdict", "verdictReport"):
             self.set_change_event(name, True, False)
@@ -149,7 +150,7 @@ class DataQualityMonitor(Device):
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
                              analysis_threads=self.AnalysisThreads,
                              required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
-                listener=self, thread_context=tango.EnsureOmniThread)
+                listener=self._listener, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
             raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
         self._restore_parameters()
@@ -235,6 +236,14 @@ class DataQualityMonitor(Device):
             self._fault(f"the attributes could not be created: {_describe(exc)}")
 
     def delete_device(self) -> None:
+        # First cut the engine's threads off from this device: a log line or an event they are
+        # about to deliver must never reach a device that is being deleted (a segfault inside
+        # error_stream was seen at server shutdown).
+        if getattr(self, "_listener", None) is not None:
+            self._listener.detach()
+        if getattr(self, "_log_handler", None) is not None:
+            core_log.removeHandler(self._log_handler)
+            self._log_handler.detach()
         # Dynamic attributes must go here, not in init_device: removing them during
         # Init's init_device crashes cppTango. init_device then adds the new set.
         self._remove_dynamic_attributes()
@@ -243,8 +252,6 @@ class DataQualityMonitor(Device):
             self._http = None
         if getattr(self, "engine", None) is not None:
             self.engine.close()
-        if getattr(self, "_log_handler", None) is not None:
-            core_log.removeHandler(self._log_handler)
 
     # ---- HTTP access (read-only; its threads only read files, they push no events) -----------
 

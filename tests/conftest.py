@@ -1,8 +1,10 @@
 """Fixtures shared by all tests."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,34 @@ from tests.helpers import StinsSender, free_port
 os.environ["PYTHONFAULTHANDLER"] = "1"
 
 CRASH = re.compile(r"Segmentation fault|Fatal Python error|core dump|died of signal SIG")
+
+# DeviceTestContext(process=True) forks its server from this process: a crash there is written
+# by faulthandler to this file too, whatever pytest's capture did with the child's stderr.
+FORK_CRASHES = Path(tempfile.gettempdir()) / f"tango-dqm-fork-crashes-{os.getpid()}.log"
+_fork_crash_offset = 0
+
+
+def _faulthandler_to_file_in_child() -> None:
+    try:
+        faulthandler.enable(file=FORK_CRASHES.open("a"), all_threads=True)  # kept open for the child's life
+    except OSError:
+        pass
+
+
+os.register_at_fork(after_in_child=_faulthandler_to_file_in_child)
+
+
+def _new_fork_crashes() -> list[str]:
+    """Crash lines forked servers wrote since the last call."""
+    global _fork_crash_offset
+    try:
+        with FORK_CRASHES.open("r", errors="replace") as f:
+            f.seek(_fork_crash_offset)
+            text = f.read()
+            _fork_crash_offset = f.tell()
+    except OSError:
+        return []
+    return crash_lines(text)
 
 
 def crash_lines(text: str) -> list[str]:
@@ -43,6 +73,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
     first = item.stash.get(_LOGS_BEFORE, len(SERVER_LOGS))
     found = [f"test output: {line}" for _, text in report.sections for line in crash_lines(text)]
+    found += [f"forked server: {line}" for line in _new_fork_crashes()]
     for log in _server_logs(item, first):
         try:
             text = log.read_text(errors="replace")
@@ -77,3 +108,12 @@ def stins_sender(stins_port):
     sender = StinsSender(stins_port)
     yield sender
     sender.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A forked server that crashed after its test's teardown still fails the run."""
+    late = _new_fork_crashes()
+    if late:
+        print("\na forked server crashed after its test ended (a crash is always a bug):\n" + "\n".join(late[:20]))
+        session.exitstatus = 1
+    FORK_CRASHES.unlink(missing_ok=True)

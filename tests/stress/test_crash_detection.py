@@ -19,3 +19,19 @@ def test_segfaulting_process_is_recorded_and_detected(tmp_path):
     assert any("Fatal Python error: Segmentation fault" in line for line in lines), lines
     assert any("died of signal SIGSEGV" in line for line in lines), lines
     assert crash_lines("Ready to accept request\nscan finished\n") == []
+
+
+def test_a_forked_server_crash_is_found_whatever_the_capture():
+    """DeviceTestContext(process=True) forks: a segfault in the child reaches the fork crash
+    file (faulthandler is pointed there at fork), which the report hook scans."""
+    import multiprocessing
+
+    from tests import conftest
+
+    conftest._new_fork_crashes()  # skip what earlier tests' servers wrote
+    child = multiprocessing.get_context("fork").Process(target=__import__("ctypes").string_at, args=(0,))
+    child.start()
+    child.join(30)
+    assert child.exitcode != 0
+    lines = conftest._new_fork_crashes()
+    assert any("Segmentation fault" in line for line in lines), lines

@@ -79,10 +79,11 @@ def test_in_flight_is_bounded():
 
 def test_close_with_jobs_in_flight_drops_them_and_ends_the_threads():
     ran = []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def job(i):
         if i == 0:
+            started.set()
             gate.wait(5)
         ran.append(i)
 
@@ -91,6 +92,7 @@ def test_close_with_jobs_in_flight_drops_them_and_ends_the_threads():
     assert len(_pool_threads("t-close")) == before + 1
     for i in range(8):
         pool.submit(i, job, i)
+    assert started.wait(5)  # job 0 is running (under load the worker may not have taken it yet)
     closer = threading.Thread(target=lambda: closed.append(pool.close(5)))
     closed: list[bool] = []
     closer.start()
