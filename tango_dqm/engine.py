@@ -732,7 +732,10 @@ class Engine:
 
     def _observe_event(self, run: "_Run", fid: int, series: str | None = None) -> IdKind:
         """Account an event id; the ids it makes missing (or finds again) go to the loss check."""
+        numberings = run.event_ids.numberings
         kind = run.event_ids.observe(fid, series)
+        if run.builder is not None and run.event_ids.numberings != numberings:
+            run.builder.new_numbering()
         if run.event_ids.gap is not None:
             self.quality.lost_frames(*run.event_ids.gap)
         elif kind is IdKind.LATE:

@@ -5,6 +5,10 @@ as its primary frame, with every partner frame in ``frame.event``. A scan waits 
 streams up to ``timeout`` seconds (of the clock the caller passes: the engine passes arrival
 times), then analyses what arrived as a partial event (counted); an event whose primary frame
 never arrived cannot be analysed and is counted as orphaned (the engine drops it once).
+An event is counted once whatever arrives late: a primary frame arriving after its event was
+given up as orphaned is analysed at once as a partial event (and no longer orphaned); a partner
+frame arriving after its event was analysed without it is skipped (``late_partners``). The ids
+of such unfinished events are remembered within ``window`` ids of the newest, bounding memory.
 Live mode does not wait: each primary frame goes with the latest frame of every other stream.
 Id gaps, duplicates and out-of-order frames are judged by IdTracker, on arrival, never in the
 order events become ready.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +55,7 @@ class IdTracker:
         self.missing = 0
         #: the ids the last observe() made missing, (first, last) inclusive, or None
         self.gap: tuple[int, int] | None = None
+        self.numberings = 0  # numberings started so far (the first one included)
         self._starts: list[int] = []  # sorted, disjoint missing ranges [start, end)
         self._ends: list[int] = []
 
@@ -64,6 +70,7 @@ class IdTracker:
         if self.lowest is not None and fid < self.lowest - self.reorder:
             self.highest = None
         if self.highest is None or self.lowest is None:  # a new numbering
+            self.numberings += 1
             self.highest = self.lowest = fid
             self._starts.clear()
             self._ends.clear()
@@ -127,7 +134,7 @@ class BuiltEvent:
 class EventBuilder:
     """Groups frames by id across ``streams`` (see the module doc)."""
 
-    def __init__(self, streams: Sequence[str], timeout: float = 1.0, live: bool = False):
+    def __init__(self, streams: Sequence[str], timeout: float = 1.0, live: bool = False, window: int = 100_000):
         if len(set(streams)) != len(streams):
             raise ValueError(f"stream names must be unique, got {list(streams)}")
         self.streams = list(streams)
@@ -137,8 +144,12 @@ class EventBuilder:
         self._pending: dict[int, tuple[float, dict[str, Frame]]] = {}
         self._bad_primary: set[int] = set()  # pending ids whose primary frame came malformed
         self._latest: dict[str, Frame] = {}
+        self.window = window
+        # ids of events built without every stream: True analysed (partial), False orphaned
+        self._unfinished: OrderedDict[int, bool] = OrderedDict()
         self.partial = 0  # analysed with a partner missing
-        self.orphaned = 0  # never analysed: the primary frame did not arrive
+        self.orphaned = 0  # never analysed: the primary frame did not arrive (yet)
+        self.late_partners = 0  # partner frames skipped: their event was analysed without them
 
     def add(self, frame: Frame, t_recv: float, now: float) -> list[BuiltEvent]:
         """Take one frame; return the events now ready (complete ones and expired partial ones)."""
@@ -148,6 +159,9 @@ class EventBuilder:
                 return []
             frame.event = dict(self._latest)
             return [BuiltEvent(frame, t_recv, len(frame.event) == len(self.streams))]
+        built = self._unfinished.get(frame.frame_id)
+        if built is not None:
+            return self._late(frame, built, t_recv) + self.expire(now)
         t0, frames = self._pending.setdefault(frame.frame_id, (t_recv, {}))
         frames[frame.stream] = frame
         ready = []
@@ -156,6 +170,23 @@ class EventBuilder:
             self._bad_primary.discard(frame.frame_id)
             ready.append(self._build(frames, t0, complete=True))
         return [e for e in ready if e is not None] + self.expire(now)
+
+    def new_numbering(self) -> None:
+        """Ids start again (a new series): an unfinished event of the old numbering is not a new one's."""
+        self._unfinished.clear()
+
+    def _late(self, frame: Frame, analysed: bool, t_recv: float) -> list[BuiltEvent]:
+        """A frame of an event already built without it (see the module doc)."""
+        if frame.stream != self.primary:
+            if analysed:
+                self.late_partners += 1
+            return []  # an orphaned event's partner: the event waits for its primary frame only
+        # the orphan's primary frame after all: analysed now, as partial (its partners were let go)
+        self._unfinished[frame.frame_id] = True
+        self.orphaned -= 1
+        self.partial += 1
+        frame.event = {self.primary: frame}
+        return [BuiltEvent(frame, t_recv, False)]
 
     def add_bad(self, stream: str, frame_id: int, t_recv: float, now: float) -> list[BuiltEvent]:
         """A malformed frame with a readable id: if it was the primary one, its event is counted
@@ -189,6 +220,11 @@ class EventBuilder:
 
     def _build(self, frames: dict[str, Frame], t0: float, complete: bool) -> BuiltEvent | None:
         primary = frames.get(self.primary)
+        if not complete:
+            fid = next(iter(frames.values())).frame_id
+            self._unfinished[fid] = primary is not None
+            while len(self._unfinished) > self.window or next(iter(self._unfinished)) < fid - self.window:
+                self._unfinished.popitem(last=False)
         if primary is None:
             self.orphaned += 1
             return None

@@ -1,6 +1,8 @@
 """Several streams: frames with the same id form one event; partial events are counted."""
 from __future__ import annotations
 
+import time
+
 import h5py
 import numpy as np
 import pytest
@@ -186,4 +188,64 @@ def test_busy_analysis_does_not_expire_events_whose_partners_are_queued():
         det.close()
         mon.close()
     assert_counters_exact(e.snapshot(), total=10, completed=10, partial=0, orphaned=0, dropped=0)
+    e.close()
+
+
+def test_late_frames_never_count_an_event_twice():
+    """A primary frame after its event was given up (orphaned) is analysed once, as partial, and
+    no longer orphaned; a partner frame after its event was analysed without it is skipped."""
+    b = EventBuilder(["det", "i0"], timeout=1.0)
+    assert b.add(f("i0", 5), 0.0, 0.0) == [] and b.expire(1.5) == [] and b.orphaned == 1
+    [late] = b.add(f("det", 5), 2.0, 2.0)           # the orphan's primary frame after all
+    assert (late.frame.frame_id, late.complete) == (5, False) and late.frame.stream_frame("i0") is None
+    assert (b.orphaned, b.partial) == (0, 1)
+    assert b.add(f("i0", 5), 2.1, 2.1) == []         # and nothing more for id 5
+    assert b.add(f("det", 6), 3.0, 3.0) == []
+    [partial] = b.expire(4.5)
+    assert partial.frame.frame_id == 6 and b.partial == 2
+    assert b.add(f("i0", 6), 5.0, 5.0) == [] and b.flush() == []  # a late partner: not an orphan
+    assert (b.orphaned, b.partial, b.late_partners) == (0, 2, 2)  # i0 5 and i0 6
+    b.new_numbering()  # ids start again (next series): id 5 is a new event
+    assert b.add(f("i0", 5), 6.0, 6.0) == [] and b.flush() == [] and b.orphaned == 1
+
+
+def wait_counter(engine: Engine, name: str, value: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while getattr(engine.snapshot().counters, name) != value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is not {value} after {timeout}s: {engine.snapshot().counters}")
+        time.sleep(0.005)
+
+
+@pytest.mark.timeout(60)
+def test_late_primary_and_late_partner_frames_in_the_engine():
+    """Over real sockets: det frame 5 arrives after its event timed out (orphaned), i0 frame 7 after
+    its event was analysed as partial. Each event is counted once: total == completed, nothing lost."""
+    det_port, i0_port = free_port(), free_port()
+    frames = frames_for_test(10, shape=(8, 8))
+    e = Engine(EngineConfig([f"det=zmq://127.0.0.1:{det_port}", f"i0=zmq://127.0.0.1:{i0_port}"],
+                            ["roi", "tests.unit.plugins:FrameRecorder"], event_timeout=0.2))
+    det, mon = StinsSender(det_port), StinsSender(i0_port)
+    try:
+        with PeersConnected(det, mon):
+            e.start()
+        for i in range(10):
+            if i != 5:
+                det.image(i, frames[i])
+            if i != 7:
+                mon.image(i, np.array([1.0 + i]))
+        wait_counter(e, "orphaned", 1)  # event 5 given up: no det frame within 0.2 s
+        wait_counter(e, "partial", 1)   # event 7 analysed without its i0 frame
+        det.image(5, frames[5])
+        mon.image(7, np.array([8.0]))
+        det.series_end()
+        mon.series_end()
+        wait_state(e, EngineState.CLOSE)
+    finally:
+        det.close()
+        mon.close()
+    snap = e.snapshot()
+    assert_counters_exact(snap, total=10, completed=10, partial=2, orphaned=0, dropped=0, bad=0, duplicate=0)
+    recorded = sorted(fid for fid, _ in snap.summary["recorded"])
+    assert recorded == list(range(10)), recorded  # frame 5 analysed once, none twice
     e.close()
