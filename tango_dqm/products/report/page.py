@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ...quality import format_id_ranges
-from ..scanfile import (MARKS, VERDICTS, safe_name)
+from ..columns import IdRanges
+from ..scanfile import MARKS, VERDICTS, safe_name
 from .plots import PIXEL_CATEGORIES, _plot_curves, _plot_image, _plot_trend, _plot_verdicts
 from .reading import (VERDICT_COLOURS, _esc, _fmt, _href, _json_dict, _projection_axis, _read,
                       _ScanData)
@@ -120,12 +121,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     if data.verdict is not None and len(x):
         add("trends", "00_verdict.png", "per-frame verdict",
-            lambda p: _plot_verdicts(x, data.verdict, p, data.lost))
+            lambda p: _plot_verdicts(x, data.verdict, p, data.lost, binned=data.width > 1))
     rois = _json_dict(data.provenance.get("rois_json"))
     unit_of = {k: str(v.get("unit") or "") for k, v in data.declared.items() if isinstance(v, dict)}
     plotted = 0
     for s in data.scalars:  # every result: all-NaN ones are listed on the page instead (_page_body)
-        if len(x) and np.isfinite(s.values).any():
+        if len(x) and s.stats.count:
             plotted += 1
             add("trends", f"{plotted:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
                 lambda p, s=s: _plot_trend(s, x, p, s.name == data.main, data.lost))
@@ -196,60 +197,28 @@ def _matching_axis(name: str, value: np.ndarray, summary: dict[str, Any]) -> np.
     return best
 
 
-def _id_ranges(ids: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted frame ids as inclusive (first, last) runs of consecutive ids."""
-    ids = np.unique(np.asarray(ids, dtype=np.int64))
-    if not ids.size:
-        return []
-    breaks = np.nonzero(np.diff(ids) != 1)[0]
-    starts, ends = np.r_[ids[0], ids[breaks + 1]], np.r_[ids[breaks], ids[-1]]
-    return list(zip(starts.tolist(), ends.tolist()))
-
-
-def _frames_text(ids: np.ndarray, limit: int = 20) -> str:
-    ranges = _id_ranges(ids)
-    return f"{len(np.unique(ids))} frames: {format_id_ranges(ranges, limit)}" if ranges else ""
-
-
-def _range_check_frames(data: _ScanData) -> dict[str, np.ndarray]:
-    """Per range check (by name): ids of the frames outside its warning range (limits are outside)."""
-    try:
-        # a list of check configs is stored as one JSON dataset ("thresholds"), a dict also as "*_json"
-        checks = json.loads(data.provenance.get("thresholds_json") or data.provenance.get("thresholds") or "[]")
-    except (TypeError, ValueError):
-        return {}
-    series = {s.name: s.values for s in data.scalars}
-    out = {}
-    for c in checks if isinstance(checks, list) else []:
-        if not isinstance(c, dict) or c.get("type") != "range" or c.get("result") not in series:
-            continue
-        lo, hi = (c.get("warning") or c.get("error") or [None, None])[:2]
-        v = series[c["result"]]
-        with np.errstate(invalid="ignore"):
-            bad = np.zeros(len(v), bool)
-            if lo is not None:
-                bad |= v <= lo
-            if hi is not None:
-                bad |= v >= hi
-        out[str(c.get("name"))] = data.frame_id[bad & np.isfinite(v)]
-    return out
+def _frames_text(ids: IdRanges, limit: int = 20) -> str:
+    ranges = ids.ranges()
+    if not ranges:
+        return ""
+    more = f" (and {ids.ranges_dropped} more ranges)" if ids.ranges_dropped else ""
+    return f"{ids.count} frames: {format_id_ranges(ranges, limit)}{more}"
 
 
 def _verdict_section(data: _ScanData) -> str:
     """The verdict, then each reason (one failing check) with the frames concerned, first on the page."""
     report = str(data.provenance.get("quality_report") or "")
     lines = [ln.strip() for ln in report.splitlines() if ln.strip()]
-    per_check = _range_check_frames(data)
+    per_check = data.range_frames
     items = []
     for line in lines[1:]:
         name = line.split(":", 1)[0].split(" ", 1)[-1]
         frames = _frames_text(per_check[name]) if name in per_check else ""
         items.append(f"<li>{_esc(line)}{f'<br><span class=frames>{_esc(frames)}</span>' if frames else ''}</li>")
-    if data.verdict is not None and len(data.verdict):
-        for code in range(len(VERDICTS) - 1, 1, -1):  # STALE, ERROR, WARNING frames
-            ids = data.frame_id[data.verdict == code]
-            if len(ids):
-                items.append(f"<li>frames judged {_esc(VERDICTS[code])}: {_esc(_frames_text(ids))}</li>")
+    for code in range(len(VERDICTS) - 1, 1, -1):  # STALE, ERROR, WARNING frames
+        if code in data.verdict_frames:
+            text = _frames_text(data.verdict_frames[code])
+            items.append(f"<li>frames judged {_esc(VERDICTS[code])}: {_esc(text)}</li>")
     if len(data.lost):
         n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
         items.append(f"<li>lost frames (never analysed): {n_lost}: "
@@ -274,7 +243,7 @@ def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
     """Declared results that have no plot, each with why: none is silently dropped."""
     shown = " ".join(cap for items in figures.values() for _, cap in items)
     drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra}
-    nan = {s.name for s in data.scalars if not np.isfinite(s.values).any()}
+    nan = {s.name for s in data.scalars if not s.stats.count}
     rows = []
     for name, decl in sorted(data.declared.items()):
         kind = decl.get("kind", "") if isinstance(decl, dict) else ""
@@ -297,7 +266,7 @@ def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
 
 def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list]) -> str:
     info = data.info
-    n = len(data.frame_id)
+    n = data.n
     c = data.counters
     key = [
         ("scan id", _esc(info["scan_id"])),
@@ -308,7 +277,7 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
         ("end", _esc(info.get("end_time") or "—")),
         ("duration", _esc(_duration(info.get("start_time", ""), info.get("end_time", "")))),
         ("frames stored", _esc(n)),
-        ("frame ids", _esc(f"{int(data.frame_id[0])} … {int(data.frame_id[-1])}" if n else "—")),
+        ("frame ids", _esc(f"{data.id_span[0]} … {data.id_span[1]}" if data.id_span else "—")),
     ]
     for name in ("total", "completed", "dropped", "bad", "expected"):
         if name in c:
@@ -317,8 +286,8 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
         n_lost = int((data.lost[:, 1] - data.lost[:, 0] + 1).sum())
         key.append(("lost frames", _esc(f"{n_lost} in {len(data.lost)} ranges: "
                                         + format_id_ranges([(int(a), int(b)) for a, b in data.lost], 50))))
-    if data.verdict is not None and n:
-        counts = np.bincount(data.verdict.astype(np.int64), minlength=len(VERDICTS))
+    if data.verdict_counts is not None and n:
+        counts = data.verdict_counts
         key.append(("frames per verdict", _esc(", ".join(
             f"{VERDICTS[i] if i < len(VERDICTS) else i}: {k}" for i, k in enumerate(counts) if k))))
     if data.main:
@@ -328,10 +297,8 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
 
     stats_rows = []
     for s in data.scalars:
-        v = s.values
-        fin = v[np.isfinite(v)]
-        last = v[-1] if len(v) else float("nan")
-        cells = [len(fin), *(f(fin) if fin.size else float("nan") for f in (np.mean, np.std, np.min, np.max)), last]
+        st = s.stats
+        cells = [st.count, st.mean, st.std, st.min, st.max, st.last]
         stats_rows.append(f"<tr><th>{_esc(s.name)}</th><td>{_esc(s.unit)}</td>"
                           + "".join(f'<td class="num">{_esc(_fmt(x))}</td>' for x in cells) + "</tr>")
 

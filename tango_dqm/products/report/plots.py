@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..scanfile import (VERDICTS)
-from .reading import MAX_POINTS, _Series
+from .reading import _Series
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +38,6 @@ def _save(fig: Any, out: Path) -> None:
     fig.savefig(out)
 
 
-def _envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS):
-    """Per-bin (x, min, max, mean) so that a long series keeps its spikes when drawn."""
-    bins = math.ceil(len(y) / max_points)
-    m = len(y) // bins * bins
-    xs, ys = x[:m].reshape(-1, bins), y[:m].reshape(-1, bins)
-    with np.errstate(invalid="ignore"), _quiet():
-        return xs[:, 0], np.nanmin(ys, axis=1), np.nanmax(ys, axis=1), np.nanmean(ys, axis=1)
-
-
-class _quiet:
-    """Silence numpy's all-NaN RuntimeWarnings inside a block."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
-
-
 MAX_GAPS_SHADED = 200    # lost ranges shaded per plot (every gap still breaks the line)
 
 
@@ -85,53 +61,48 @@ def _shade_gaps(ax: Any, lost: np.ndarray) -> None:
 
 def _plot_trend(s: _Series, x: np.ndarray, out: Path, main: bool,
                 lost: np.ndarray = np.zeros((0, 2), np.int64)) -> None:
+    """A result over frame id (a min-max band with the mean per bin when decimated, see reading)
+    beside the histogram of every frame's value."""
     fig = _figure()
     ax, axh = fig.subplots(1, 2, width_ratios=[3, 1], sharey=True)
-    y = s.values
-    finite = np.isfinite(y)
     ylabel = f"{s.name} [{s.unit}]" if s.unit else s.name
     _shade_gaps(ax, lost)
-    if len(y) > MAX_POINTS:
-        xb, *bins = _envelope(x.astype(np.float64), y)
-        xb, lo, hi, mean = _with_gaps(xb, lost, *bins)
+    if s.lo is not None and s.hi is not None:
+        xb, lo, hi, mean = _with_gaps(x, lost, s.lo, s.hi, s.values)
         ax.fill_between(xb, lo, hi, color="#9ecae1", step="post", linewidth=0, label="min-max per bin")
         ax.plot(xb, hi, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
         ax.plot(xb, lo, color="#6baed6", linewidth=0.5, drawstyle="steps-post")
         ax.plot(xb, mean, color="#08519c", linewidth=0.8, drawstyle="steps-post", label="mean per bin")
         ax.legend(loc="upper right", fontsize=7)  # "best" costs ~80 ms per plot
     else:
-        xg, yg = _with_gaps(x, lost, y)
-        ax.plot(xg, yg, color="#08519c", linewidth=0.9, marker="." if len(y) <= 200 else None, markersize=3)
+        xg, yg = _with_gaps(x, lost, s.values)
+        ax.plot(xg, yg, color="#08519c", linewidth=0.9, marker="." if len(s.values) <= 200 else None, markersize=3)
         if len(lost):
             ax.legend(loc="upper right", fontsize=7)
     ax.set_xlabel("frame id")
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(f"{s.label or s.name}{' (main result)' if main else ''}", fontsize=9)
     ax.grid(alpha=0.3)
-    if finite.any():
-        axh.hist(y[finite], bins=min(50, max(5, int(np.sqrt(finite.sum())))), orientation="horizontal",
-                 color="#6baed6")
+    if s.hist is not None:
+        counts, edges = s.hist
+        axh.stairs(counts, edges, orientation="horizontal", fill=True, color="#6baed6")
     axh.set_xlabel("frames")
-    axh.set_title(f"{int(finite.sum())} values", fontsize=8)
+    axh.set_title(f"{s.stats.count} values", fontsize=8)
     axh.tick_params(labelleft=False)
     _save(fig, out)
 
 
 def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path,
-                   lost: np.ndarray = np.zeros((0, 2), np.int64)) -> None:
+                   lost: np.ndarray = np.zeros((0, 2), np.int64), binned: bool = False) -> None:
+    """Verdict code per plotted point (``binned``: the worst of each bin of frames)."""
     fig = _figure(height=1.8, left=0.14, bottom=0.26, top=0.85)
     ax = fig.subplots()
     _shade_gaps(ax, lost)
-    if len(codes) > MAX_POINTS:
-        xb, _, hi, _ = _envelope(x.astype(np.float64), codes.astype(np.float64))
-        ax.plot(*_with_gaps(xb, lost, hi), drawstyle="steps-post", color="#444444", linewidth=0.9)
-    else:
-        ax.plot(*_with_gaps(x, lost, codes.astype(np.float64)), drawstyle="steps-post", color="#444444",
-                linewidth=0.9)
+    ax.plot(*_with_gaps(x, lost, codes.astype(np.float64)), drawstyle="steps-post", color="#444444", linewidth=0.9)
     ax.set_yticks(range(len(VERDICTS)), VERDICTS, fontsize=7)
     ax.set_ylim(-0.5, len(VERDICTS) - 0.5)
     ax.set_xlabel("frame id")
-    ax.set_title("per-frame verdict (worst per bin)" if len(codes) > MAX_POINTS else "per-frame verdict", fontsize=9)
+    ax.set_title("per-frame verdict (worst per bin)" if binned else "per-frame verdict", fontsize=9)
     ax.grid(alpha=0.3)
     _save(fig, out)
 

@@ -13,7 +13,8 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 
-from ..scanfile import (INT_MISSING, StorageError, _decode, open_scan, read_lost_frames, read_scan_info)
+from ..columns import Envelope, IdRanges, Stats, aligned_block, bin_width, block_bounds, read_float
+from ..scanfile import INT_MISSING, VERDICTS, StorageError, _decode, open_scan, read_lost_frames, read_scan_info
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,30 @@ def _fmt(value: Any) -> str:
 @dataclass
 class _Series:
     name: str
+    #: per plotted point: the frame's value, or the mean of the bin when ``lo``/``hi`` are set
     values: np.ndarray
     unit: str = ""
     label: str = ""
+    lo: np.ndarray | None = None  # per-bin min and max of a decimated series
+    hi: np.ndarray | None = None
+    stats: Stats = field(default_factory=Stats)  # of every frame's value, not of the points
+    hist: tuple[np.ndarray, np.ndarray] | None = None  # (counts, edges) of every finite value
 
 
 @dataclass
 class _ScanData:
     path: Path
     info: dict[str, Any]
+    #: frame id of each plotted point (the first frame of its bin); ``n`` rows in the file
     frame_id: np.ndarray
+    #: per plotted point: the frame's verdict code, or the worst of its bin
     verdict: np.ndarray | None
+    n: int = 0
+    width: int = 1  # frames per plotted point
+    id_span: tuple[int, int] | None = None  # lowest and highest frame id
+    verdict_counts: np.ndarray | None = None  # frames per verdict code
+    verdict_frames: dict[int, IdRanges] = field(default_factory=dict)  # ids per WARNING/ERROR/STALE code
+    range_frames: dict[str, IdRanges] = field(default_factory=dict)  # per range check: ids outside it
     scalars: list[_Series] = field(default_factory=list)
     spectra: list[tuple[_Series, np.ndarray]] = field(default_factory=list)  # (mean, last) per spectrum
     images: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # (name, image, caption)
@@ -77,6 +91,9 @@ class _ScanData:
     declared: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: lost frames, inclusive (first, last) id ranges (see storage.LOST_FRAMES)
     lost: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    #: the reference in use during the scan: its arrays by summary name, and what it is
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_info: dict[str, Any] = field(default_factory=dict)
 
 
 def _attr(obj: h5py.HLObject, key: str, default: str = "") -> str:
@@ -98,7 +115,102 @@ def _spectrum_mean_last(ds: h5py.Dataset, n: int) -> tuple[np.ndarray, np.ndarra
     return mean, last
 
 
-def _read(path: Path) -> _ScanData:
+def _range_checks(provenance: dict[str, Any]) -> list[tuple[str, str, float | None, float | None]]:
+    """(name, result, low, high) of each range check: frames at or beyond its warning limits are reported."""
+    try:
+        # a list of check configs is stored as one JSON dataset ("thresholds"), a dict also as "*_json"
+        checks = json.loads(provenance.get("thresholds_json") or provenance.get("thresholds") or "[]")
+    except (TypeError, ValueError):
+        return []
+    out = []
+    for c in checks if isinstance(checks, list) else []:
+        if isinstance(c, dict) and c.get("type") == "range" and isinstance(c.get("result"), str):
+            lo, hi = ((c.get("warning") or c.get("error") or [None, None]) + [None, None])[:2]
+            out.append((str(c.get("name")), c["result"], lo, hi))
+    return out
+
+
+def _read_columns(res: h5py.Group, data: _ScanData, max_points: int) -> None:
+    """The per-frame scalar columns and verdicts, block by block (see products.columns): stats of
+    every frame, at most ``max_points`` plotted points per column, id ranges of flagged frames."""
+    n = data.n
+    width = bin_width(n, max_points)
+    step = aligned_block(width)
+    data.width = width
+    columns = []
+    for name, ds in res.items():
+        if not isinstance(ds, h5py.Dataset) or name in _SKIP_COLUMNS or name.endswith("_length"):
+            continue
+        kind = _attr(ds, "kind") or _attr(ds, "interpretation")
+        if ds.ndim == 1 and ds.dtype.kind in "iuf" and ds.shape[0] >= n and kind in ("", "scalar"):
+            columns.append((_Series(name, np.zeros(0), _attr(ds, "units"), _attr(ds, "long_name", name)),
+                            ds, Envelope(n, width)))
+    checks = [(c, next((s for s, *_ in columns if s.name == c[1]), None)) for c in _range_checks(data.provenance)]
+    data.range_frames = {c[0]: IdRanges() for c, s in checks if s is not None}
+    fid_ds, verdict_ds = res["frame_id"], res.get("verdict")
+    xs, worst = [], []
+    counts = np.zeros(len(VERDICTS), np.int64)
+    lowest, highest = None, None
+    for start, stop in block_bounds(n, step):
+        fid = fid_ds[start:stop].astype(np.int64)
+        xs.append(fid[::width])
+        lo, hi = int(fid.min()), int(fid.max())
+        lowest, highest = (lo, hi) if lowest is None else (min(lowest, lo), max(highest, hi))
+        if isinstance(verdict_ds, h5py.Dataset):
+            codes = verdict_ds[start:stop].astype(np.int64)
+            counts += np.bincount(np.clip(codes, 0, len(VERDICTS) - 1), minlength=len(VERDICTS))
+            pad = (-len(codes)) % width
+            worst.append(np.pad(codes, (0, pad), constant_values=-1).reshape(-1, width).max(axis=1))
+            for code in range(2, len(VERDICTS)):  # WARNING, ERROR, STALE
+                hit = fid[codes == code]
+                if hit.size:
+                    data.verdict_frames.setdefault(code, IdRanges()).add(hit)
+        for s, ds, env in columns:
+            values = read_float(ds, start, stop)
+            s.stats.update(values)
+            env.update(start, values)
+            for (name, _result, low, high), series in checks:
+                if series is s:
+                    with np.errstate(invalid="ignore"):
+                        bad = np.zeros(len(values), bool)
+                        if low is not None:
+                            bad |= values <= low
+                        if high is not None:
+                            bad |= values >= high
+                    data.range_frames[name].add(fid[bad & np.isfinite(values)])
+    data.frame_id = np.concatenate(xs) if xs else np.zeros(0, np.int64)
+    if isinstance(verdict_ds, h5py.Dataset):
+        data.verdict = np.concatenate(worst) if worst else np.zeros(0, np.int64)
+        data.verdict_counts = counts
+    data.id_span = (lowest, highest) if lowest is not None else None
+    for s, _, env in columns:
+        s.values = env.mean if width > 1 else env.lo
+        if width > 1:
+            s.lo, s.hi = env.lo, env.hi
+        data.scalars.append(s)
+    _value_histograms(columns, n, step)
+
+
+def _value_histograms(columns: list, n: int, step: int) -> None:
+    """Each column's histogram of every finite value: a second pass, with bins from the first's range."""
+    todo = []
+    for s, ds, _ in columns:
+        if not s.stats.count:
+            continue
+        bins = min(50, max(5, int(np.sqrt(s.stats.count))))
+        lo, hi = s.stats.min, s.stats.max
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        todo.append((s, ds, np.linspace(lo, hi, bins + 1), np.zeros(bins, np.int64)))
+    for start, stop in block_bounds(n, step):
+        for _, ds, edges, counts in todo:
+            values = read_float(ds, start, stop)
+            counts += np.histogram(values[np.isfinite(values)], bins=edges)[0]
+    for s, _, edges, counts in todo:
+        s.hist = (counts, edges)
+
+
+def _read(path: Path, max_points: int = MAX_POINTS) -> _ScanData:
     info = read_scan_info(path)
     if info["error"]:
         raise StorageError(f"cannot read {path}: {info['error']}")
@@ -106,22 +218,25 @@ def _read(path: Path) -> _ScanData:
         entry = f["entry"]
         res = entry["results"]
         n = res["frame_id"].shape[0]
-        data = _ScanData(path, info, res["frame_id"][:n], None)
-        data.verdict = res["verdict"][:n] if "verdict" in res else None
+        if "verdict" in res:
+            n = min(n, res["verdict"].shape[0])
+        data = _ScanData(path, info, np.zeros(0, np.int64), None, n=n)
         data.lost = read_lost_frames(f)
         main = entry.get("provenance/main_result")
         data.main = _decode(main[()]) if isinstance(main, h5py.Dataset) else _attr(entry.get("data", entry), "signal")
+        prov = entry.get("provenance")
+        if isinstance(prov, h5py.Group):
+            for name, obj in prov.items():
+                if isinstance(obj, h5py.Dataset):
+                    data.provenance[name] = _decode(obj[()])
+            _read_reference(prov, data)
+        _read_columns(res, data, max_points)
         for name, ds in res.items():
             if not isinstance(ds, h5py.Dataset) or name in _SKIP_COLUMNS or name.endswith("_length"):
                 continue
             kind = _attr(ds, "kind") or _attr(ds, "interpretation")
             unit, label = _attr(ds, "units"), _attr(ds, "long_name", name)
-            if ds.ndim == 1 and ds.dtype.kind in "iuf" and ds.shape[0] >= n and kind in ("", "scalar"):
-                values = ds[:n].astype(np.float64)
-                if ds.dtype.kind in "iu":
-                    values[ds[:n] == INT_MISSING] = np.nan
-                data.scalars.append(_Series(name, values, unit, label))
-            elif ds.ndim == 2 and kind == "spectrum" and ds.shape[1] > 0 and n:
+            if ds.ndim == 2 and kind == "spectrum" and ds.shape[1] > 0 and n:
                 rows = min(n, ds.shape[0])
                 mean, last = _spectrum_mean_last(ds, rows)
                 data.spectra.append((_Series(name, mean, unit, label), last))
@@ -146,13 +261,20 @@ def _read(path: Path) -> _ScanData:
                 elif obj.dtype.kind in "biuf" and obj.size <= 64 * 1024 * 1024:
                     data.summary[name] = obj[...]
         data.info.update(_loss_counts(data.counters))
-        prov = entry.get("provenance")
-        if isinstance(prov, h5py.Group):
-            for name, obj in prov.items():
-                if isinstance(obj, h5py.Dataset):
-                    data.provenance[name] = _decode(obj[()])
     data.declared = _json_dict(data.provenance.get("results_declared_json"))
     return data
+
+
+def _read_reference(prov: h5py.Group, data: _ScanData) -> None:
+    """The reference the scan was judged against (``provenance/reference``, see ScanWriter), if any."""
+    ref = prov.get("reference")
+    if not isinstance(ref, h5py.Group):
+        return
+    for key, value in ref.attrs.items():
+        data.reference_info[str(key)] = _decode(value)
+    for name, obj in ref.items():
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and 0 < obj.size <= 16 * 1024 * 1024:
+            data.reference[name] = obj[...]
 
 
 def _json_dict(text: Any) -> dict[str, Any]:
