@@ -89,6 +89,9 @@ class DataQualityMonitor(Device):
                                            "that must be set before Start; Live is not refused")
     ReferenceDirectory = device_property(dtype=str, default_value="",
                                          doc="where references are kept (default: OutputDirectory/references)")
+    ReportInterval = device_property(dtype=float, default_value=10.0,
+                                     doc="seconds between rewrites of the running scan's report and the run list "
+                                         "(0: only at the scan's end; up to 86400)")
     AnalysisThreads = device_property(dtype=int, default_value=0,
                                       doc="threads analysing consecutive frames at once (0: one per core)")
     HttpPort = device_property(dtype="DevLong", default_value=0,
@@ -149,7 +152,8 @@ class DataQualityMonitor(Device):
                              file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
                              analysis_threads=self.AnalysisThreads,
-                             required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
+                             required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()],
+                             report_interval=self.ReportInterval),
                 listener=self._listener, thread_context=tango.EnsureOmniThread)
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
             raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None

@@ -128,6 +128,8 @@ class EngineConfig:
     analysis_threads: int = 0
     #: scan metadata keys (sample, pmt_serial ...) that must be set before a scan Starts (not Live)
     required_metadata: Sequence[str] = ()
+    #: seconds between rewrites of the running scan's report and the run list (0: only at the end)
+    report_interval: float = 10.0
 
 
 @dataclass
@@ -198,6 +200,9 @@ class Engine:
             raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
         if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
             raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
+        ri = config.report_interval
+        if isinstance(ri, bool) or not isinstance(ri, (int, float)) or not 0 <= ri <= 86400:
+            raise EngineError(f"ReportInterval must be between 0 and 86400 s (0: report at the end only), got {ri!r}")
         self.config = config
         self.analyses: list[Analysis] = [instantiate(load_analysis(spec)) for spec in config.analyses]
         self._runners = [Runner(a) for a in self.analyses]  # prepare() contexts, cached on their parameters
@@ -234,7 +239,9 @@ class Engine:
         # A known image shape lets ROI writes be checked against it before the first frame.
         self.params.image_shape = next((tuple(h) for h in hints if h), None)
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
-        self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
+        self.products = (ScanProducts(config.output_directory, config.main_result,
+                                      report_interval=config.report_interval)
+                         if config.output_directory else None)
         try:
             self.output_stream = self._open_output(config.output) if config.output else None
         except EngineError:

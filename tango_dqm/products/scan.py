@@ -2,7 +2,8 @@
 
 One :class:`ScanProducts` per engine, rooted at the ``OutputDirectory``. The engine
 thread calls ``begin``/``append``/``end``; reports are written by a background worker so
-closing a scan is never slowed; ``mark`` (Flag/Archive) moves files only under the root.
+closing a scan is never slowed (and, while it runs, rewritten every ``report_interval`` s);
+``mark`` (Flag/Archive) moves files only under the root.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ AUTO_ARCHIVE_REASON = "not marked before the next Start: archived automatically"
 class ScanProducts:
     """The results file of the current scan and the marks of finished ones."""
 
-    def __init__(self, root: str | Path, main_result: str | None = None, flush_interval: float = 1.0):
+    def __init__(self, root: str | Path, main_result: str | None = None, flush_interval: float = 1.0,
+                 report_interval: float = 10.0):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.main_result = main_result
         self.flush_interval = flush_interval
+        #: seconds between live rewrites of the running scan's report and the run list (0: at the end only)
+        self.report_interval = report_interval
         self.worker = ReportWorker(self.root)
         self._writer: ScanWriter | None = None
         self.current: Path | None = None  # results file of the current or last scan
@@ -46,6 +50,7 @@ class ScanProducts:
                                   flush_interval=self.flush_interval, main_result=main)
         self.current, self.mark_of_current = path, None
         self.worker.refresh_run_list()  # the run list and run log show the new scan as running
+        self.worker.live(path, self.report_interval)
         return path
 
     def append(self, frame_id: int, timestamp: float, results: Mapping[str, Any], verdict: int) -> None:
@@ -58,6 +63,7 @@ class ScanProducts:
         writer, self._writer = self._writer, None
         if writer is None:
             return None
+        self.worker.live(None)
         path = writer.finish(summary, counters, verdict, end_reason=end_reason, provenance=provenance)
         write_lost_frames(path, lost_frames if lost_frames is not None else ())
         self._submit(path)
@@ -73,6 +79,7 @@ class ScanProducts:
     def abort(self) -> None:
         """Close the results file of a failed scan, keeping every frame written so far."""
         writer, self._writer = self._writer, None
+        self.worker.live(None)
         if writer is not None:
             try:
                 writer.close()

@@ -8,6 +8,10 @@ under ``root``, ``root/flagged`` and ``root/archive``. Pages use no external res
 (no CDN, no scripts) and every string taken from a file is HTML-escaped.
 
 ``ReportWorker`` does both in a background thread, so ending a scan is not slowed down.
+While a scan runs it also rewrites that scan's report and the run list every ``interval``
+seconds (:meth:`ReportWorker.live`), off the analysis path: a tick that falls while a page is
+still being drawn is skipped, never queued up. Live pages say so and reload themselves (a
+``<meta http-equiv="refresh">`` tag), the final report has no such tag.
 
 Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), never
 ``pyplot``: no global backend state is touched, so reports can be drawn from a worker thread
@@ -44,6 +48,18 @@ log = logging.getLogger(__name__)
 
 # ---- background worker ---------------------------------------------------------------------
 
+def next_tick(due: float, interval: float, now: float) -> tuple[float, int]:
+    """The next tick after the one ``due`` (on its grid of ``interval``) that is still ahead of
+    ``now``, and how many ticks were skipped because they passed while the page was drawn."""
+    ahead = due + interval
+    if ahead > now:
+        return ahead, 0
+    skipped = int((now - ahead) // interval) + 1
+    return ahead + skipped * interval, skipped
+
+
+_WAKE = object()  # queued by live(): wakes the loop, is no job
+
 # A daemon thread still drawing (or importing matplotlib) while the interpreter finalizes
 # crashes the process ("Fatal Python error: Segmentation fault" at every server stop). Exit
 # waits for every worker instead: the current job finishes, then the thread ends.
@@ -75,6 +91,10 @@ class ReportWorker:
         self._dirty_roots: set[Path] = set()
         self.errors: deque[str] = deque(maxlen=50)
         self.reports: deque[Path] = deque(maxlen=200)
+        self._live: tuple[Path, float] | None = None  # (results file, interval) of the running scan
+        self._next_tick = 0.0
+        self.live_pages = 0  # live reports written
+        self.ticks_skipped = 0  # ticks that fell while a page was being drawn
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         _LIVE_WORKERS.add(self)
@@ -93,6 +113,17 @@ class ReportWorker:
         if target is None:
             raise ValueError("no root given and the worker has none")
         self._put(("runlist", target, None))
+
+    def live(self, h5_path: str | os.PathLike | None, interval: float = 10.0) -> None:
+        """Rewrite the report of ``h5_path`` and the run list every ``interval`` seconds from now
+        (None or an interval of 0: stop; the final report is ``submit``-ted as usual). Returns at once."""
+        with self._cond:
+            if h5_path is None or not interval or interval <= 0:
+                self._live = None
+            else:
+                self._live = (Path(h5_path), float(interval))
+                self._next_tick = time.monotonic() + float(interval)
+        self._q.put(_WAKE)  # the loop recomputes how long it may wait
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` on the worker thread, in order with the reports (so nothing else
@@ -128,9 +159,50 @@ class ReportWorker:
             if self._thread.is_alive():
                 log.error("report worker still busy after %s s; it is waited for at exit", timeout)
 
+    def _tick_wait(self) -> float | None:
+        """Seconds until the next live tick (0: due now), None when no scan is live."""
+        with self._cond:
+            if self._live is None or self._closed:
+                return None
+            return max(0.0, self._next_tick - time.monotonic())
+
+    def _tick(self) -> None:
+        """Write the live report and run list once, then schedule the next tick on the grid of
+        ``interval``; ticks that passed meanwhile are skipped, so a slow page never piles up work."""
+        with self._cond:
+            live = self._live
+        if live is None:
+            return
+        path, interval = live
+        try:
+            t0 = time.perf_counter()
+            page = write_report(path, live_refresh=interval)
+            self.live_pages += 1
+            log.debug("live report %s written in %.2f s", page, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again; the scan goes on
+            msg = f"live report for {path} failed: {type(exc).__name__}: {exc}"
+            log.warning("%s", msg)
+            self.errors.append(msg)
+        self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
+        self._refresh_dirty(refresh=interval)
+        with self._cond:
+            if self._live is not live:
+                return  # stopped or restarted meanwhile: live() set the next tick
+            self._next_tick, skipped = next_tick(self._next_tick, interval, time.monotonic())
+            self.ticks_skipped += skipped
+
     def _loop(self) -> None:
         while True:
-            item = self._q.get()
+            wait = self._tick_wait()
+            if wait == 0.0:
+                self._tick()
+                continue
+            try:
+                item = self._q.get(timeout=wait)
+            except queue.Empty:
+                continue  # a tick is due
+            if item is _WAKE:
+                continue
             if item is None:
                 self._refresh_dirty()
                 return
@@ -161,17 +233,19 @@ class ReportWorker:
                 self.errors.append(msg)
                 if kind == "report" and Path(path).parent.is_dir():
                     self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
-            if self._q.empty():
+            with self._cond:
+                last = self._pending == 1  # no job behind this one (a queued _WAKE is none)
+            if last or self._q.empty():
                 self._refresh_dirty()
             with self._cond:
                 self._pending -= 1
                 self._cond.notify_all()
 
-    def _refresh_dirty(self) -> None:
+    def _refresh_dirty(self, refresh: float | None = None) -> None:
         while self._dirty_roots:
             root = self._dirty_roots.pop()
             try:
-                write_run_list(root)
+                write_run_list(root, refresh=refresh)
             except Exception as exc:  # noqa: BLE001
                 msg = f"run list in {root} failed: {type(exc).__name__}: {exc}"
                 log.error("%s", msg)
@@ -229,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["PIXEL_CATEGORIES", "ROI_STYLES", "VERDICT_COLOURS", "ReportWorker", "main", "write_report",
+__all__ = ["PIXEL_CATEGORIES", "ROI_STYLES", "VERDICT_COLOURS", "ReportWorker", "main", "next_tick", "write_report",
            "write_run_list", "_axis_for", "_plot_curves", "_plot_image", "_projection_axis", "_save", "_status",
            "_with_gaps"]
 

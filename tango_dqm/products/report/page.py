@@ -40,6 +40,7 @@ pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em;white-space:pr
 table.runs{width:100%;table-layout:auto;font-size:.85em}td.brk{overflow-wrap:anywhere}td.scan{min-width:9em}
 td.why{min-width:15em}.verdict{white-space:nowrap}
 ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
+.live{background:#fff4d6;border:1px solid #c77700;border-radius:.4em;padding:.3em .9em;font-weight:bold}
 """
 
 
@@ -96,8 +97,12 @@ def _duration(start: str, end: str) -> str:
     return f"{d.total_seconds():.1f} s"
 
 
-def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path."""
+def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 live_refresh: float | None = None) -> Path:
+    """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path.
+
+    A file still being written gives a live page (a banner with the frames so far); with
+    ``live_refresh`` (seconds) it also reloads itself in the browser while the scan runs."""
     h5_path = Path(h5_path).resolve()
     data = _read(h5_path)
     out = Path(out_dir).resolve() if out_dir is not None else h5_path.parent
@@ -159,7 +164,7 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
                     f"run summary: {name}", [(name, value)], "counts" if hist else (unit_of.get(name) or "value"),
                     p, x=x_axis, step=hist, xlabel=xlabel, log=hist))
 
-    body = _page_body(data, stem, h5_path, out, figures)
+    body = _page_body(data, stem, h5_path, out, figures, live_refresh)
     page = out / f"{stem}.html"
     tmp = out / f".{stem}.html.tmp"
     tmp.write_text(body, encoding="utf-8")
@@ -264,8 +269,29 @@ def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
     return ("<h3>Results without a plot</h3><table>" + _rows(rows) + "</table>")
 
 
-def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list]) -> str:
+def refresh_tag(seconds: float | None) -> str:
+    """The tag that makes a live page reload itself every ``seconds`` (at least 1 s)."""
+    return f'<meta http-equiv="refresh" content="{max(1, round(seconds))}">' if seconds else ""
+
+
+def _live_banner(data: _ScanData, refresh: float | None) -> str:
+    """The first thing on a page of a scan still running: live, the frames so far, when."""
+    if not data.info.get("running"):
+        return ""
+    now = _dt.datetime.now().astimezone().strftime("%H:%M:%S")
+    c = data.counters
+    expected = c.get("expected") if isinstance(c.get("expected"), (int, np.integer)) else None
+    frames = f"{data.n} frames so far" + (f" of {int(expected)}" if expected else "")
+    again = (f"; this page reloads every {max(1, round(refresh))} s" if refresh
+             else "; reload the page for newer results")
+    return (f'<p class="live" id="live">LIVE: scan running, {_esc(frames)}, as of {_esc(now)}{_esc(again)}. '
+            "The verdict and plots are those of the frames written so far.</p>")
+
+
+def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: dict[str, list],
+               live_refresh: float | None = None) -> str:
     info = data.info
+    running = bool(info.get("running"))
     n = data.n
     c = data.counters
     key = [
@@ -342,12 +368,14 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
 
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     title = f"tango-dqm report: {info['scan_id']}"
+    refresh = refresh_tag(live_refresh) if running else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title><style>{_CSS}</style></head>
+<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}
+<title>{_esc(('LIVE ' if running else '') + title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{_esc(title)}</h1>
+{_live_banner(data, live_refresh)}
 <p><a href="{_href(os.path.relpath(_run_list_root(h5_path) / 'index.html', out))}">run list</a></p>
 <h2>Verdict</h2>
 {_verdict_section(data)}

@@ -218,7 +218,10 @@ def _read(path: Path, max_points: int = MAX_POINTS) -> _ScanData:
         entry = f["entry"]
         res = entry["results"]
         n = res["frame_id"].shape[0]
-        if "verdict" in res:
+        if not info["complete"]:  # being written: columns flushed so far may differ by a block
+            n = min([n, *(ds.shape[0] for ds in res.values()
+                          if isinstance(ds, h5py.Dataset) and ds.ndim == 1 and ds.dtype.kind in "iuf")])
+        elif "verdict" in res:
             n = min(n, res["verdict"].shape[0])
         data = _ScanData(path, info, np.zeros(0, np.int64), None, n=n)
         data.lost = read_lost_frames(f)

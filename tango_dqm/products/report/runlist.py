@@ -8,16 +8,17 @@ from pathlib import Path
 
 
 from .. import runlog
-from .page import _CSS, _mark_html, _verdict_html
+from .page import _CSS, _mark_html, _verdict_html, refresh_tag
 from .reading import _esc, _fmt, _href
 
 log = logging.getLogger(__name__)
 
 # ---- the run list ----------------------------------------------------------------------------
 
-def write_run_list(root: str | os.PathLike) -> Path:
+def write_run_list(root: str | os.PathLike, refresh: float | None = None) -> Path:
     """Write ``root/index.html`` (every scan under root, flagged/ and archive/, newest first, with a
-    link to its report) and the run log ``root/runs.csv`` and ``root/runs.json`` (see runlog)."""
+    link to its report) and the run log ``root/runs.csv`` and ``root/runs.json`` (see runlog).
+    ``refresh`` (seconds): while a scan is running the page reloads itself that often."""
     root = Path(root).resolve()
     run_rows = runlog.rows(root)
     runlog.write_run_log(root, run_rows)
@@ -54,13 +55,20 @@ def write_run_list(root: str | os.PathLike) -> Path:
             f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
             f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td class=brk>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
+    running = [r for r in run_rows if r.get("running")]
+    live = ""
+    if running:
+        again = f"; this page reloads every {max(1, round(refresh))} s" if refresh else ""
+        live = (f'<p class="live" id="live">LIVE: {len(running)} scan{"s" if len(running) > 1 else ""} running '
+                f'({_esc(", ".join(str(r.get("scan_id")) for r in running))}){_esc(again)}.</p>')
     generated = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1">{refresh_tag(refresh) if running else ""}
 <title>tango-dqm run list</title><style>{_CSS}</style></head>
 <body>
 <h1>tango-dqm run list</h1>
+{live}
 <p>{len(run_rows)} scans in {_esc(root)} ({counts or 'none'}). Run log:
 <a href="{runlog.RUNS_CSV}">{runlog.RUNS_CSV}</a>, <a href="{runlog.RUNS_JSON}">{runlog.RUNS_JSON}</a>.</p>
 <table class="runs">

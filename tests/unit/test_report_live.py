@@ -1,0 +1,87 @@
+"""Live pages: while a scan runs, its report and the run list are rewritten at an interval by the
+report worker (never by the engine thread), say they are live and reload themselves; the final
+report and run list have no reload tag."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.plugin import Result
+from tango_dqm.products import ScanProducts
+from tango_dqm.products.report import next_tick
+
+DECL = {r.name: ("t", r) for r in [Result("signal", float, unit="counts"), Result("n_hot", int)]}
+REFRESH = re.compile(r'<meta http-equiv="refresh" content="(\d+)">')
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.01)
+
+
+def test_next_tick_skips_the_ticks_that_passed_while_drawing():
+    assert next_tick(10.0, 2.0, 10.5) == (12.0, 0)
+    assert next_tick(10.0, 2.0, 12.0) == (14.0, 1)  # exactly due is passed
+    assert next_tick(10.0, 2.0, 17.3) == (18.0, 3)  # 12, 14, 16 fell while the page was drawn
+
+
+def test_live_report_and_run_list_while_the_scan_runs(tmp_path):
+    products = ScanProducts(tmp_path, main_result="signal", report_interval=0.2, flush_interval=0.05)
+    worker = products.worker
+    page = tmp_path / "scan_live_1.html"
+    try:
+        path = products.begin("scan live 1", DECL, {"mode": "scan", "metadata": {"sample": "Si"}},
+                              name="scan_live_1.h5")
+        for i in range(30):
+            products.append(i, 1.7e9 + i, {"signal": float(i), "n_hot": i % 3}, 0)
+        products._writer.flush()
+        index_file = tmp_path / "index.html"
+        wait_for(lambda: page.is_file() and "30 frames so far" in page.read_text(), "live page of 30 frames")
+        wait_for(lambda: REFRESH.search(index_file.read_text()), "live run list")  # written after the page
+        first = page.read_text()
+        assert REFRESH.search(first).group(1) == "1"  # 0.2 s rounds up to the 1 s a browser honours
+        assert "LIVE: scan running, 30 frames so far" in first and "<title>LIVE tango-dqm report" in first
+        index = index_file.read_text()
+        assert "LIVE: 1 scan running (scan live 1)" in index
+        for i in range(30, 75):
+            products.append(i, 1.7e9 + i, {"signal": float(i), "n_hot": i % 3}, 0)
+        products._writer.flush()
+        wait_for(lambda: "75 frames so far" in page.read_text(), "live page rewritten with 75 frames")
+        assert worker.live_pages >= 2
+        assert products.end({"run_signal_mean": 37.0}, {"total": 75, "completed": 75, "dropped": 0, "bad": 0},
+                            "OK", "series end", {"quality_report": "verdict OK: 0 checks failing"}) == path
+        assert worker.wait_idle(60)
+        final, index = page.read_text(), (tmp_path / "index.html").read_text()
+        assert not REFRESH.search(final) and "LIVE" not in final and "series end" in final
+        assert not REFRESH.search(index) and "LIVE" not in index
+        pages = worker.live_pages
+        assert worker.wait_idle(1) and worker.live_pages == pages  # no tick after the end
+        assert not worker.errors, list(worker.errors)
+    finally:
+        products.close()
+
+
+def test_report_interval_zero_writes_the_report_at_the_end_only(tmp_path):
+    products = ScanProducts(tmp_path, report_interval=0)
+    try:
+        products.begin("scan quiet", DECL, {"mode": "scan"}, name="scan_quiet.h5")
+        products.append(0, 0.0, {"signal": 1.0, "n_hot": 0}, 0)
+        assert products.worker.wait_idle(60)  # the run list written at begin
+        assert products.worker._tick_wait() is None and not (tmp_path / "scan_quiet.html").exists()
+        products.end({}, None, "OK", "series end", {})
+        assert products.worker.wait_idle(60)
+        assert (tmp_path / "scan_quiet.html").is_file() and products.worker.live_pages == 0
+    finally:
+        products.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 86401, float("nan"), float("inf"), True, "10"])
+def test_report_interval_out_of_range_is_refused(bad):
+    with pytest.raises(EngineError, match="ReportInterval must be between 0 and 86400 s"):
+        Engine(EngineConfig(["sim://?frames=1&shape=8x8"], report_interval=bad))
