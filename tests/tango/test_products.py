@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -159,3 +160,57 @@ def test_output_stream_received_by_bsread_source():
         last = got[39]
         for name in ("signal_sum", "signal_std", "frame_max", "saturated_pixels"):
             assert last[name] == p.read_attribute(name).value, name
+
+
+LIVE_FRAMES = re.compile(r"LIVE: scan running, (\d+) frames so far")
+REFRESH_TAG = '<meta http-equiv="refresh"'
+
+
+def read_page(page: Path) -> str:
+    try:
+        return page.read_text(encoding="utf-8")  # replaced atomically: never half a page
+    except FileNotFoundError:
+        return ""
+
+
+def wait_page(page: Path, predicate, what: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read_page(page)
+        if predicate(text):
+            return text
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s; page: {text[:300]!r}"
+        time.sleep(0.05)
+
+
+def test_report_is_rewritten_live_while_the_scan_runs(tmp_path):
+    """ReportInterval 0.5 s on an endless scan: the report shows a live banner with a growing frame
+    count and a reload tag before the scan ends; after Stop the final report has neither."""
+    out = tmp_path / "out"
+    with context(["sim://?frames=0&shape=64x64&rate=40"], OutputDirectory=str(out), ReportInterval=0.5) as p:
+        p.roi_signal = [10, 20, 10, 20]
+        p.Start()
+        page = Path(p.outputFile).with_suffix(".html")
+        first = wait_page(page, LIVE_FRAMES.search, "a live report")
+        n1 = int(LIVE_FRAMES.search(first).group(1))
+        later = wait_page(page, lambda t: (m := LIVE_FRAMES.search(t)) is not None and int(m.group(1)) > n1,
+                          "the live report rewritten with more frames")
+        assert p.state() == tango.DevState.RUNNING  # rewritten before the scan ended
+        assert REFRESH_TAG in first and REFRESH_TAG in later and later != first
+        index = read_page(out / "index.html")
+        assert "LIVE: 1 scan running" in index and REFRESH_TAG in index
+        p.Stop()
+        wait_for(p, tango.DevState.CLOSE)
+        final = wait_page(page, lambda t: "LIVE" not in t and "stopped" in t, "the final report")
+        completed = p.completedEvents
+    assert REFRESH_TAG not in final and f"<tr><th>frames stored</th><td>{completed}</td></tr>" in final
+    assert completed >= int(LIVE_FRAMES.search(later).group(1))  # the live page showed frames flushed so far
+    index = wait_page(out / "index.html", lambda t: "LIVE" not in t, "the final run list")
+    assert REFRESH_TAG not in index
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "1e9"])
+def test_bad_report_interval_is_a_clear_fault(tmp_path, value):
+    with context(["sim://?frames=5"], OutputDirectory=str(tmp_path), ReportInterval=value) as p:
+        assert p.state() == tango.DevState.FAULT
+        assert "ReportInterval must be between 0 and 86400 s" in p.status()
