@@ -228,6 +228,7 @@ class Engine:
                                                               config.max_file_bytes))
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
+        self._reference_arrays: dict[str, np.ndarray] = {}
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
         probes = [open_source(entry) for entry in self._source_entries]
@@ -325,7 +326,8 @@ class Engine:
             if self.products is not None:
                 try:
                     self.output_file = str(self.products.begin(self._scan_id, self.result_decl, self.provenance(),
-                                                               self.config.output_name or None))
+                                                               self.config.output_name or None,
+                                                               reference=self._reference_arrays))
                 except Exception as exc:  # noqa: BLE001 - storage failures are FAULTs with the reason
                     for s in sources:
                         s.close()
@@ -451,7 +453,9 @@ class Engine:
             "rois": {n: v for n, v in self.params.plain().items()
                      if self.params.declarations[n].type.value == "roi"},
             "thresholds": self.quality.config(),
-            "reference": {"version": ref.version, "scan_id": ref.scan_id} if ref else {"version": 0},
+            "reference": {"version": ref.version, "scan_id": ref.scan_id, "name": ref.name,
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ref.created))}
+            if ref else {"version": 0},
             "versions": deployed_versions(self.analyses),
         }
 
@@ -619,6 +623,7 @@ class Engine:
         """Judge reference checks against ``arrays`` from now on (``info`` goes into provenance)."""
         self.quality.set_references(arrays)
         self.reference = info
+        self._reference_arrays = dict(arrays)  # recorded with each scan, for its report's overlay
         if self.state is EngineState.CLOSE:
             self.quality.evaluate_references(self._summary)
 

@@ -41,13 +41,14 @@ class ScanProducts:
         self.pending: Future | None = None  # the last mark being carried out
 
     def begin(self, scan_id: str, results: Mapping[str, Any], provenance: Mapping[str, Any],
-              name: str | None = None) -> Path:
-        """Create the results file of a new scan (after archiving an unmarked previous one)."""
+              name: str | None = None, reference: Mapping[str, Any] | None = None) -> Path:
+        """Create the results file of a new scan (after archiving an unmarked previous one);
+        ``reference``: the arrays of the reference in use, kept for the report's overlay."""
         self.auto_archive()
         path = confined_path(self.root, name or scan_file_name(scan_id))
         main = self.main_result if self.main_result in results else None
         self._writer = ScanWriter(path, scan_id, results, provenance, root=self.root,
-                                  flush_interval=self.flush_interval, main_result=main)
+                                  flush_interval=self.flush_interval, main_result=main, reference=reference)
         self.current, self.mark_of_current = path, None
         self.worker.refresh_run_list()  # the run list and run log show the new scan as running
         self.worker.live(path, self.report_interval)

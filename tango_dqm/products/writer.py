@@ -88,7 +88,8 @@ class ScanWriter:
                  provenance: Mapping[str, Any] | None = None, *, root: str | os.PathLike | None = None,
                  flush_interval: float | None = 1.0, flush_frames: int = 1024,
                  main_result: str | None = None, spectrum_widths: Mapping[str, int] | None = None,
-                 title: str | None = None, overwrite: bool = False):
+                 title: str | None = None, overwrite: bool = False,
+                 reference: Mapping[str, Any] | None = None):
         if flush_frames < 1:
             raise ValueError("flush_frames must be >= 1")
         if flush_interval is not None and flush_interval <= 0:
@@ -149,6 +150,7 @@ class ScanWriter:
         try:
             _bound_metadata_cache(self._file)
             self._create_layout(provenance or {}, title)
+            self._write_reference(reference or {})
             self._file.swmr_mode = True
             self._file.flush()
         except Exception:
@@ -162,6 +164,23 @@ class ScanWriter:
             self._timer.start()
 
     # ---- layout --------------------------------------------------------------------------
+
+    #: reference arrays kept with a scan for its report's overlay: profiles and histograms, not maps
+    REFERENCE_MAX_SIZE = 1 << 20
+
+    def _write_reference(self, arrays: Mapping[str, Any]) -> None:
+        """The 1-D arrays of the reference in use (``provenance/reference_arrays``), so the report
+        overlays them on this scan's profiles and histograms even after the store has moved on."""
+        kept = {str(k): np.asarray(v) for k, v in arrays.items()
+                if np.asarray(v).ndim == 1 and 0 < np.asarray(v).size <= self.REFERENCE_MAX_SIZE
+                and np.asarray(v).dtype.kind in "biuf"}
+        if not kept:
+            return
+        g = self._file["entry/provenance"].create_group("reference_arrays")
+        g.attrs["NX_class"] = "NXcollection"
+        g.attrs["description"] = "1-D arrays of the reference the scan was judged against (see reference)"
+        for name, a in kept.items():
+            _write_value(g, name, a)
 
     def _create_layout(self, provenance: Mapping[str, Any], title: str | None) -> None:
         from .. import __version__

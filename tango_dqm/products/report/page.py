@@ -159,10 +159,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
             x_axis, xlabel = _axis_for(name, value, data.summary, rois, unit_of)
             hist = "hist" in name.lower() or (x_axis is not None and not xlabel.startswith("detector"))
             section = "histograms" if hist else "spectra"
-            add(section, f"summary_{i:02d}_{safe_name(name)}.png", f"run summary: {name}",
-                lambda p, name=name, value=value, x_axis=x_axis, hist=hist, xlabel=xlabel: _plot_curves(
+            ref = _reference_curve(data, name, value, hist)
+            caption = f"run summary: {name}" + (f", with {ref[0]}" if ref else "")
+            add(section, f"summary_{i:02d}_{safe_name(name)}.png", caption,
+                lambda p, name=name, value=value, x_axis=x_axis, hist=hist, xlabel=xlabel, ref=ref: _plot_curves(
                     f"run summary: {name}", [(name, value)], "counts" if hist else (unit_of.get(name) or "value"),
-                    p, x=x_axis, step=hist, xlabel=xlabel, log=hist))
+                    p, x=x_axis, step=hist, xlabel=xlabel, log=hist, reference=ref))
 
     body = _page_body(data, stem, h5_path, out, figures, live_refresh)
     page = out / f"{stem}.html"
@@ -173,6 +175,38 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 _AXIS_SUFFIXES = ("_edges", "_bins", "_centers", "_centres")
+
+
+def _reference_curve(data: _ScanData, name: str, value: np.ndarray,
+                     counts: bool) -> tuple[str, np.ndarray] | None:
+    """The reference's array of the same name and length, as (label, values) to overlay: histogram
+    counts scaled to this run's entries (the reference check compares shapes), other arrays as they are."""
+    ref = data.reference.get(name)
+    if ref is None or ref.shape != value.shape:
+        return None
+    version = data.reference_info.get("version")
+    label = f"reference v{version}" if version else "reference"
+    if counts:
+        total, ref_total = float(np.nansum(value)), float(np.nansum(ref))
+        if total > 0 and ref_total > 0:
+            return f"{label} (scaled to this run's {total:.6g} entries)", ref * (total / ref_total)
+    return label, ref
+
+
+def _reference_text(data: _ScanData) -> str:
+    """Which reference the scan was judged against: version, name, the scan it came from, when."""
+    info = data.reference_info
+    if not info.get("version"):
+        return "none (no reference taken: TakeReference on a good scan stores one)"
+    parts = [f"version {info['version']}"]
+    if info.get("name"):
+        parts.append(f"name {info['name']!r}")
+    if info.get("scan_id"):
+        parts.append(f"from scan {info['scan_id']}")
+    if info.get("created"):
+        parts.append(f"taken {info['created']}")
+    overlaid = sorted(data.reference)
+    return ", ".join(parts) + (f"; its arrays: {', '.join(overlaid)}" if overlaid else "")
 
 
 def _axis_for(name: str, value: np.ndarray, summary: dict[str, Any], rois: dict[str, Any],
@@ -318,6 +352,7 @@ def _page_body(data: _ScanData, stem: str, h5_path: Path, out: Path, figures: di
             f"{VERDICTS[i] if i < len(VERDICTS) else i}: {k}" for i, k in enumerate(counts) if k))))
     if data.main:
         key.append(("main result", _esc(data.main)))
+    key.append(("reference", _esc(_reference_text(data))))
     rel_h5 = os.path.relpath(h5_path, out)
     key.append(("results file", f'<a href="{_href(rel_h5)}">{_esc(h5_path.name)}</a>'))
 

@@ -107,16 +107,25 @@ def _plot_verdicts(x: np.ndarray, codes: np.ndarray, out: Path,
     _save(fig, out)
 
 
+REFERENCE_STYLE = {"linewidth": 1.3, "zorder": 4, "color": "#222222", "linestyle": (0, (4, 2))}
+
+
 def _plot_curves(title: str, curves: list[tuple[str, np.ndarray]], ylabel: str, out: Path,
-                 x: np.ndarray | None = None, step: bool = False, xlabel: str = "", log: bool = False) -> None:
+                 x: np.ndarray | None = None, step: bool = False, xlabel: str = "", log: bool = False,
+                 reference: tuple[str, np.ndarray] | None = None) -> None:
     """Curves over ``x`` (bin edges when one longer: a histogram). The first curve (e.g. the run
-    mean) is drawn last and thicker, so a later one (the last frame) never hides it."""
+    mean) is drawn last and thicker, so a later one (the last frame) never hides it; a
+    ``reference`` (label, values) is drawn dashed in black on top of them all."""
     fig = _figure(6.0, 2.8, left=0.13, bottom=0.17)
     ax = fig.subplots()
     styles = [{"linewidth": 1.6, "zorder": 3, "color": "#08519c"}, {"linewidth": 0.8, "zorder": 2, "color": "#fd8d3c",
                                                                      "alpha": 0.9}]
+    if reference is not None:
+        curves = [*curves, reference]
     for i, (label, y) in reversed(list(enumerate(curves))):
         style = styles[min(i, 1)] if len(curves) > 1 else {"linewidth": 0.9, "color": "#08519c"}
+        if reference is not None and i == len(curves) - 1:
+            style = REFERENCE_STYLE
         if x is not None and len(x) == len(y) + 1:  # histogram bin edges
             ax.stairs(y, x, label=label, **style)
             continue

@@ -269,15 +269,17 @@ def _read(path: Path, max_points: int = MAX_POINTS) -> _ScanData:
 
 
 def _read_reference(prov: h5py.Group, data: _ScanData) -> None:
-    """The reference the scan was judged against (``provenance/reference``, see ScanWriter), if any."""
+    """The reference the scan was judged against: what it is (``provenance/reference``: version,
+    name, scan id, created) and its 1-D arrays (``provenance/reference_arrays``, see ScanWriter)."""
     ref = prov.get("reference")
-    if not isinstance(ref, h5py.Group):
-        return
-    for key, value in ref.attrs.items():
-        data.reference_info[str(key)] = _decode(value)
-    for name, obj in ref.items():
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and 0 < obj.size <= 16 * 1024 * 1024:
-            data.reference[name] = obj[...]
+    if isinstance(ref, h5py.Group):
+        data.reference_info = {k: _decode(v[()]) for k, v in ref.items()
+                               if isinstance(v, h5py.Dataset) and v.ndim == 0}
+    arrays = prov.get("reference_arrays")
+    if isinstance(arrays, h5py.Group):
+        for name, obj in arrays.items():
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 1 and obj.dtype.kind in "biuf" and obj.size <= 1 << 20:
+                data.reference[name] = obj[...].astype(np.float64)
 
 
 def _json_dict(text: Any) -> dict[str, Any]:
