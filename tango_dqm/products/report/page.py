@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ pre{background:#f7f7f7;padding:.5em;overflow:auto;font-size:.85em;white-space:pr
 .verdict-box{border:1px solid #ccc;border-radius:.4em;padding:.3em .9em;background:#fafafa}
 .verdict-box ul.reasons{font-size:.95em}.frames{color:#555;font-size:.9em}
 .muted{color:#777}.small{font-size:.8em}
-table.runs{width:100%;table-layout:auto;font-size:.85em}td.brk{overflow-wrap:anywhere}td.scan{min-width:9em}
-td.why{min-width:15em}.verdict{white-space:nowrap}
+table.runs{width:100%;table-layout:auto;font-size:.8em}td.brk{overflow-wrap:anywhere}td.scan{min-width:7em}
+td.why{min-width:11em}.verdict{white-space:nowrap}
 ul.reasons{margin:.2em 0 0 1em;padding:0;font-size:.85em}
 .live{background:#fff4d6;border:1px solid #c77700;border-radius:.4em;padding:.3em .9em;font-weight:bold}
 """
@@ -136,6 +137,8 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
             add("trends", f"{plotted:02d}_trend_{safe_name(s.name)}.png", f"{s.name}: trend and histogram",
                 lambda p, s=s: _plot_trend(s, x, p, s.name == data.main, data.lost))
     for i, (mean, last) in enumerate(data.spectra):
+        if _is_axis(mean.name):
+            continue  # pixel coordinates of a projection: its x axis, not a curve (listed as such)
         px, xlabel = _axis_for(mean.name, mean.values, data.summary, rois, unit_of)
         hist = "hist" in mean.name.lower()
         add("histograms" if hist else "spectra", f"spectrum_{i:02d}_{safe_name(mean.name)}.png",
@@ -155,7 +158,7 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
                 lambda p, name=name, value=value: _plot_image(f"run summary: {name}", value, p,
                                                               unit_of.get(name, ""), rois,
                                                               PIXEL_CATEGORIES.get(name)))
-        elif value.ndim == 1 and not name.endswith(_AXIS_SUFFIXES):
+        elif value.ndim == 1 and not _is_axis(name):
             x_axis, xlabel = _axis_for(name, value, data.summary, rois, unit_of)
             hist = "hist" in name.lower() or (x_axis is not None and not xlabel.startswith("detector"))
             section = "histograms" if hist else "spectra"
@@ -175,6 +178,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
 
 
 _AXIS_SUFFIXES = ("_edges", "_bins", "_centers", "_centres")
+_AXIS_NAME = re.compile(r".*_axis(_[xyz])?")  # profile_axis_x, profile_run_axis_y: coordinates, not data
+
+
+def _is_axis(name: str) -> bool:
+    """A 1-D result that holds the positions of another (bin edges, pixel coordinates)."""
+    return name.endswith(_AXIS_SUFFIXES) or _AXIS_NAME.fullmatch(name) is not None
 
 
 def _reference_curve(data: _ScanData, name: str, value: np.ndarray,
@@ -281,13 +290,15 @@ def _metadata_section(data: _ScanData) -> str:
 def _not_plotted(data: _ScanData, figures: dict[str, list]) -> str:
     """Declared results that have no plot, each with why: none is silently dropped."""
     shown = " ".join(cap for items in figures.values() for _, cap in items)
-    drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra}
+    drawn = {name for name, *_ in data.images} | {mean.name for mean, _ in data.spectra if not _is_axis(mean.name)}
     nan = {s.name for s in data.scalars if not s.stats.count}
     rows = []
     for name, decl in sorted(data.declared.items()):
         kind = decl.get("kind", "") if isinstance(decl, dict) else ""
         if name in nan:
             why = "no value in any frame (all NaN)"
+        elif _is_axis(name):
+            why = "positions (bin edges or detector pixels): the x axis of the matching plots"
         elif name in drawn or f"{name}:" in shown or f"run summary: {name}" in shown:
             continue
         elif name in data.summary:

@@ -25,16 +25,38 @@ def _figure(width: float = 7.5, height: float = 2.6, **adjust: float):
     return fig
 
 
+def _big_tick_format(ticks: np.ndarray) -> str | None:
+    """A format for ticks of 8 or more digits that still tells them apart (``1.2e+07``), or None
+    when plain numbers are needed for that (10734001, 10734002 ...) or short enough anyway."""
+    ticks = ticks[np.isfinite(ticks)]
+    if len(ticks) < 2 or np.abs(ticks).max() < 1e7:
+        return None
+    step = np.diff(np.unique(ticks)).min() if len(np.unique(ticks)) > 1 else 0.0
+    if step <= 0:
+        return None
+    digits = int(np.floor(np.log10(np.abs(ticks).max()))) - int(np.floor(np.log10(step))) + 1
+    return f"{{:.{digits}g}}" if digits <= 4 else None
+
+
 def _save(fig: Any, out: Path) -> None:
-    """Save without offset notation (``+1.073e7`` above an axis is misread): plain tick values."""
-    from matplotlib.ticker import ScalarFormatter
+    """Save with every tick value written out in full: no offset (``+1.073e7`` above an axis is
+    misread) and no multiplier in a corner; ticks of 8+ digits as ``1.2e+07`` where that tells them
+    apart, so they are not cut off at the figure's edge. Tick labels at 8 pt."""
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
     for ax in fig.axes:
+        ax.tick_params(labelsize=8)
         for axis in (ax.xaxis, ax.yaxis):
             fmt = axis.get_major_formatter()
-            if isinstance(fmt, ScalarFormatter):
-                fmt.set_useOffset(False)
-                fmt.set_powerlimits((-4, 9))  # 10740000, not 1.074 with "1e7" in a corner
+            if not isinstance(fmt, ScalarFormatter):
+                continue
+            fmt.set_useOffset(False)
+            fmt.set_powerlimits((-4, 9))  # 10740000, not 1.074 with "1e7" in a corner
+            lo, hi = axis.get_view_interval()
+            big = _big_tick_format(np.array([t for t in axis.get_majorticklocs() if min(lo, hi) <= t <= max(lo, hi)],
+                                            dtype=np.float64))
+            if big is not None:
+                axis.set_major_formatter(FuncFormatter(lambda v, _pos, big=big: big.format(v)))
     fig.savefig(out)
 
 

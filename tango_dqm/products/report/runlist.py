@@ -38,7 +38,9 @@ def write_run_list(root: str | os.PathLike, refresh: float | None = None) -> Pat
         reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("reasons") or [])
         frames = _esc(r.get("frames_completed")) + (f" / {_esc(r['frames_expected'])}"
                                                     if r.get("frames_expected") is not None else "")
-        main = (f"{_esc(r['main_result'])}<br>mean {_esc(_fmt(r['main_mean']))}"
+        # result names break at their underscores only, the value not at all
+        main = (f"{_esc(r['main_result']).replace('_', '_<wbr>')}<br>"
+                f"<span class=nowrap>mean {_esc(_fmt(r['main_mean']))}</span>"
                 if r.get("main_result") and r.get("main_mean") is not None else "")
         duration = f"{r['duration_s']:.1f} s" if r.get("duration_s") is not None else ""
         mark = {"mark": r.get("flag"), "mark_reason": r.get("flag_reason"), "mark_time": ""}
@@ -53,7 +55,7 @@ def write_run_list(root: str | os.PathLike, refresh: float | None = None) -> Pat
             f"<td class='brk why'>{_verdict_html(r.get('verdict'))}"
             f"{f'<ul class=reasons>{reasons}</ul>' if reasons else ''}</td>"
             f"<td>{_mark_html(mark)}</td><td>{_esc(md.get('sample'))}</td><td>{_esc(md.get('operator'))}</td>"
-            f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td class=brk>{main}</td></tr>")
+            f"<td>{_esc(md.get('proposal'))}</td><td class=brk>{_esc(other)}</td><td>{main}</td></tr>")
     counts = ", ".join(f"{_esc(k)}: {v}" for k, v in sorted(verdicts.items()))
     running = [r for r in run_rows if r.get("running")]
     live = ""
@@ -69,7 +71,7 @@ def write_run_list(root: str | os.PathLike, refresh: float | None = None) -> Pat
 <body>
 <h1>tango-dqm run list</h1>
 {live}
-<p>{len(run_rows)} scans in {_esc(root)} ({counts or 'none'}). Run log:
+<p>{len(run_rows)} scan{"" if len(run_rows) == 1 else "s"} in {_esc(root)} ({counts or 'none'}). Run log:
 <a href="{runlog.RUNS_CSV}">{runlog.RUNS_CSV}</a>, <a href="{runlog.RUNS_JSON}">{runlog.RUNS_JSON}</a>.</p>
 <table class="runs">
 <tr><th>scan</th><th>start</th><th>mode</th><th>frames</th><th>lost</th><th>bad</th><th>status</th>
