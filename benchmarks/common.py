@@ -171,14 +171,15 @@ class RunWaiter:
 
 
 def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_directory: str = "",
-               analysis_threads: int = 0) -> float:
-    """The engine on the same stream as :func:`bare_loop`: frames/s from the first to the last result."""
+               analysis_threads: int = 0, report_interval: float = 10.0, stats: dict | None = None) -> float:
+    """The engine on the same stream as :func:`bare_loop`: frames/s from the first to the last result
+    (``stats``, if given, gets the live report pages drawn during the run)."""
     from tango_dqm.engine import Engine, EngineConfig
 
     port = free_port()
     waiter = RunWaiter(frames - 1)
     engine = Engine(EngineConfig([f"zmq://127.0.0.1:{port}"], analyses, output_directory=output_directory,
-                                 analysis_threads=analysis_threads), waiter)
+                                 analysis_threads=analysis_threads, report_interval=report_interval), waiter)
     try:
         for name, value in params.items():
             engine.set_parameter(name, value)
@@ -187,6 +188,8 @@ def engine_run(analyses: list[str], params: dict[str, Any], frames: int, output_
         if not waiter.ended.wait(600):
             raise RuntimeError("the engine run did not end within 600 s")
         snap = engine.snapshot()
+        if stats is not None and engine.products is not None:
+            stats["live_pages"] = engine.products.worker.live_pages
         if engine.products is not None:
             engine.products.worker.wait_idle(120)  # the run's report, before the directory goes
     finally:

@@ -10,8 +10,10 @@ under ``root``, ``root/flagged`` and ``root/archive``. Pages use no external res
 ``ReportWorker`` does both in a background thread, so ending a scan is not slowed down.
 While a scan runs it also rewrites that scan's report and the run list every ``interval``
 seconds (:meth:`ReportWorker.live`), off the analysis path: a tick that falls while a page is
-still being drawn is skipped, never queued up. Live pages say so and reload themselves (a
-``<meta http-equiv="refresh">`` tag), the final report has no such tag.
+still being drawn is skipped, never queued up, and so are the ticks within ``LIVE_DUTY - 1``
+times the drawing time after it (drawing holds the GIL: live pages take at most a fifth of it).
+Live pages say so and reload themselves (a ``<meta http-equiv="refresh">`` tag), the final
+report has no such tag.
 
 Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg), never
 ``pyplot``: no global backend state is touched, so reports can be drawn from a worker thread
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..marks import scan_files
+from ..scanfile import StorageError
 from .page import _axis_for, _run_list_root, _status, write_report
 from .plots import PIXEL_CATEGORIES, ROI_STYLES, _plot_curves, _plot_image, _save, _with_gaps
 from .reading import VERDICT_COLOURS, _projection_axis
@@ -47,6 +50,10 @@ from .runlist import write_run_list
 log = logging.getLogger(__name__)
 
 # ---- background worker ---------------------------------------------------------------------
+
+#: a live page is drawn at most once per LIVE_DUTY times its drawing time (a 3 s page: every >= 15 s)
+LIVE_DUTY = 5.0
+
 
 def next_tick(due: float, interval: float, now: float) -> tuple[float, int]:
     """The next tick after the one ``due`` (on its grid of ``interval``) that is still ahead of
@@ -174,11 +181,11 @@ class ReportWorker:
         if live is None:
             return
         path, interval = live
+        t0 = time.monotonic()
         try:
-            t0 = time.perf_counter()
-            page = write_report(path, live_refresh=interval)
+            page = self._live_report(path, interval)
             self.live_pages += 1
-            log.debug("live report %s written in %.2f s", page, time.perf_counter() - t0)
+            log.debug("live report %s written in %.2f s", page, time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again; the scan goes on
             msg = f"live report for {path} failed: {type(exc).__name__}: {exc}"
             log.warning("%s", msg)
@@ -188,8 +195,24 @@ class ReportWorker:
         with self._cond:
             if self._live is not live:
                 return  # stopped or restarted meanwhile: live() set the next tick
-            self._next_tick, skipped = next_tick(self._next_tick, interval, time.monotonic())
+            # drawing holds the GIL most of the time: at most 1/LIVE_DUTY of the time goes to live pages
+            now = time.monotonic()
+            self._next_tick, skipped = next_tick(self._next_tick, interval, now + (LIVE_DUTY - 1) * (now - t0))
             self.ticks_skipped += skipped
+
+    @staticmethod
+    def _live_report(path: Path, interval: float, attempts: int = 3) -> Path:
+        """The live page; read again when the file was caught mid-flush. A reader in the writer's
+        process cannot use SWMR (see scanfile._OwnHandle), so about one read in a few hundred
+        sees a block half written ("addr overflow"); the next read sees it whole."""
+        for attempt in range(attempts):
+            try:
+                return write_report(path, live_refresh=interval)
+            except (OSError, StorageError, KeyError) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.debug("live report of %s: %s; reading again", path, exc)
+        raise AssertionError("unreachable")
 
     def _loop(self) -> None:
         while True:
