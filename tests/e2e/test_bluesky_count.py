@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import tango
 
-pytest.importorskip("ophyd_async", reason="the bluesky extra is installed by make test")  # pip install .[bluesky]
+from bluesky import RunEngine  # the bluesky extra, installed by make test
+from bluesky.plans import count
+from ophyd_async.core import init_devices
 
-from bluesky import RunEngine  # noqa: E402
-from bluesky.plans import count  # noqa: E402
-from ophyd_async.core import init_devices  # noqa: E402
-
-from tango_dqm.devices.bluesky import DataQualityMonitorPoints  # noqa: E402
-from tango_dqm.devices.controlsystem import ControlSystem, free_port  # noqa: E402
-from tests.e2e.test_sardana_scan import MON, ROI, SHAPE, SIM, add_device, offline, wait_until  # noqa: E402
+from tango_dqm.devices.bluesky import DataQualityMonitorPoints
+from tango_dqm.devices.controlsystem import ControlSystem, free_port
+from tests.e2e.test_sardana_scan import MON, ROI, SHAPE, SIM, add_device, offline, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 N_POINTS, M_FRAMES = 4, 3

@@ -16,7 +16,6 @@ from tango_dqm.devices.sardana import pool_path
 from tango_dqm.devices.simulator import _DEFAULTS, scene_of
 from tango_dqm.simulation import FrameGenerator
 
-pytest.importorskip("sardana", reason="the sardana extra is installed by make test")  # pip install .[sardana]
 pytestmark = pytest.mark.timeout(240)
 
 MON, SIM = "test/dqm/1", "test/sim/1"
