@@ -85,3 +85,40 @@ def test_report_interval_zero_writes_the_report_at_the_end_only(tmp_path):
 def test_report_interval_out_of_range_is_refused(bad):
     with pytest.raises(EngineError, match="ReportInterval must be between 0 and 86400 s"):
         Engine(EngineConfig(["sim://?frames=1&shape=8x8"], report_interval=bad))
+
+
+def test_end_of_scan_gives_up_the_live_page_being_drawn(tmp_path, monkeypatch):
+    """A live page being drawn stops at its next plot when the scan ends (or the device shuts
+    down), so neither the final report nor delete_device waits for a whole page."""
+    import threading
+
+    from tango_dqm.products.report import page as report_page
+
+    entered, release = threading.Event(), threading.Event()
+    real = report_page._plot_trend
+
+    def slow_first_plot(*args, **kw):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kw)
+
+    products = ScanProducts(tmp_path, report_interval=0.05)
+    try:
+        products.begin("scan slow", DECL, {"mode": "scan"}, name="scan_slow.h5")
+        for i in range(5):
+            products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
+        products._writer.flush()
+        monkeypatch.setattr(report_page, "_plot_trend", slow_first_plot)
+        assert entered.wait(60)  # a live page is being drawn
+        pages = products.worker.live_pages
+        products.worker.live(None)  # what end() does first
+        monkeypatch.setattr(report_page, "_plot_trend", real)
+        release.set()
+        products.end({}, None, "OK", "series end", {})
+        assert products.worker.wait_idle(60)
+        text = (tmp_path / "scan_slow.html").read_text()
+        assert "LIVE" not in text and not REFRESH.search(text)
+        assert products.worker.live_pages == pages and not products.worker.errors  # given up, not failed
+    finally:
+        release.set()
+        products.close()

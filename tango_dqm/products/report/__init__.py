@@ -38,7 +38,7 @@ from typing import Any
 
 from ..marks import scan_files
 from ..scanfile import StorageError
-from .page import _axis_for, _run_list_root, _status, write_report
+from .page import ReportCancelled, _axis_for, _run_list_root, _status, write_report
 from .plots import PIXEL_CATEGORIES, ROI_STYLES, _plot_curves, _plot_image, _save, _with_gaps
 from .reading import VERDICT_COLOURS, _projection_axis
 from .runlist import write_run_list
@@ -99,6 +99,7 @@ class ReportWorker:
         self.errors: deque[str] = deque(maxlen=50)
         self.reports: deque[Path] = deque(maxlen=200)
         self._live: tuple[Path, float] | None = None  # (results file, interval) of the running scan
+        self._live_cancel = threading.Event()  # set: the live page being drawn is given up
         self._next_tick = 0.0
         self.live_pages = 0  # live reports written
         self.ticks_skipped = 0  # ticks that fell while a page was being drawn
@@ -127,7 +128,9 @@ class ReportWorker:
         with self._cond:
             if h5_path is None or not interval or interval <= 0:
                 self._live = None
+                self._live_cancel.set()  # the final report need not wait for a live page
             else:
+                self._live_cancel.clear()
                 self._live = (Path(h5_path), float(interval))
                 self._next_tick = time.monotonic() + float(interval)
         self._q.put(_WAKE)  # the loop recomputes how long it may wait
@@ -159,6 +162,8 @@ class ReportWorker:
         with self._cond:
             self._skip_reports = self._skip_reports or skip_reports
             first, self._closed = not self._closed, True
+            self._live = None
+            self._live_cancel.set()  # a live page being drawn stops at its next plot: close waits one plot
         if first:
             self._q.put(None)
         if threading.current_thread() is not self._thread:
@@ -186,6 +191,9 @@ class ReportWorker:
             page = self._live_report(path, interval)
             self.live_pages += 1
             log.debug("live report %s written in %.2f s", page, time.monotonic() - t0)
+        except ReportCancelled:
+            log.debug("live report of %s given up (scan ended or shutting down)", path)
+            return
         except Exception as exc:  # noqa: BLE001 - the next tick tries again; the scan goes on
             msg = f"live report for {path} failed: {type(exc).__name__}: {exc}"
             log.warning("%s", msg)
@@ -200,14 +208,13 @@ class ReportWorker:
             self._next_tick, skipped = next_tick(self._next_tick, interval, now + (LIVE_DUTY - 1) * (now - t0))
             self.ticks_skipped += skipped
 
-    @staticmethod
-    def _live_report(path: Path, interval: float, attempts: int = 3) -> Path:
+    def _live_report(self, path: Path, interval: float, attempts: int = 3) -> Path:
         """The live page; read again when the file was caught mid-flush. A reader in the writer's
         process cannot use SWMR (see scanfile._OwnHandle), so about one read in a few hundred
         sees a block half written ("addr overflow"); the next read sees it whole."""
         for attempt in range(attempts):
             try:
-                return write_report(path, live_refresh=interval)
+                return write_report(path, live_refresh=interval, cancelled=self._live_cancel.is_set)
             except (OSError, StorageError, KeyError) as exc:
                 if attempt == attempts - 1:
                     raise

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,18 @@ def _duration(start: str, end: str) -> str:
     return f"{d.total_seconds():.1f} s"
 
 
+class ReportCancelled(Exception):
+    """``write_report`` gave up because its ``cancelled`` callback said so (the page is left as it was)."""
+
+
 def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 live_refresh: float | None = None) -> Path:
+                 live_refresh: float | None = None, cancelled: Callable[[], bool] | None = None) -> Path:
     """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path.
 
     A file still being written gives a live page (a banner with the frames so far); with
-    ``live_refresh`` (seconds) it also reloads itself in the browser while the scan runs."""
+    ``live_refresh`` (seconds) it also reloads itself in the browser while the scan runs.
+    ``cancelled`` is asked before each plot: True raises ReportCancelled (a live page given up
+    at the scan's end or a device shutdown, which then waits one plot, not a page)."""
     h5_path = Path(h5_path).resolve()
     data = _read(h5_path)
     out = Path(out_dir).resolve() if out_dir is not None else h5_path.parent
@@ -118,6 +124,8 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     figures: dict[str, list[tuple[str, str]]] = {"trends": [], "spectra": [], "histograms": [], "images": []}
 
     def add(section: str, file: str, caption: str, draw) -> None:
+        if cancelled is not None and cancelled():
+            raise ReportCancelled(f"report of {h5_path.name} cancelled")
         try:
             draw(plots / file)
         except Exception as exc:  # noqa: BLE001 - one bad plot must not lose the page
