@@ -19,12 +19,12 @@ import tango
 from tango import AttrQuality, DevState
 from tango.server import Device, attribute, command, device_property, run
 
-from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.engine import Engine, EngineConfig, EngineError, NotConfiguredError
 from tango_dqm.http import HttpServerError, ResultsHttpServer
 from tango_dqm.params import ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import TANGO_QUALITY, LossCheck, Verdict, checks_from_config, range_verdict
-from tango_dqm.quality.references import ReferenceStore, ReferenceStoreError
+from tango_dqm.quality.references import ReferenceStoreError
 from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
@@ -145,8 +145,8 @@ class DataQualityMonitor(Device):
                 EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
                              checks=[line for line in self.QualityChecks if line.strip()],
                              stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
-                             output_directory=self.OutputDirectory,
-                             file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
+                             output_directory=self.OutputDirectory, reference_directory=self.ReferenceDirectory,
+                             file_roots=list(self.ParameterFileDirectories),
                              max_file_bytes=self.MaxParameterFileSize, output=self.Output,
                              analysis_threads=self.AnalysisThreads,
                              required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
@@ -155,7 +155,6 @@ class DataQualityMonitor(Device):
             raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
         self._restore_parameters()
         self._restore_metadata()
-        self._load_reference()
         self._init_loss_limits()
         try:
             self._detectors = self._parse_detectors()
@@ -377,35 +376,6 @@ class DataQualityMonitor(Device):
                 self._limits.pop(name, None)
             else:
                 self._limits[name] = (warning, error)
-
-    # ---- references ---------------------------------------------------------------------
-
-    def _reference_folder(self) -> str:
-        return self.ReferenceDirectory or (f"{self.OutputDirectory}/references" if self.OutputDirectory else "")
-
-    def _reference_store(self, create: bool = False) -> ReferenceStore | None:
-        folder = self._reference_folder()
-        if not folder:
-            return None
-        try:
-            return ReferenceStore(folder, create=create)
-        except ReferenceStoreError:
-            return None
-
-    def _require_store(self, origin: str) -> ReferenceStore:
-        store = self._reference_store(create=True)
-        if store is None:
-            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
-                   "property, then run Init", origin)
-        return store  # type: ignore[return-value]
-
-    def _load_reference(self) -> None:
-        store = self._reference_store()
-        if store is None or store.latest("reference") is None:
-            return
-        ref = store.load("reference")
-        self.engine.use_reference(ref.info, dict(ref.arrays))
-        self.info_stream(f"reference version {ref.info.version} (from {ref.info.scan_id}) in use")
 
     # Scalar parameters are memorized (Tango keeps each write in the __value attribute
     # property); arrays cannot be, so they are written through to a device property of the
@@ -762,9 +732,10 @@ class DataQualityMonitor(Device):
     def TakeReference(self) -> int:
         """Store the accumulated spectra and maps of the finished scan as the new reference version."""
         engine = self._require_engine("TakeReference")
-        store = self._require_store("TakeReference")
         try:
-            info = engine.take_reference(store)
+            info = engine.take_reference()
+        except NotConfiguredError as exc:
+            _throw("DQM_NotConfigured", str(exc), "TakeReference")
         except (EngineError, ReferenceStoreError) as exc:
             _throw("DQM_CommandNotAllowed", str(exc), "TakeReference")
         self.info_stream(f"reference version {info.version} taken from {info.scan_id}")
@@ -775,9 +746,10 @@ class DataQualityMonitor(Device):
         """Store the mean image of the finished (dark) scan as the next background version and
         use it as the dark image of every analysis from the next frame on."""
         engine = self._require_engine("TakeBackground")
-        store = self._require_store("TakeBackground")
         try:
-            info = engine.take_background(store)
+            info = engine.take_background()
+        except NotConfiguredError as exc:
+            _throw("DQM_NotConfigured", str(exc), "TakeBackground")
         except (EngineError, ReferenceStoreError, ParameterError) as exc:
             _throw("DQM_CommandNotAllowed", str(exc), "TakeBackground")
         # as if written by a client: the memorized value survives a restart

@@ -32,7 +32,8 @@ from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instanti
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
-from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
+from .quality.references import (BACKGROUND_ARRAY, Reference, ReferenceInfo, ReferenceStore, ReferenceStoreError,
+                                 latest_reference, open_store, reference_folder)
 from .versions import deployed_versions
 from .products.output_stream import ResultStream
 from .pipeline import OrderedPool, default_threads
@@ -96,6 +97,10 @@ class EngineError(RuntimeError):
     """A command is not allowed now, or the configuration is invalid."""
 
 
+class NotConfiguredError(EngineError):
+    """A command needs a setting that is not configured (e.g. no reference directory)."""
+
+
 @dataclass
 class EngineConfig:
     """Everything the engine needs; the device builds it from Tango properties."""
@@ -114,6 +119,8 @@ class EngineConfig:
     reference_interval: float = 5.0
     #: where scan results files and reports go ("" : none are written)
     output_directory: str = ""
+    #: where references and backgrounds are kept ("" : output_directory/references, or none)
+    reference_directory: str = ""
     #: name of the results file in output_directory ("" : <scan_id>.h5)
     output_name: str = ""
     #: scalar result plotted by default in the results file (NXdata signal)
@@ -219,10 +226,13 @@ class Engine:
                                       f"and {a.name!r}")
                 owners[p.name] = a.name
                 declarations.append(p)
-        self.params = ParameterStore(declarations, FileAccess([Path(r) for r in config.file_roots if r],
-                                                              config.max_file_bytes))
+        #: where references live (README, References); file parameters may read backgrounds from there
+        self.reference_folder = reference_folder(config.reference_directory, config.output_directory)
+        roots = [Path(r) for r in (*config.file_roots, self.reference_folder) if r]
+        self.params = ParameterStore(declarations, FileAccess(roots, config.max_file_bytes))
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
+        latest = self._latest_reference()  # read now: a bad file is refused before threads start
         # Source specs are checked now, so a bad URI is reported at Init, not at Start.
         self._source_entries = list(config.sources)
         probes = [open_source(entry) for entry in self._source_entries]
@@ -261,6 +271,9 @@ class Engine:
         self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
         self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
         self._before_window: float | None = None  # the latest arrival that left the window
+        if latest is not None:
+            self.use_reference(latest.info, dict(latest.arrays))
+            log.info("reference version %d (from %s) in use", latest.info.version, latest.info.scan_id)
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
         threads = config.analysis_threads
@@ -579,8 +592,29 @@ class Engine:
             return
         self.quality.evaluate_references(interim)
 
-    def take_reference(self, store: ReferenceStore, name: str = "reference") -> ReferenceInfo:
-        """Store the accumulated array results of the finished scan as the new reference version."""
+    def _latest_reference(self) -> Reference | None:
+        """The newest stored reference, which the engine judges against from its start (every Init)."""
+        try:
+            return latest_reference(self.reference_folder)
+        except (ReferenceStoreError, OSError) as exc:
+            raise EngineError(f"the latest reference in {self.reference_folder!r} cannot be read: {exc}; "
+                              "fix or remove it, or set ReferenceDirectory") from None
+
+    def reference_store(self) -> ReferenceStore:
+        """The store TakeReference and TakeBackground write to (created when missing)."""
+        store = open_store(self.reference_folder, create=True)
+        if store is None:
+            raise NotConfiguredError(
+                "no reference directory: set the ReferenceDirectory or OutputDirectory property, then run Init"
+                if not self.reference_folder else
+                f"the reference directory {self.reference_folder!r} cannot be created; set ReferenceDirectory "
+                "to a directory the server may write, then run Init")
+        return store
+
+    def take_reference(self, store: ReferenceStore | None = None, name: str = "reference") -> ReferenceInfo:
+        """Store the accumulated array results of the finished scan as the new reference version
+        (in ``store``, by default the engine's reference store)."""
+        store = store or self.reference_store()
         with self._lock:
             _refuse_unless("TakeReference", self._state)
             arrays = {k: np.asarray(v) for k, v in self._summary.items()
@@ -592,9 +626,10 @@ class Engine:
         self.use_reference(info, arrays)
         return info
 
-    def take_background(self, store: ReferenceStore, source: str = "pixels_mean_map") -> ReferenceInfo:
+    def take_background(self, store: ReferenceStore | None = None, source: str = "pixels_mean_map") -> ReferenceInfo:
         """Store the mean image of the finished scan as the next dark-image version and use it
-        as the ``dark`` parameter from the next frame on."""
+        as the ``dark`` parameter from the next frame on (in ``store``, by default the engine's)."""
+        store = store or self.reference_store()
         with self._lock:
             _refuse_unless("TakeBackground", self._state)
             image = self._summary.get(source)
@@ -1106,4 +1141,4 @@ class _Run:
     ahead: tuple[int, Any, BaseException | None] | None = None  # the current frame's, from the pool
 
 
-__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]
+__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "NotConfiguredError", "Snapshot"]
