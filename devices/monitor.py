@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import tango
@@ -29,6 +29,7 @@ from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
+from .detectors import DetectorError, Detectors, parse_detectors, tango_proxy
 from .logging_bridge import EngineListener, TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 
@@ -54,7 +55,7 @@ def _join_engine_threads(timeout: float = 10.0) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _throw(reason: str, desc: str, origin: str) -> None:
+def _throw(reason: str, desc: str, origin: str) -> NoReturn:
     tango.Except.throw_exception(reason, desc, origin)
 
 
@@ -110,10 +111,8 @@ class DataQualityMonitor(Device):
             self.set_change_event(name, True, False)
         self.set_archive_event("verdict", True, False)
         self._limits: dict[str, tuple] = {}
-        self._detectors: dict[str, str] = {}
+        self._detectors = Detectors({}, tango_proxy, self.warn_stream)  # Live/Stop of the detectors property
         self._live_flags: dict[str, bool] = {}
-        self._live_detectors: list[tango.DeviceProxy] = []
-        self._note = ""  # why the last command was refused, shown in Status until one succeeds
         self._last_verdict: tuple[int, str] | None = None
         # Nothing may escape: at startup an exception here makes the server exit, in Init it
         # reaches the client as an opaque CORBA error with State and Status out of step.
@@ -157,7 +156,8 @@ class DataQualityMonitor(Device):
         self._restore_metadata()
         self._init_loss_limits()
         try:
-            self._detectors = self._parse_detectors()
+            self._detectors = Detectors(parse_detectors(self.detectors, self.engine.streams), tango_proxy,
+                                        self.warn_stream)
         except ValueError as exc:
             raise _ConfigError(f"{exc}. Fix the detectors property") from None
         self._live_flags = self._restore_live_flags()
@@ -294,10 +294,10 @@ class DataQualityMonitor(Device):
         todo = []
         for param in self.engine.params.declarations.values():
             todo.append((parameter_attr(param), self._read_parameter, self._write_parameter))
-        for stream in self._detectors:
+        for stream, device in self._detectors.names.items():
             attr = tango.Attr(f"live_{stream}", tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
             props = tango.UserDefaultAttrProp()
-            props.set_description(f"Live and Stop also drive the detector {self._detectors[stream]}")
+            props.set_description(f"Live and Stop also drive the detector {device}")
             attr.set_default_properties(props)
             attr.set_memorized()
             attr.set_memorized_init(False)  # restored by init_device, like the parameters
@@ -580,7 +580,8 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
-        status = f"{status}. {self._note}" if self._note else status
+        note = self._detectors.note  # why the last Live was refused, until a Start or Live succeeds
+        status = f"{status}. {note}" if note else status
         status = f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
         if self.dev_state() == DevState.ALARM:
             # Tango turns ON into ALARM when a result is outside its alarm range: Status says so first,
@@ -604,54 +605,32 @@ class DataQualityMonitor(Device):
     def _start(self, live: bool) -> str:
         origin = "Live" if live else "Start"
         engine = self._require_engine(origin)
-        detectors = self._selected_detectors() if live else {}
-        proxies = self._reach(detectors, origin)  # all reachable, or nothing is started
-        try:
-            scan_id = engine.start(live=live)
-        except EngineError as exc:
-            _throw("DQM_CommandNotAllowed", str(exc), origin)
-        started = []
-        for stream, proxy in proxies.items():
+        selected = self._detectors.selected(self._live_flags) if live else {}
+
+        def start_engine() -> str:
             try:
-                proxy.command_inout("Live")
-                started.append(proxy)
-            except tango.DevFailed as exc:
-                for other in started:  # no half-started state: undo what was started
-                    self._stop_detector(other)
-                engine.stop()
-                self._note = (f"Live on detector {detectors[stream]} (stream {stream}) failed: "
-                              f"{' '.join(exc.args[0].desc.split())}; check the detector, then Live again")
-                _throw("DQM_DetectorFailed", f"{self._note}. Nothing was started", origin)
-        self._live_detectors = started
-        self._note = ""
+                return engine.start(live=live)
+            except EngineError as exc:
+                _throw("DQM_CommandNotAllowed", str(exc), origin)
+
+        try:
+            scan_id = self._detectors.start(selected, origin, start_engine, engine.stop)
+        except DetectorError as exc:
+            _throw(exc.reason, exc.desc, origin)
         self.set_state(_STATES[engine.state.value])
         return scan_id
 
     # ---- detectors (Live mode) ----------------------------------------------------------
 
-    def _parse_detectors(self) -> dict[str, str]:
-        try:
-            mapping = json.loads(self.detectors or "{}")
-        except ValueError as exc:
-            raise ValueError(f"detectors must be JSON like {{\"det\": \"dqm/sim/1\"}}: {exc}") from None
-        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in mapping.items()):
-            raise ValueError('detectors must be a JSON object {"stream": "device/name"}')
-        streams = set(self.engine.streams)
-        unknown = sorted(set(mapping) - streams)
-        if unknown:
-            raise ValueError(f"detectors names streams {unknown} that are not in Sources ({sorted(streams)})")
-        return mapping
-
     def _restore_live_flags(self) -> dict[str, bool]:
-        flags = {stream: True for stream in self._detectors}
-        names = [f"live_{s}" for s in self._detectors]
+        flags = {stream: True for stream in self._detectors.names}
+        names = [f"live_{s}" for s in self._detectors.names]
         if names:
             try:
                 stored = self._database().get_device_attribute_property(self.get_name(), names)
             except tango.DevFailed:
                 stored = {}
-            for stream in self._detectors:
+            for stream in self._detectors.names:
                 raw = list(stored.get(f"live_{stream}", {}).get("__value", []))
                 if raw:
                     flags[stream] = raw[0].strip().lower() in ("1", "true")
@@ -663,38 +642,12 @@ class DataQualityMonitor(Device):
     def _write_live_flag(self, attr: tango.WAttribute) -> None:
         self._live_flags[attr.get_name()[len("live_"):]] = bool(attr.get_write_value())
 
-    def _selected_detectors(self) -> dict[str, str]:
-        return {s: d for s, d in self._detectors.items() if self._live_flags.get(s)}
-
-    def _reach(self, detectors: dict[str, str], origin: str) -> dict[str, tango.DeviceProxy]:
-        proxies = {}
-        for stream, name in detectors.items():
-            try:
-                proxy = tango.DeviceProxy(name)
-                proxy.set_timeout_millis(3000)
-                proxy.ping()
-            except tango.DevFailed as exc:
-                why = " ".join(exc.args[0].desc.split())
-                self._note = (f"{origin} refused: detector {name} (stream {stream}) is unreachable ({why}); "
-                              f"start its server (Astor) or write live_{stream} = False, then {origin} again")
-                _throw("DQM_DetectorUnreachable", f"{self._note}. Nothing was started", origin)
-            proxies[stream] = proxy
-        return proxies
-
-    def _stop_detector(self, proxy: tango.DeviceProxy) -> None:
-        try:
-            proxy.command_inout("Stop")
-        except tango.DevFailed as exc:
-            self.warn_stream(f"Stop on detector {proxy.dev_name()} failed: {exc.args[0].desc}")
-
     @command
     def Stop(self) -> None:
         """Stop the scan (and the detectors a Live started): the engine drains queued frames,
         then goes to CLOSE."""
         self._require_engine("Stop").stop()
-        for proxy in self._live_detectors:
-            self._stop_detector(proxy)
-        self._live_detectors = []
+        self._detectors.stop()
 
     @command
     def Reset(self) -> None:
