@@ -26,7 +26,7 @@ import numpy as np
 
 from .events import BuiltEvent, EventBuilder, IdKind, IdTracker
 from .files import FileAccess
-from .frames import BadInput, Frame, SeriesEnd
+from .frames import BadInput, Frame, SeriesEnd, SeriesStart
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .publisher import Listener, Publisher
@@ -341,7 +341,7 @@ class Engine:
             expected = [s.expected_frames for s in sources]
             if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
-            self._sources = sources  # a header may announce the frame count later (expected_frames)
+            self._sources = sources  # a header may announce the frame count later (a SeriesStart item)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
             overflow: deque[tuple[str, int, int]] = deque()  # live frames dropped at the full queue
             self._set_state(EngineState.RUNNING)
@@ -742,6 +742,9 @@ class Engine:
             if isinstance(item, SeriesEnd):
                 run.series_ended += 1
                 continue
+            if isinstance(item, SeriesStart):
+                self._series_started(run, item, n_sources)
+                continue
             if not self._admit(run, item):
                 continue
             if builder is None:
@@ -823,14 +826,21 @@ class Engine:
         with self._lock:
             self._recount_locked(run)
 
+    def _series_started(self, run: "_Run", item: SeriesStart, n_sources: int) -> None:
+        """A series announced during a scan (a STINS header): its frame count, if any, is the
+        scan's expected count, unless one was known already (one stream only; never live)."""
+        if item.frames is None or self._live or n_sources != 1:
+            return
+        with self._lock:
+            if run.generation == self._generation and self._counters.expected is None:
+                self._counters.expected = int(item.frames)
+                self._recount_locked(run)
+
     def _recount_locked(self, run: "_Run") -> None:
         """Derived counters from the run's id accounting; caller holds self._lock."""
         if run.generation != self._generation:
             return
         c = self._counters
-        if c.expected is None and not self._live and len(self._sources) == 1 \
-                and self._sources[0].expected_frames is not None:
-            c.expected = int(self._sources[0].expected_frames)  # announced by a header during the scan
         if run.builder is not None:
             c.partial, c.orphaned = run.builder.partial, run.builder.orphaned
         c.dropped = run.event_ids.missing + run.lost + run.dropped_before + run.shortfall + c.orphaned

@@ -41,6 +41,18 @@ class Frame:
 
 
 @dataclass(slots=True)
+class SeriesStart:
+    """Marker a source emits when a series (scan) begins during the run, e.g. a STINS header.
+
+    ``frames`` is the number of frames the series announces (None: not announced). It travels
+    through the engine's queue in order with the frames, so no source state is shared."""
+
+    stream: str = "default"
+    series: str = ""
+    frames: int | None = None
+
+
+@dataclass(slots=True)
 class SeriesEnd:
     """Marker a source emits when its series (scan) ends."""
 

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from .engine import Engine, EngineConfig, EngineState, Snapshot
-from .frames import BadInput, Frame, SeriesEnd
+from .frames import BadInput, Frame, SeriesEnd, SeriesStart
 from .sources import open_source
 
 DATA, IDS = "/entry/data/data", "/entry/data/frame_id"
@@ -71,6 +71,8 @@ def record(uri: str, out: str | Path, frames: int | None = None, timeout: float 
                     continue
                 if isinstance(item, SeriesEnd):
                     break
+                if isinstance(item, SeriesStart):
+                    continue
                 if isinstance(item, BadInput):
                     bad += 1
                     continue
