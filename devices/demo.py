@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import errno
 import fcntl
 import json
@@ -503,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resolve_config:
         return resolve_config_main(args.resolve_config, args.base)
-    sys.stdout.reconfigure(line_buffering=True)  # progress reaches a pipe (tests, logs) as it happens
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a replaced stdout (pytest capture) has no reconfigure
+        sys.stdout.reconfigure(line_buffering=True)  # progress reaches a pipe (tests, logs) as it happens
     folder = args.folder.resolve()
     config = args.config.resolve() if args.config else find_config()
     signals = Signals()

@@ -6,8 +6,9 @@ functions the device uses, so a declaration Tango refuses is found before deploy
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -225,9 +226,10 @@ def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> 
         owners = {p.name: a.name for a in reversed(engine.analyses) for p in a.parameters}
         limits = engine.quality.range_limits()
         out = []
-        builds = [(lambda p=p: parameter_attr(p), owners[p.name], "parameter", p.name)
-                  for p in engine.params.declarations.values()]
-        builds += [(lambda r=r, n=n: result_attr(r, *limits.get(n, (None, None))), owner, "result", n)
+        builds: list[tuple[Callable[[], Any], str, str, str]] = [
+            (partial(parameter_attr, p), owners[p.name], "parameter", p.name)
+            for p in engine.params.declarations.values()]
+        builds += [(partial(result_attr, r, *limits.get(n, (None, None))), owner, "result", n)
                    for n, (owner, r) in engine.result_decl.items()]
         for build, owner, role, name in builds:
             try:

@@ -57,6 +57,7 @@ def _join_engine_threads(timeout: float = 10.0) -> None:
 
 def _throw(reason: str, desc: str, origin: str) -> NoReturn:
     tango.Except.throw_exception(reason, desc, origin)
+    raise AssertionError("tango.Except.throw_exception returned")  # it always raises DevFailed
 
 
 class DataQualityMonitor(Device):

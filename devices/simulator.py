@@ -28,6 +28,7 @@ REBIND_S = 2.0
 
 def _throw(reason: str, desc: str, origin: str) -> NoReturn:
     tango.Except.throw_exception(reason, desc, origin)
+    raise AssertionError("tango.Except.throw_exception returned")  # it always raises DevFailed
 
 
 def _rw(name: str, dtype: Any, doc: str, unit: str = "", **kw: Any) -> attribute:

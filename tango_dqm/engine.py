@@ -26,7 +26,7 @@ import numpy as np
 
 from .events import BuiltEvent, EventBuilder, IdKind, IdTracker
 from .files import FileAccess
-from .frames import BadInput, Frame, SeriesEnd, SeriesStart
+from .frames import BadInput, Frame, SeriesEnd, SeriesStart, is_count
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .publisher import Listener, Publisher
@@ -734,9 +734,10 @@ class Engine:
             if generation != self._generation:  # reset while draining: discard
                 continue
             if isinstance(item, BadInput):
-                if self._count_bad(run, item) and builder is not None:
+                bad_id = self._count_bad(run, item)
+                if bad_id is not None and builder is not None:
                     run.clock = max(run.clock, t_recv)
-                    if not self._handle_events(run, builder.add_bad(item.stream, item.frame_id, t_recv, run.clock)):
+                    if not self._handle_events(run, builder.add_bad(item.stream, bad_id, t_recv, run.clock)):
                         return
                 continue
             if isinstance(item, SeriesEnd):
@@ -1047,11 +1048,10 @@ class Engine:
             out.append(r)
         return out
 
-    def _count_bad(self, run: "_Run", item: BadInput) -> bool:
-        """Count a malformed message; True when it names a valid frame id."""
-        fid = item.frame_id
-        valid = isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid < 2**63
-        if valid:
+    def _count_bad(self, run: "_Run", item: BadInput) -> int | None:
+        """Count a malformed message; the frame id it names when that is a valid one."""
+        fid = item.frame_id if is_count(item.frame_id) else None
+        if fid is not None:
             # the id arrived, malformed: accounted as bad, so it is no gap in the dropped count
             if run.builder is not None:
                 run.stream_ids.setdefault(item.stream, IdTracker()).observe(fid)
@@ -1065,7 +1065,7 @@ class Engine:
         if not seen:  # log once per kind, the counter tells the rest
             log.warning("malformed input on stream %s (%s): %s; counted in badEvents and skipped",
                         item.stream, item.kind, item.detail)
-        return valid
+        return fid
 
     def _mark_params_applied(self, frame_id: int) -> None:
         for change in self.params.changes:

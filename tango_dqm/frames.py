@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -77,7 +77,7 @@ INT64_MAX = 2**63 - 1
 MAX_FRAME_BYTES = 2 * 1024**3
 
 
-def is_count(value: Any) -> bool:
+def is_count(value: Any) -> TypeGuard[int]:
     """True for an int (not bool) in ``0..INT64_MAX``: a valid frame id or frame count."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
 

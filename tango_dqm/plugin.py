@@ -214,7 +214,7 @@ class V1Adapter(Analysis):
         if type(self.inner).accumulate is Analysis.accumulate:  # v1 plugin without an accumulator
             return acc
         full = output.private if isinstance(output.private, dict) else output.results
-        return self.inner.accumulate(acc, full)  # type: ignore[call-arg]
+        return self.inner.accumulate(acc, full)  # type: ignore[call-arg, arg-type]  # v1 signature (acc, results)
 
     def merge(self, a: Any, b: Any) -> Any:
         return self.inner.merge(a, b)
@@ -298,7 +298,7 @@ def validate_analysis(cls: type[Analysis], spec: str = "") -> None:
                 raise PluginError(f"{where}: {kind}s must hold {expected.__name__} objects, got {item!r}")
             rule = _name_rule(item.name, seen)
             if rule is None:
-                rule = _parameter_rule(item) if kind == "parameter" else _result_rule(item)
+                rule = _parameter_rule(item) if isinstance(item, Parameter) else _result_rule(item)
             if rule is not None:
                 raise PluginError(f"{where}: {kind} {item.name!r}: {rule}")
             seen[item.name.lower()] = f"{kind} {item.name!r}"

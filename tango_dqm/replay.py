@@ -77,7 +77,7 @@ def record(uri: str, out: str | Path, frames: int | None = None, timeout: float 
                     bad += 1
                     continue
                 frame: Frame = item
-                if data is None:
+                if data is None or ids is None:  # both made at the first frame
                     data = f.create_dataset(DATA, shape=(0, *frame.data.shape), maxshape=(None, *frame.data.shape),
                                             dtype=frame.data.dtype, chunks=(1, *frame.data.shape))
                     ids = f.create_dataset(IDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))

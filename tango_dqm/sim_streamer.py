@@ -101,11 +101,11 @@ def validate(name: str, value: Any, values: dict[str, Any]) -> Any:
         except ValueError:
             raise InvalidValue(f"dtype must be one of {[t.name for t in PixelType]}, got {value!r}") from None
     if name == "rate":
-        v = _finite(name, value)
-        if not 0 <= v <= MAX_RATE:
+        hz = _finite(name, value)
+        if not 0 <= hz <= MAX_RATE:
             raise InvalidValue(f"rate must be >= 0 Hz (0 = as fast as the receiver takes frames) "
-                               f"and <= {MAX_RATE:g} Hz, got {v:g}")
-        return v
+                               f"and <= {MAX_RATE:g} Hz, got {hz:g}")
+        return hz
     if name == "nframes":
         return _int_range(name, value, 1, 2**62)
     if name == "seed":
@@ -118,12 +118,12 @@ def validate(name: str, value: Any, values: dict[str, Any]) -> Any:
             raise InvalidValue(f"hot_pixels + dead_pixels must be <= the frame's {pixels} pixels, "
                                f"{name}={v} gives {v + other}")
         return v
-    v = _finite(name, value)
-    if name == "spot_sigma" and v <= 0:
-        raise InvalidValue(f"spot_sigma must be > 0 pixels, got {v:g} (use amplitude=0 for no spot)")
-    if name == "noise" and v < 0:
-        raise InvalidValue(f"noise must be >= 0 (standard deviation in counts), got {v:g}")
-    return v
+    x = _finite(name, value)
+    if name == "spot_sigma" and x <= 0:
+        raise InvalidValue(f"spot_sigma must be > 0 pixels, got {x:g} (use amplitude=0 for no spot)")
+    if name == "noise" and x < 0:
+        raise InvalidValue(f"noise must be >= 0 (standard deviation in counts), got {x:g}")
+    return x
 
 
 def scene_of(values: dict[str, Any]) -> Scene:
@@ -177,7 +177,7 @@ def bind_push(host: str, port: int, high_water_mark: int, retry_until: float = 0
 
     ZeroMQ unbinds asynchronously, so binding a port just closed is retried until ``retry_until``
     (a monotonic time)."""
-    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, int(SERIES_END_TIMEOUT_S * 1000))
     sock.setsockopt(zmq.SNDHWM, max(1, int(high_water_mark)))
     address = f"tcp://{host}:{port if port else '*'}"

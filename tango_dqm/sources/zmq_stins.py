@@ -129,7 +129,7 @@ def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str
     if dtype is None:
         return BadInput("unknown_type", f"frame {frame_id}: unknown type {short(type_name)}; known: "
                         f"{', '.join(DTYPES)}", stream, frame_id)
-    shape = msg.get("shape")
+    shape: Any = msg.get("shape")  # decoded JSON: checked next
     problem = check_shape(shape, dtype.itemsize)
     if problem is not None:
         return BadInput(problem[0], f"frame {frame_id}: {problem[1]}", stream, frame_id)
