@@ -12,16 +12,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 import numpy as np
 import tango
-from tango import AttrQuality, DevState
+from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property, run
 
-from tango_dqm.engine import Engine, EngineConfig, EngineError, NotConfiguredError
+from tango_dqm.engine import Engine, EngineConfig, EngineError, NotConfiguredError, Snapshot
 from tango_dqm.http import HttpServerError, ResultsHttpServer
-from tango_dqm.params import ParameterError, ParamType
+from tango_dqm.params import Parameter, ParameterError, ParamType
 from tango_dqm.plugin import PluginError
 from tango_dqm.quality import TANGO_QUALITY, LossCheck, Verdict, checks_from_config, range_verdict
 from tango_dqm.quality.references import ReferenceStoreError
@@ -247,11 +249,12 @@ class DataQualityMonitor(Device):
         # Dynamic attributes must go here, not in init_device: removing them during
         # Init's init_device crashes cppTango. init_device then adds the new set.
         self._remove_dynamic_attributes()
-        if getattr(self, "_http", None) is not None:
-            self._http.close()  # quick: asks uvicorn to exit, joins with a timeout
+        http, engine = getattr(self, "_http", None), getattr(self, "engine", None)
+        if http is not None:
+            http.close()  # quick: asks uvicorn to exit, joins with a timeout
             self._http = None
-        if getattr(self, "engine", None) is not None:
-            self.engine.close()
+        if engine is not None:
+            engine.close()
 
     # ---- HTTP access (read-only; its threads only read files, they push no events) -----------
 
@@ -284,7 +287,7 @@ class DataQualityMonitor(Device):
                 self.remove_attribute(name, False, False)  # clean_db=False keeps memorized values
             except tango.DevFailed as exc:
                 self.warn_stream(f"could not remove attribute {name}: {exc.args[0].desc}")
-        self._dynamic_names = []
+        self._dynamic_names: list[str] = []
 
     def _build_dynamic_attributes(self) -> None:
         """All attributes or none: every definition is made before the first is added, and a
@@ -292,7 +295,7 @@ class DataQualityMonitor(Device):
         self._remove_dynamic_attributes()
         if self.engine is None:
             return
-        todo = []
+        todo: list[tuple[tango.Attr, Callable[[Any], None], Callable[[Any], None] | None]] = []
         for param in self.engine.params.declarations.values():
             todo.append((parameter_attr(param), self._read_parameter, self._write_parameter))
         for stream, device in self._detectors.names.items():
@@ -316,29 +319,34 @@ class DataQualityMonitor(Device):
             self._dynamic_names.append(attr.get_name())
         self._sync_thresholds()
 
+    # Dynamic attributes exist only while an engine does (Init removes them with it).
+
     def _read_parameter(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
-        param = self.engine.params.declarations[name]
+        params = self._require_engine(f"read {name}").params
+        param = params.declarations[name]
         if param.type is ParamType.FILE:  # the path it was set with, not the content
-            attr.set_value(self.engine.params.file_paths.get(name, ""))
+            attr.set_value(params.file_paths.get(name, ""))
             return
-        attr.set_value(parameter_value(param, self.engine.params.get(name)))
+        attr.set_value(parameter_value(param, params.get(name)))
 
     def _write_parameter(self, attr: tango.WAttribute) -> None:
         name = attr.get_name()
         value = attr.get_write_value()
+        engine = self._require_engine(f"write {name}")
         try:
-            canonical = self.engine.set_parameter(name, value)
+            canonical = engine.set_parameter(name, value)
         except ParameterError as exc:
             _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
-        param = self.engine.params.declarations[name]
+        param = engine.params.declarations[name]
         if param.is_array:
             self._persist(name, param.to_plain(canonical))
 
     def _read_result(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
-        _, result = self.engine.result_decl[name]
-        snap = self.engine.snapshot()
+        engine = self._require_engine(f"read {name}")
+        _, result = engine.result_decl[name]
+        snap = engine.snapshot()
         raw = snap.summary.get(name) if result.run_summary else snap.results.get(name)
         value, quality = self._result_value(name, result, raw)
         attr.set_value_date_quality(value, time.time(), quality)
@@ -389,7 +397,7 @@ class DataQualityMonitor(Device):
             self.warn_stream(f"could not persist {name}: {exc.args[0].desc}")
 
     def _restore_parameters(self) -> None:
-        decl = self.engine.params.declarations
+        decl = self._require_engine("Init").params.declarations
         arrays = [n for n, p in decl.items() if p.is_array]
         scalars = [n for n, p in decl.items() if not p.is_array]
         db = self._database()
@@ -406,7 +414,7 @@ class DataQualityMonitor(Device):
         for name in scalars:
             raw = list(stored_scalars.get(name, {}).get("__value", []))
             if raw:
-                self._restore(name, raw, lambda r, p=decl[name]: memorized_value(p, r[0]))
+                self._restore(name, raw, partial(_first_memorized, decl[name]))
 
     # Scan metadata: memorized attributes (Tango keeps __value); restored here like the
     # parameters, so a restart or Init keeps the sample and operator of the next scan.
@@ -429,7 +437,8 @@ class DataQualityMonitor(Device):
 
     def _set_metadata(self, name: str, text: str) -> None:
         """Apply one metadata attribute write to the engine; ValueError keeps the old value."""
-        md = self.engine.metadata
+        engine = self._require_engine(f"write {name}")
+        md = engine.metadata
         if name == "scanMetadata":
             try:
                 free = json.loads(text) if text.strip() else {}
@@ -449,7 +458,7 @@ class DataQualityMonitor(Device):
                 md[name] = text.strip()
             else:
                 md.pop(name, None)
-        self.engine.set_metadata(md)
+        engine.set_metadata(md)
 
     def _metadata_attr(self, name: str) -> str:
         if self.engine is None:
@@ -466,43 +475,46 @@ class DataQualityMonitor(Device):
         except ValueError as exc:
             _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: the sample of the next scans")
-    def sample(self) -> str:
+    sample = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: the sample of the next scans")
+
+    def read_sample(self) -> str:
         return self._metadata_attr("sample")
 
-    @sample.write
-    def sample(self, value: str) -> None:
+    def write_sample(self, value: str) -> None:
         self._write_metadata_attr("sample", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: who runs the next scans")
-    def operator(self) -> str:
+    operator = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: who runs the next scans")
+
+    def read_operator(self) -> str:
         return self._metadata_attr("operator")
 
-    @operator.write
-    def operator(self, value: str) -> None:
+    def write_operator(self, value: str) -> None:
         self._write_metadata_attr("operator", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: proposal (beamtime) id")
-    def proposal(self) -> str:
+    proposal = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: proposal (beamtime) id")
+
+    def read_proposal(self) -> str:
         return self._metadata_attr("proposal")
 
-    @proposal.write
-    def proposal(self, value: str) -> None:
+    def write_proposal(self, value: str) -> None:
         self._write_metadata_attr("proposal", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False,
-               doc="scan metadata: JSON object of further keys, e.g. {\"pmt_serial\": \"SN123\"} "
-                   "(sample, operator, proposal have their own attributes)")
-    def scanMetadata(self) -> str:
+    scanMetadata = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                             doc="scan metadata: JSON object of further keys, e.g. {\"pmt_serial\": \"SN123\"} "
+                                 "(sample, operator, proposal have their own attributes)")
+
+    def read_scanMetadata(self) -> str:
         return self._metadata_attr("scanMetadata")
 
-    @scanMetadata.write
-    def scanMetadata(self, value: str) -> None:
+    def write_scanMetadata(self, value: str) -> None:
         self._write_metadata_attr("scanMetadata", value)
 
-    def _restore(self, name: str, raw: list[str], parse) -> None:
+    def _restore(self, name: str, raw: list[str], parse: Callable[[list[str]], Any]) -> None:
         try:
-            self.engine.set_parameter(name, parse(raw))
+            self._require_engine("Init").set_parameter(name, parse(raw))
         except (ValueError, ParameterError) as exc:
             self.warn_stream(f"persisted {name}={raw} ignored, default kept: {exc}")
 
@@ -549,13 +561,16 @@ class DataQualityMonitor(Device):
             self.push_archive_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
         self.push_change_event("verdictReport", snap.verdict_report)
 
-    def _run_summary_results(self, snap) -> dict[str, Any]:
-        decl = self.engine.result_decl
+    def _run_summary_results(self, snap: Snapshot) -> dict[str, Any]:
+        decl = self._require_engine("push").result_decl
         return {n: snap.summary.get(n) for n, (_, r) in decl.items() if r.run_summary}
 
     def _push_results(self, results: dict[str, Any], all_arrays: bool = False) -> None:
         now = time.time()
-        decl = self.engine.result_decl
+        engine = self.engine
+        if engine is None:  # Init removed it while the publisher was delivering
+            return
+        decl = engine.result_decl
         for name, value in results.items():
             if name not in decl:
                 continue
@@ -822,14 +837,15 @@ class DataQualityMonitor(Device):
     def _init_loss_limits(self) -> None:
         """At Init: a loss check in QualityChecks sets the lostFraction alarm properties; else the stored
         properties (edited in Jive) set the check; else the defaults set the properties."""
-        limits = self.engine.quality.loss_limits() if self.engine else None
-        if limits is None:
+        engine = self.engine
+        limits = engine.quality.loss_limits() if engine else None
+        if engine is None or limits is None:
             return
         configured = any(isinstance(c, LossCheck) for c in checks_from_config(list(self.QualityChecks)))
-        attr, stored = self._loss_attr_limits()
-        if not configured and stored[0] is not None and stored[1] is not None:
+        attr, (warning, error) = self._loss_attr_limits()
+        if not configured and warning is not None and error is not None:
             try:
-                self.engine.quality.set_loss_limits(*stored)
+                engine.quality.set_loss_limits(warning, error)
                 return
             except ValueError as exc:
                 self.warn_stream(f"alarm properties of lostFraction ignored: {exc}")
@@ -856,7 +872,8 @@ class DataQualityMonitor(Device):
     @attribute(dtype=str, doc="URL of the read-only HTTP access: h5pyd.File('/', endpoint=url), "
                               "run pages at url + 'runs/' ('' : off, see HttpPort)")
     def httpUrl(self) -> str:
-        return self._http.url if getattr(self, "_http", None) is not None else ""
+        http = getattr(self, "_http", None)
+        return http.url if http is not None else ""
 
     @attribute(dtype=int, doc="version of the reference in use (0: none)")
     def referenceVersion(self) -> int:
@@ -884,6 +901,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, tango.DevFailed):
         return " ".join(exc.args[0].desc.split())
     return str(exc) if isinstance(exc, _ConfigError) else f"{type(exc).__name__}: {exc}"
+
+
+def _first_memorized(param: Parameter, raw: list[str]) -> Any:
+    """A scalar parameter from its memorized ``__value`` strings."""
+    return memorized_value(param, raw[0])
 
 
 def _json_small(value: Any) -> Any:

@@ -30,7 +30,8 @@ from .frames import BadInput, Frame, SeriesEnd, SeriesStart, is_count
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .publisher import Listener, Publisher
-from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .quality import (LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, Verdict,
+                      checks_from_config)
 from .products import ScanProducts
 from .quality.references import (BACKGROUND_ARRAY, Reference, ReferenceInfo, ReferenceStore, ReferenceStoreError,
                                  latest_reference, open_store, reference_folder)
@@ -178,7 +179,9 @@ class Snapshot:
     summary: dict[str, Any]
     scan_id: str
     bad_kinds: dict[str, int] = field(default_factory=dict)
-    quality: QualitySnapshot | None = None
+    #: set by Engine.snapshot (the empty default only stands in until then)
+    quality: QualitySnapshot = field(default_factory=lambda: QualitySnapshot(Verdict.INSUFFICIENT, (), 0, 0, {},
+                                                                             None, False))
     coverage: float = 0.0
     verdict_report: str = ""
 
