@@ -19,6 +19,18 @@ log = logging.getLogger(__name__)
 
 #: how long a detector may take to answer a ping or a command (ms)
 TIMEOUT_MS = 3000
+#: the monitor's boolean attribute ``live_<stream>`` selects the stream's detector for Live
+LIVE_PREFIX = "live_"
+
+
+def live_attribute(stream: str) -> str:
+    """Name of the attribute that selects ``stream``'s detector (``live_<stream>``)."""
+    return LIVE_PREFIX + stream
+
+
+def live_stream(attribute_name: str) -> str:
+    """The stream a ``live_<stream>`` attribute selects."""
+    return attribute_name[len(LIVE_PREFIX):]
 
 
 class DetectorProxy(Protocol):
@@ -124,7 +136,7 @@ class Detectors:
                 proxy.ping()
             except Exception as exc:  # noqa: BLE001 - unreachable, whatever the cause
                 self.note = (f"{origin} refused: detector {name} (stream {stream}) is unreachable ({_why(exc)}); "
-                             f"start its server (Astor) or write live_{stream} = False, then {origin} again")
+                             f"start its server (Astor) or write {live_attribute(stream)} = False, then {origin} again")
                 raise DetectorError("DQM_DetectorUnreachable", f"{self.note}. Nothing was started") from None
             proxies[stream] = proxy
         return proxies

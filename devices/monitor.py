@@ -31,7 +31,7 @@ from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
-from .detectors import DetectorError, Detectors, parse_detectors, tango_proxy
+from .detectors import DetectorError, Detectors, live_attribute, live_stream, parse_detectors, tango_proxy
 from .logging_bridge import EngineListener, TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 
@@ -299,7 +299,7 @@ class DataQualityMonitor(Device):
         for param in self.engine.params.declarations.values():
             todo.append((parameter_attr(param), self._read_parameter, self._write_parameter))
         for stream, device in self._detectors.names.items():
-            attr = tango.Attr(f"live_{stream}", tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
+            attr = tango.Attr(live_attribute(stream), tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
             props = tango.UserDefaultAttrProp()
             props.set_description(f"Live and Stop also drive the detector {device}")
             attr.set_default_properties(props)
@@ -640,23 +640,23 @@ class DataQualityMonitor(Device):
 
     def _restore_live_flags(self) -> dict[str, bool]:
         flags = {stream: True for stream in self._detectors.names}
-        names = [f"live_{s}" for s in self._detectors.names]
+        names = [live_attribute(s) for s in self._detectors.names]
         if names:
             try:
                 stored = self._database().get_device_attribute_property(self.get_name(), names)
             except tango.DevFailed:
                 stored = {}
             for stream in self._detectors.names:
-                raw = list(stored.get(f"live_{stream}", {}).get("__value", []))
+                raw = list(stored.get(live_attribute(stream), {}).get("__value", []))
                 if raw:
                     flags[stream] = raw[0].strip().lower() in ("1", "true")
         return flags
 
     def _read_live_flag(self, attr: tango.Attribute) -> None:
-        attr.set_value(self._live_flags[attr.get_name()[len("live_"):]])
+        attr.set_value(self._live_flags[live_stream(attr.get_name())])
 
     def _write_live_flag(self, attr: tango.WAttribute) -> None:
-        self._live_flags[attr.get_name()[len("live_"):]] = bool(attr.get_write_value())
+        self._live_flags[live_stream(attr.get_name())] = bool(attr.get_write_value())
 
     @command
     def Stop(self) -> None:
