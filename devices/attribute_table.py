@@ -18,11 +18,13 @@ from pathlib import Path
 import tango
 from tango.server import Device, attribute
 
-from tango_dqm.plugin import registered_analyses
+from tango_dqm.plugin import load_analysis, registered_analyses
+from tango_dqm.points import point_results
 
 from .detectors import LIVE_PREFIX
-from .mapping import describe_attributes
+from .mapping import _info, describe_attributes
 from .monitor import DataQualityMonitor
+from .points import point_attr
 from .simulator import DetectorSimulator
 
 HEADER = """# Attributes
@@ -72,7 +74,10 @@ def render(analyses: Sequence[str] | None = None) -> str:
                           "Live and Stop also drive this stream's detector (memorized)")])
     infos = describe_attributes(names)
     for analysis in names:
-        mine = [i for i in infos if i.analysis == analysis]
+        # point_<result> of its per-frame scalars, as the device adds them (scan points)
+        declared = {r.name: (analysis, r) for r in load_analysis(analysis).results}
+        points = [_info(point_attr(r), analysis, "point") for r in point_results(declared).values()]
+        mine = [i for i in infos if i.analysis == analysis] + points
         out += ["", f"## DataQualityMonitor: analysis `{analysis}`", ""]
         out += _table(("name", "role", "format", "type", "access", "unit", "description"),
                       [(i.name, i.role, i.data_format, i.data_type, "RW" if i.writable else "R", i.unit,

@@ -140,9 +140,12 @@ class DetectorSimulator(Device):
                    "run Stop and wait for state ON", origin)
         if state == DevState.FAULT or self._sock is None:
             _throw("SIM_CommandNotAllowed", f"{origin} refused in FAULT: {self._fault}", origin)
+        first = int(self._settings.get("first_frame"))
+        if first < 0:  # continue after the last series, as a detector's frame counter does
+            first = getattr(self, "_next_frame", 0)
         self._series_count += 1
         series = Series(str(self._series_count), live, int(self._settings.get("nframes")), self._sock,
-                        self._settings, source=self.get_name())
+                        self._settings, source=self.get_name(), first=first)
         self._series = series
         self._transition(DevState.RUNNING)
         threading.Thread(target=self._stream, args=(series,), name=f"DetectorSimulator-series-{series.series_id}",
@@ -189,6 +192,8 @@ class DetectorSimulator(Device):
     drift_x = _rw("drift_x", "DevDouble", "spot motion along x per frame id", "px/frame")
     drift_y = _rw("drift_y", "DevDouble", "spot motion along y per frame id", "px/frame")
     seed = _rw("seed", "DevLong64", "random seed of noise and hot/dead pixel positions")
+    first_frame = _rw("first_frame", "DevLong64", "frame id of the first frame of each series; -1 = continue "
+                      "after the previous series (a detector's frame counter, e.g. one series per scan point)")
 
     def _write(self, name: str, value: Any) -> None:
         if name in SHAPE_SETTINGS and self.get_state() == DevState.RUNNING:
@@ -223,6 +228,8 @@ class DetectorSimulator(Device):
     def _stream(self, series: Series) -> None:
         with tango.EnsureOmniThread():
             series.run()
+            if series.next_frame is not None:
+                self._next_frame = series.next_frame  # where first_frame = -1 continues
             with tango.AutoTangoMonitor(self):
                 series.active = False
                 if self._series is not series:  # the device was re-initialised meanwhile

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "frame_width": 512, "frame_height": 512, "dtype": "uint16", "rate": 10.0, "nframes": 100,
     "spot_x": -1.0, "spot_y": -1.0, "spot_sigma": 20.0, "amplitude": 1000.0, "noise": 5.0,
     "background": 100.0, "hot_pixels": 0, "dead_pixels": 0, "drift_x": 0.0, "drift_y": 0.0,
-    "seed": 0,
+    "seed": 0, "first_frame": 0,
 }
 
 
@@ -110,6 +110,8 @@ def validate(name: str, value: Any, values: dict[str, Any]) -> Any:
         return _int_range(name, value, 1, 2**62)
     if name == "seed":
         return _int_range(name, value, 0, 2**63 - 1)
+    if name == "first_frame":
+        return _int_range(name, value, -1, 2**62)
     if name in ("hot_pixels", "dead_pixels"):
         v = _int_range(name, value, 0, MAX_PIXELS)
         other = values["dead_pixels" if name == "hot_pixels" else "hot_pixels"]
@@ -201,10 +203,13 @@ class Series:
     Flags and counters are shared between the thread running it and the device reading them."""
 
     def __init__(self, series_id: str, live: bool, nframes: int, sock: zmq.Socket, settings: SimulatorSettings,
-                 source: str = ""):
+                 source: str = "", first: int = 0):
         self.series_id = series_id
         self.live = live
         self.nframes = nframes
+        self.first = first  # frame id of the series' first frame
+        #: the id after the last frame of the series, once it was sent (None: it never began)
+        self.next_frame: int | None = None
         self.sock = sock
         self.settings = settings
         self.source = source
@@ -259,9 +264,9 @@ class Series:
         self.waiting = False
         image: dict[str, Any] = {"htype": "image", "frame": 0, "shape": [rows, cols], "type": scene.dtype,
                                  "compression": "none", "series": self.series_id, "timestamp": 0.0}
-        t0, k0 = time.monotonic(), 0  # absolute schedule: frame k is due at t0 + (k - k0) / rate
-        frame_id = 0
-        while not self.stop.is_set() and (self.live or frame_id < self.nframes):
+        t0, k0 = time.monotonic(), self.first  # absolute schedule: frame k is due at t0 + (k - k0) / rate
+        frame_id = self.first
+        while not self.stop.is_set() and (self.live or frame_id < self.first + self.nframes):
             if self.settings.version != version:  # scene/rate changed: applies from this frame on
                 version, new_scene, new_rate = self.settings.current()
                 if _pool_key(new_scene) == _pool_key(gen.scene):
@@ -289,6 +294,7 @@ class Series:
             else:
                 self.unsent += 1
             frame_id += 1
+        self.next_frame = frame_id
         end = json.dumps({"htype": "series_end", "series": self.series_id, "frames_sent": self.sent,
                           "frames_unsent": self.unsent}).encode()
         if not send(self.sock, [end], self.stop, None):  # after a stop: a bounded last try

@@ -25,7 +25,7 @@ def test_table_names_every_device_and_analysis_attribute():
     lower = {n.lower() for n in names}
     assert device_attribute_names() <= lower  # State, Status and every static attribute
     assert {i.name for i in describe_attributes(registered_analyses())} <= names
-    assert {"live_<stream>", "roi_signal", "signal_sum", "nframes", "endpoint"} <= names
+    assert {"live_<stream>", "roi_signal", "signal_sum", "point_signal_sum", "nframes", "endpoint"} <= names
 
 
 def test_one_configuration_and_output_file(tmp_path):
