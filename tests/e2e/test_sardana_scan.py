@@ -13,7 +13,7 @@ import tango
 
 from tango_dqm.devices.controlsystem import ControlSystem, free_port
 from tango_dqm.devices.sardana import pool_path
-from tango_dqm.devices.simulator import _DEFAULTS, scene_of
+from tango_dqm.sim_streamer import DEFAULTS, scene_of
 from tango_dqm.simulation import FrameGenerator
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,7 +65,7 @@ def spec_columns(path: Path) -> dict[str, np.ndarray]:
 
 def offline(ids: range) -> dict[str, float]:
     """Plain numpy over the point's frames, rendered as the simulator renders them."""
-    values = dict(_DEFAULTS, frame_width=SHAPE[1], frame_height=SHAPE[0], rate=0.0)
+    values = dict(DEFAULTS, frame_width=SHAPE[1], frame_height=SHAPE[0], rate=0.0)
     gen = FrameGenerator(scene_of(values))
     x, sx, y, sy = ROI
     rois = [gen.render(i)[y:y + sy, x:x + sx].astype(np.float64) for i in ids]
