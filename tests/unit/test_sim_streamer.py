@@ -71,6 +71,25 @@ def test_a_series_is_header_frames_and_series_end_exactly_as_the_generator_rende
     assert not thread.is_alive() and (series.sent, series.unsent, series.error, series.waiting) == (5, 0, "", False)
 
 
+def test_a_series_may_start_at_any_frame_id_and_reports_where_the_next_continues(pair):
+    push, pull = pair
+    s = settings()
+    series = Series("2", False, 3, push, s, first=7)
+    assert series.next_frame is None
+    thread = start(series)
+    receive(pull)  # header
+    gen = FrameGenerator(s.current()[1])
+    for i in (7, 8, 9):
+        msg, data = receive(pull)
+        assert msg["frame"] == i
+        np.testing.assert_array_equal(image(msg, data), gen.render(i))
+    assert receive(pull)[0]["htype"] == "series_end"
+    thread.join(TIMEOUT_MS / 1000)
+    assert (series.sent, series.next_frame) == (3, 10)
+    with pytest.raises(InvalidValue, match="first_frame must be an integer in \\[-1,"):
+        s.write("first_frame", -2)
+
+
 def test_live_runs_until_stop_and_a_scene_change_applies_from_one_frame_on(pair):
     push, pull = pair
     s = settings()
