@@ -105,7 +105,12 @@ def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
         pool.CreateMeasurementGroup(["mg_dqm", "dqm_sum", "dqm_mean"])
 
         cs.start_server("MacroServer", "e2e", [MS, DOOR], timeout=120)
-        door = cs.proxy(DOOR)
+        door, ms = cs.proxy(DOOR), cs.proxy(MS)
+        # the MacroServer learns the Pool's elements through events after it is exported: a macro
+        # started before that fails with "mot01 does not exist in any Pool"
+        wait_until("the MacroServer knows the Pool's elements", lambda: all(
+            name.encode() in bytes(ms.read_attribute("Elements").value[1])
+            for name in ("mot01", "mg_dqm", "dqm_sum", "dqm_mean")), timeout=60)
         door.set_timeout_millis(10000)
         run_macro(door, "senv", "ActiveMntGrp", "mg_dqm")
         run_macro(door, "senv", "ScanDir", str(tmp_path))
