@@ -64,8 +64,9 @@ def test_every_built_in_accumulator_round_trips_bit_exact(name):
 def test_plain_values_keep_their_exact_types_and_bits():
     registry = Registry()
     value = {"i": 2**70, "f": 0.1, "nan": math.nan, "inf": -math.inf, "neg0": -0.0, "s": "ü", "b": True, "n": None,
-             (1, 2.5): [1, (2, 3)], 3.0: np.float32(1.5), "u": np.uint16(7), "a": np.arange(6, dtype=">i4").reshape(2, 3),
-             "e": np.zeros((0, 4)), "rs": RunningStats(3, 1.25, 0.5, -1.0, 2.0), "ss": ScalarSeries({"x": RunningStats()})}
+             (1, 2.5): [1, (2, 3)], 3.0: np.float32(1.5), "u": np.uint16(7),
+             "a": np.arange(6, dtype=">i4").reshape(2, 3), "e": np.zeros((0, 4)),
+             "rs": RunningStats(3, 1.25, 0.5, -1.0, 2.0), "ss": ScalarSeries({"x": RunningStats()})}
     assert same(roundtrip(value, registry), value)
 
 
