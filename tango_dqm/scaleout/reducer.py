@@ -49,6 +49,14 @@ END_TIMEOUT = 2.0
 MAX_EARLY = 1000  # messages kept from a worker whose Start has not returned yet
 
 
+def device_key(name: str) -> str:
+    """A device name as workers say it: no ``tango://host:port/`` prefix, no ``#dbase=no``, lower case."""
+    name = name.strip().split("#", 1)[0]
+    if "://" in name:
+        name = name.split("://", 1)[1].split("/", 1)[-1]
+    return name.lower()
+
+
 class WorkerControl(Protocol):
     """How the reducer drives its workers (the device: DeviceProxy calls; tests: engines)."""
 
@@ -118,7 +126,7 @@ class ReducerEngine(Engine):
         names = [w.strip() for w in config.workers if w.strip()]
         if not names:
             raise EngineError("no workers: set the Workers property to the DataQualityMonitor device names")
-        if len({n.lower() for n in names}) != len(names):
+        if len({device_key(n) for n in names}) != len(names):
             raise EngineError(f"Workers names a device twice: {names}")
         for what, value in (("worker_timeout", config.worker_timeout), ("end_timeout", config.end_timeout)):
             if not (isinstance(value, (int, float)) and 0 < value <= 3600):
@@ -185,8 +193,8 @@ class ReducerEngine(Engine):
                     raise EngineError(str(exc)) from None
             run = _Run([a.new_accumulator() for a in self.analyses], self._stop, self._generation, math.inf)
             now = time.monotonic()
-            scan = _Scan(run, self._generation, live, {n.lower(): _Worker(n, last_seen=now) for n in self.worker_names},
-                         last_frame_at=now)
+            workers = {device_key(n): _Worker(n, last_seen=now) for n in self.worker_names}
+            scan = _Scan(run, self._generation, live, workers, last_frame_at=now)
             self._scan = scan
             self._set_state(EngineState.RUNNING)
         errors = []
@@ -265,7 +273,7 @@ class ReducerEngine(Engine):
         scan = self._scan
         if scan is None or scan.finished or self._state is not EngineState.RUNNING:
             return
-        w = scan.workers.get(msg.worker.lower())
+        w = scan.workers.get(device_key(msg.worker))
         if w is None:
             log.info("message from %s ignored: not in the Workers property", msg.worker)
             return
@@ -292,7 +300,7 @@ class ReducerEngine(Engine):
             generation, name, result = item
             if generation != scan.generation:
                 continue
-            w = scan.workers[name.lower()]
+            w = scan.workers[device_key(name)]
             if isinstance(result, BaseException):
                 w.start_error = str(result)
                 w.early = []

@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = 0.2
 ACC_INTERVAL = 1.0
-#: how long Start waits for the connection to the reducer, and a running scan tolerates losing it (s)
+#: how long a running scan tolerates losing the connection to the reducer (s)
 CONNECT_TIMEOUT = 3.0
+#: how long Start waits for it (the link connects from Init on, so it is normally up long before;
+#: short, because Start must return at once)
+START_TIMEOUT = 0.5
 SEND_HWM = 1000
 
 
@@ -73,8 +76,8 @@ class WorkerLink:
 
     def begin(self, scan: str, live: bool) -> None:
         """A new scan; ReducerUnreachable when no connection comes within ``connect_timeout``."""
-        if not self._sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
-            raise ReducerUnreachable(self.unreachable("no connection"))
+        if not self._sock.poll(int(START_TIMEOUT * 1000), zmq.POLLOUT):
+            raise ReducerUnreachable(self.unreachable("no connection", START_TIMEOUT))
         self.scan, self.live = scan, live
         self._seq = 0
         self._batch = []
@@ -83,9 +86,9 @@ class WorkerLink:
         self._next_acc = now + self.acc_interval
         self._failing_since = None
 
-    def unreachable(self, what: str) -> str:
+    def unreachable(self, what: str, within: float | None = None) -> str:
         return (f"cannot reach the reducer at {self.endpoint} (Reducer property): {what} within "
-                f"{self.connect_timeout:g} s. Start the DataQualityReducer server (Astor) or fix the Reducer "
+                f"{within or self.connect_timeout:g} s. Start the DataQualityReducer server (Astor) or fix the Reducer "
                 "property, then Reset and Start from the reducer")
 
     def frame(self, frame_id: int, timestamp: float, results: dict[str, Any]) -> None:
