@@ -987,7 +987,7 @@ class Engine:
 
     def _link_tick(self, run: "_Run") -> bool:
         """A worker's heartbeat (engine thread); False when the reducer was lost (FAULT)."""
-        if not self.link.due():
+        if self.link is None or not self.link.due():
             return True
         try:
             self.link.tick(lambda: run.accs, self._link_state(run))

@@ -488,7 +488,8 @@ class ReducerEngine(Engine):
         if scan is None or self._state is EngineState.FAULT:
             return status
         notes = [f"worker {w.name} {w.note}" if w.dead else f"worker {w.name} refused: {w.refused}" if w.refused
-                 else f"worker {w.name} did not start ({w.start_error}): its share is lost" if w.start_error else ""
+                 else f"worker {w.name} did not start ({w.start_error}): it takes no part in this scan" if w.start_error
+                 else ""
                  for w in scan.workers.values()]
         notes = [n for n in notes if n]
         if self._bad_messages:
