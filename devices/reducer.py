@@ -58,6 +58,15 @@ class DeviceControl:
         else:
             self._call(worker, "Archive")
 
+    def running(self, worker: str) -> str:
+        """"" while the worker is RUNNING, else why not (RuntimeError when it does not answer)."""
+        proxy = self._proxy(worker)
+        try:
+            state = proxy.state()
+            return "" if state == tango.DevState.RUNNING else f"in {state}: {proxy.status()}"
+        except tango.DevFailed as exc:
+            raise RuntimeError(f"{worker} does not answer: {_text(exc)}") from None
+
     def write(self, worker: str, name: str, value: Any) -> None:
         try:
             self._proxy(worker).write_attribute(name, value)

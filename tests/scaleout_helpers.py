@@ -33,6 +33,12 @@ class EngineControl:
     def mark(self, worker: str, mark: str, reason: str) -> None:
         self.engines[worker].mark(mark, reason)
 
+    def running(self, worker: str) -> str:
+        e = self.engines.get(worker)
+        if e is None:
+            raise RuntimeError(f"{worker} is not running (no such engine)")
+        return "" if e.state is EngineState.RUNNING else f"in {e.state.value}: {e.status()}"
+
 
 def wait_state(engine: Engine, *states: EngineState, timeout: float = 60.0) -> EngineState:
     deadline = time.monotonic() + timeout

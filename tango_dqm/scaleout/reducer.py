@@ -13,8 +13,10 @@ Rules (docs/operations.md, "Scale-out"):
 - A frame is used once its worker sent accumulators that include it ("covered"), so the
   summary and the per-frame datasets always describe the same frames. Covered frames are
   released in frame-id order up to the lowest id every still-running worker has covered.
-- A worker silent for ``worker_timeout`` s is lost: named in Status, its frames not yet
-  covered are never used, so they count as lost frames (id gaps, or frames announced but
+- A worker silent for ``worker_timeout`` s is asked (``WorkerControl.running``, a Tango state
+  read): one still RUNNING is only busy (e.g. compiling its kernels) and is waited for; one that
+  does not answer, or is no longer RUNNING without its last report, is lost: named in Status,
+  its frames not yet covered are never used, so they count as lost frames (id gaps, or frames announced but
   never reported); the loss check and the coverage see them. It rejoins at the next Start.
 - On a PUSH stream only one worker receives the end of series: once the announced frames
   are all covered, or a worker saw the end of series and no frame came for ``end_timeout``
@@ -64,6 +66,7 @@ class WorkerControl(Protocol):
     def stop(self, worker: str) -> None: ...
     def reset(self, worker: str) -> None: ...
     def mark(self, worker: str, mark: str, reason: str) -> None: ...
+    def running(self, worker: str) -> str: ...  # "" while it is RUNNING, else why it is not (its Status)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class _Worker:
     last_seen: float = 0.0
     done: bool = False
     dead: bool = False
+    asking: bool = False  # a running() check is under way
     refused: str = ""
     note: str = ""
     uncovered: list[tuple[int, float, dict[str, Any]]] = field(default_factory=list)
@@ -133,6 +137,7 @@ class ReducerEngine(Engine):
                 raise EngineError(f"{what} must be between 0 and 3600 s, got {value!r}")
         self.worker_names = names
         self.control = control
+        self._thread_context = thread_context
         self._scan: _Scan | None = None
         self._inbox: queue.Queue = queue.Queue()
         self._bad_messages = 0
@@ -297,6 +302,17 @@ class ReducerEngine(Engine):
             if item[0] == "stop":
                 self._stop_workers(scan, "stopped")
                 continue
+            if item[0] == "running":
+                _, generation, name, why = item
+                w = scan.workers[device_key(name)]
+                w.asking = False
+                if generation != scan.generation or not w.active:
+                    continue
+                if why:
+                    self._lose(scan, w, why)
+                else:  # busy, not lost: wait another worker_timeout
+                    w.last_seen = time.monotonic()
+                continue
             generation, name, result = item
             if generation != scan.generation:
                 continue
@@ -401,13 +417,10 @@ class ReducerEngine(Engine):
         now = time.monotonic()
         timeout = self.config.worker_timeout  # type: ignore[attr-defined]
         for w in scan.workers.values():
-            if w.active and now - w.last_seen > timeout:
-                w.dead = True
-                w.uncovered = []  # never covered: lost
-                w.note = (f"lost after frame {w.covered_high} (no report for {timeout:g} s; its unreported "
-                          "frames are counted lost); restart it (Astor), it rejoins at the next Start")
-                log.warning("worker %s %s", w.name, w.note)
-                self._release(scan)
+            if w.active and not w.asking and now - w.last_seen > timeout:
+                w.asking = True
+                threading.Thread(target=self._ask_running, args=(scan.generation, w.name), daemon=True,
+                                 name="dqm-reducer-ask").start()
             elif not w.started and w.start_error:
                 w.done = True
         waiting = [w for w in scan.workers.values() if w.scan is None and not w.start_error]
@@ -422,6 +435,22 @@ class ReducerEngine(Engine):
         if not waiting and not any(w.active for w in scan.workers.values()):
             self._finish_scan(scan)
 
+    def _ask_running(self, generation: int, name: str) -> None:
+        with self._thread_context():
+            try:
+                why = self.control.running(name)
+            except Exception as exc:  # noqa: BLE001 - no answer: the worker is gone
+                why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        self._inbox.put(("running", generation, name, why))
+
+    def _lose(self, scan: _Scan, w: _Worker, why: str) -> None:
+        w.dead = True
+        w.uncovered = []  # never covered: lost
+        w.note = (f"lost after frame {w.covered_high} (no report for {self.config.worker_timeout:g} s: "  # type: ignore[attr-defined]
+                  f"{why}; its unreported frames are counted lost); restart it (Astor), it rejoins at the next Start")
+        log.warning("worker %s %s", w.name, w.note)
+        self._release(scan)
+
     def _stop_workers(self, scan: _Scan, why: str) -> None:
         if scan.stopping:
             return
@@ -429,11 +458,12 @@ class ReducerEngine(Engine):
         running = [w.name for w in scan.workers.values() if w.active]
 
         def stop_all() -> None:
-            for name in running:
-                try:
-                    self.control.stop(name)
-                except Exception as exc:  # noqa: BLE001 - a worker that cannot be stopped times out as lost
-                    log.warning("Stop on worker %s failed: %s", name, exc)
+            with self._thread_context():
+                for name in running:
+                    try:
+                        self.control.stop(name)
+                    except Exception as exc:  # noqa: BLE001 - a worker that cannot be stopped times out as lost
+                        log.warning("Stop on worker %s failed: %s", name, exc)
         threading.Thread(target=stop_all, name="dqm-reducer-stop", daemon=True).start()
 
     def _finish_scan(self, scan: _Scan) -> None:

@@ -11,6 +11,7 @@ agree, whatever happens to the worker). No per-frame round trip: one message per
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,6 +65,10 @@ class WorkerLink:
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.LINGER, int(connect_timeout * 1000))
         self._sock.connect(self.endpoint)
+        # close() comes from the device's thread (delete_device), sends from the engine thread: a
+        # ZeroMQ socket is used by one thread at a time, and never after it was closed
+        self._use = threading.Lock()
+        self._closed = False
         self.scan = ""
         self.live = False
         self._seq = 0
@@ -76,7 +81,9 @@ class WorkerLink:
 
     def begin(self, scan: str, live: bool) -> None:
         """A new scan; ReducerUnreachable when no connection comes within ``connect_timeout``."""
-        if not self._sock.poll(int(START_TIMEOUT * 1000), zmq.POLLOUT):
+        with self._use:
+            connected = not self._closed and self._sock.poll(int(START_TIMEOUT * 1000), zmq.POLLOUT)
+        if not connected:
             raise ReducerUnreachable(self.unreachable("no connection", START_TIMEOUT))
         self.scan, self.live = scan, live
         self._seq = 0
@@ -115,7 +122,9 @@ class WorkerLink:
         while not self._send(accs, state, final=True):
             if self._clock() >= deadline:
                 raise ReducerUnreachable(self.unreachable("the last message of the scan was not accepted"))
-            self._sock.poll(100, zmq.POLLOUT)
+            with self._use:
+                if not self._closed:
+                    self._sock.poll(100, zmq.POLLOUT)
 
     def _send(self, accs: list[Any] | None, state: dict[str, Any], final: bool) -> bool:
         msg = WorkerMessage(self.worker, self.scan, self._seq + 1, state["state"],
@@ -124,7 +133,10 @@ class WorkerLink:
                             self._batch, accs)
         parts = pack(msg, self.registry)
         try:
-            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            with self._use:
+                if self._closed:  # shutting down: nobody waits for this scan's reports any more
+                    return True
+                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             # nothing was sent: the batch is kept and goes with the next message
             now = self._clock()
@@ -140,7 +152,9 @@ class WorkerLink:
         return True
 
     def close(self) -> None:
-        self._sock.close(linger=0)
+        with self._use:
+            self._closed = True
+            self._sock.close(linger=0)
 
 
 __all__ = ["ACC_INTERVAL", "HEARTBEAT", "ReducerUnreachable", "WorkerLink", "check_endpoint"]
