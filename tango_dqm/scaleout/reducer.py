@@ -140,6 +140,7 @@ class ReducerEngine(Engine):
         self._thread_context = thread_context
         self._scan: _Scan | None = None
         self._inbox: queue.Queue = queue.Queue()
+        self._calls: dict[str, queue.Queue] = {}  # Reset, Flag, Archive: per worker, in order
         self._bad_messages = 0
         super().__init__(config, listener, thread_context)
         self.registry = Registry.for_analyses(self.analyses)
@@ -202,14 +203,24 @@ class ReducerEngine(Engine):
             scan = _Scan(run, self._generation, live, workers, last_frame_at=now)
             self._scan = scan
             self._set_state(EngineState.RUNNING)
-        errors = []
-        for name in self.worker_names:
-            try:
-                self._inbox.put((scan.generation, name, self.control.start(name, live)))
-            except Exception as exc:  # noqa: BLE001 - each worker's failure is named, the others go on
-                why = " ".join(str(exc).split())[:300]
-                errors.append(f"{name}: {why}")
-                self._inbox.put((scan.generation, name, RuntimeError(why)))
+        errors: list[str] = []
+
+        def start_one(name: str) -> None:
+            with self._thread_context():
+                try:
+                    self._inbox.put((scan.generation, name, self.control.start(name, live)))
+                except Exception as exc:  # noqa: BLE001 - each worker's failure is named, the others go on
+                    why = " ".join(str(exc).split())[:300]
+                    errors.append(f"{name}: {why}")
+                    self._inbox.put((scan.generation, name, RuntimeError(why)))
+        # all at once, so an unreachable worker costs one call's timeout, not one per worker; these
+        # threads only make calls (they push no events), so waiting for them here cannot deadlock
+        calls = [threading.Thread(target=start_one, args=(n,), name="dqm-reducer-start", daemon=True)
+                 for n in self.worker_names]
+        for t in calls:
+            t.start()
+        for t in calls:
+            t.join()
         if len(errors) == len(self.worker_names):
             self._enter_fault(f"no worker started ({'; '.join(errors)}). Start the DataQualityMonitor workers "
                               "(Astor) and check their Reducer property, then Reset and Start")
@@ -234,11 +245,27 @@ class ReducerEngine(Engine):
         return path
 
     def _each(self, what: str, call: Callable[[str], None]) -> None:
+        """``call`` on every worker in the background, in command order per worker (an Archive before
+        the Reset that follows it): the command returns at once; a refusal is logged."""
         for name in self.worker_names:
-            try:
-                call(name)
-            except Exception as exc:  # noqa: BLE001 - one worker's refusal must not stop the others
-                log.warning("%s on worker %s failed: %s", what, name, " ".join(str(exc).split())[:300])
+            q = self._calls.get(name)
+            if q is None:
+                q = self._calls[name] = queue.Queue()
+                threading.Thread(target=self._call_thread, args=(name, q), name="dqm-reducer-calls",
+                                 daemon=True).start()
+            q.put((what, call))
+
+    def _call_thread(self, name: str, q: queue.Queue) -> None:
+        with self._thread_context():
+            while not self._closing:
+                try:
+                    what, call = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                try:
+                    call(name)
+                except Exception as exc:  # noqa: BLE001 - one worker's refusal must not stop the others
+                    log.warning("%s on worker %s failed: %s", what, name, " ".join(str(exc).split())[:300])
 
     def close(self, timeout: float = 5.0) -> bool:
         self._closing = True

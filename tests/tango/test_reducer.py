@@ -89,7 +89,8 @@ def test_reducer_device_drives_its_workers_and_equals_one_monitor(tmp_path):
         assert "/archive/" in path
         r.Reset()
         assert r.state() == tango.DevState.ON and r.completedEvents == 0
-        assert w0.state() == tango.DevState.ON and w1.state() == tango.DevState.ON
+        wait_for(w0, tango.DevState.ON)  # the workers are reset in the background: Reset returns at once
+        wait_for(w1, tango.DevState.ON)
         # Stop ends the scan on every worker
         r.Live()
         wait_for(w1, tango.DevState.RUNNING)

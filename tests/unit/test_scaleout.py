@@ -166,6 +166,8 @@ class KilledWorker:
     def start(self) -> str:
         for m in self.messages:  # before Start returns: the reducer keeps them until it knows the scan id
             self.sock.send_multipart(pack(m, self.registry))
+        self.sock.send_multipart([b"not json", b"", b""])  # malformed: ignored and counted, nothing else
+        self.sock.send(b'{"v": 1}')
         return "scan_killed"
 
     def close(self) -> None:
@@ -190,6 +192,7 @@ def test_a_killed_worker_is_named_its_unreported_frames_lost_and_a_restarted_one
         assert per_frame(reducer.output_file)["frame_id"].tolist() == reported
         status = reducer.status()
         assert f"worker {name} lost after frame 8" in status and "rejoins at the next Start" in status
+        assert "2 malformed worker messages ignored" in status
         loss = [r for r in snap.quality.checks if r.check_type == "loss"][0]
         assert loss.value == pytest.approx((N - len(reported)) / N)
         assert snap.quality.verdict.name == "ERROR"
