@@ -28,7 +28,8 @@ class EngineControl:
         self.engines[worker].stop()
 
     def reset(self, worker: str) -> None:
-        self.engines[worker].reset()
+        if self.engines[worker].state in (EngineState.CLOSE, EngineState.FAULT):  # as the device's control
+            self.engines[worker].reset()
 
     def mark(self, worker: str, mark: str, reason: str) -> None:
         self.engines[worker].mark(mark, reason)

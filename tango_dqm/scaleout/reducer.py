@@ -179,6 +179,7 @@ class ReducerEngine(Engine):
                 raise EngineError(f"Start refused: required scan metadata not set: {', '.join(missing)} "
                                   "(RequiredMetadata); set each key, then Start")
             self._generation += 1
+            self._bad_messages = 0  # counted per scan, as badEvents
             self._stop = threading.Event()
             self._counters = type(self._counters)()
             self._results, self._summary, self._bad_kinds = {}, {}, {}
@@ -394,6 +395,8 @@ class ReducerEngine(Engine):
 
     def _release(self, scan: _Scan, everything: bool = False) -> None:
         """Covered frames in frame-id order, up to the lowest id every running worker has covered."""
+        if not everything and any(w.scan is None and not w.start_error for w in scan.workers.values()):
+            return  # a worker whose Start has not returned yet may still report lower ids
         limit = math.inf if everything else min((w.covered_high for w in scan.workers.values() if w.active),
                                                 default=math.inf)
         while scan.ready and scan.ready[0][0] <= limit:
