@@ -189,6 +189,7 @@ class ReducerEngine(Engine):
             self._before_window = None
             self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(_SCAN_SEQ):04d}"
             self._live = live
+            self._clear_points_locked()
             self.quality.start(time.monotonic())
             if self.products is not None:
                 try:
@@ -227,6 +228,12 @@ class ReducerEngine(Engine):
                               "(Astor) and check their Reducer property, then Reset and Start")
             raise EngineError("no worker started: " + "; ".join(errors))
         return self._scan_id
+
+    def start_point(self) -> int:
+        """Scan points are judged by frame arrival on one monitor; the reducer sees frames a heartbeat late."""
+        raise EngineError("StartPoint is not available on a DataQualityReducer (points are cut by frame arrival, "
+                          "which only a monitor reading the stream sees): run point scans on one "
+                          "DataQualityMonitor")
 
     def stop(self) -> None:
         """Stop every worker; the scan ends when each sent its last report (or was lost)."""
