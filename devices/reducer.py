@@ -126,7 +126,7 @@ class DataQualityReducer(DataQualityMonitor):
         return json.dumps(self.engine.workers() if self.engine is not None else [])
 
     @attribute(dtype=str, doc="the bound endpoint workers report to (their Reducer property)")
-    def endpoint(self) -> str:
+    def reducerEndpoint(self) -> str:
         return getattr(self.engine, "endpoint", "") if self.engine is not None else ""
 
 

@@ -36,7 +36,7 @@ DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict",
     "verdictReport", "verdictCoverage", "outputFile", "referenceVersion", "runSummary", "parameterLog",
     "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata",
-    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo"))
+    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo", "workerStates", "reducerEndpoint"))
 RESERVED_PREFIX = "live_"
 #: ``point_<result>`` is the device's latched per-point value of a scalar result
 POINT_PREFIX = "point_"

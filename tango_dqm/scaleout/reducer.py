@@ -242,6 +242,10 @@ class ReducerEngine(Engine):
                 self._end_reason = self._end_reason or "stopped"
         self._inbox.put(("stop",))
 
+    def _enter_fault(self, why: str) -> None:
+        super()._enter_fault(why)
+        self._inbox.put(("stop",))  # the workers would go on analysing for a scan nobody merges
+
     def reset(self) -> None:
         super().reset()
         self._scan = None

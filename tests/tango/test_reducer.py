@@ -47,7 +47,7 @@ def test_reducer_device_drives_its_workers_and_equals_one_monitor(tmp_path):
         r = tango.DeviceProxy(trl("test/reducer/1"))
         w0, w1 = (tango.DeviceProxy(trl(f"test/worker/{k}")) for k in range(2))
         assert r.state() == tango.DevState.ON, r.status()
-        assert "reducer of 2 workers" in r.status() and r.endpoint == endpoint
+        assert "reducer of 2 workers" in r.status() and r.reducerEndpoint == endpoint
         # parameters written on the reducer reach every worker (checked here first)
         r.roi_signal, r.roi_background = SIG, BKG
         assert list(w0.roi_signal) == SIG and list(w1.roi_background) == BKG
