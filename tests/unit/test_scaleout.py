@@ -3,6 +3,8 @@ merged by a ReducerEngine, give the same summary, counters and results file as o
 from __future__ import annotations
 
 
+import time
+
 import pytest
 import zmq
 
@@ -294,3 +296,21 @@ def test_partition_keeps_every_nth_id_and_ends_of_series():
     assert [i.frame_id for i in items[:-1]] == [1, 4, 7] and isinstance(items[-1], SeriesEnd)
     for ok in ("zmq://127.0.0.1:5000?mode=sub&partition=0/2", "hdf5:///x.h5?partition=1/2"):
         open_source(ok)  # accepted (files are opened at Start)
+
+
+def test_a_worker_whose_reducer_goes_away_mid_scan_is_a_fault_saying_so(tmp_path):
+    reducer, workers = scale_out(["sim://?frames=0&shape=64x80&rate=200"], tmp_path)
+    (w,) = workers.values()
+    try:
+        reducer.start(live=True)
+        deadline = time.monotonic() + 30
+        while reducer.snapshot().counters.completed < 5:  # reports arrive
+            assert time.monotonic() < deadline, reducer.status()
+            time.sleep(0.02)
+        reducer.close()  # the reducer's socket is gone (as when its server is killed)
+        assert wait_state(w, EngineState.FAULT, timeout=30) is EngineState.FAULT
+        status = w.status()
+        assert "cannot reach the reducer" in status and "the connection was lost" in status, status
+        assert "Reset and Start from the reducer" in status
+    finally:
+        close_all(reducer, w)
