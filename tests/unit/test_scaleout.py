@@ -3,6 +3,7 @@ merged by a ReducerEngine, give the same summary, counters and results file as o
 from __future__ import annotations
 
 
+import json
 import time
 
 import pytest
@@ -276,6 +277,7 @@ def test_a_reducer_whose_workers_all_fail_to_start_is_a_fault_naming_them():
 @pytest.mark.parametrize("uri, rule", [
     ("sim://?partition=3/3", "0 <= K < N"), ("sim://?partition=1", "K/N"), ("sim://?partition=-1/2", "K/N"),
     ("zmq://127.0.0.1:5000?partition=0/2", "needs mode=sub"), ("watch:///tmp?partition=0/2", "not watch://"),
+    ("bsread://127.0.0.1:5000?mode=pull&channel=X&partition=0/2", "needs mode=sub"),
 ])
 def test_partition_is_validated_at_init(uri, rule):
     with pytest.raises(Exception, match=rule):  # SourceError at Init
@@ -294,7 +296,8 @@ def test_partition_keeps_every_nth_id_and_ends_of_series():
     finally:
         src.close()
     assert [i.frame_id for i in items[:-1]] == [1, 4, 7] and isinstance(items[-1], SeriesEnd)
-    for ok in ("zmq://127.0.0.1:5000?mode=sub&partition=0/2", "hdf5:///x.h5?partition=1/2"):
+    for ok in ("zmq://127.0.0.1:5000?mode=sub&partition=0/2", "hdf5:///x.h5?partition=1/2",
+               "bsread://127.0.0.1:5000?mode=sub&channel=X&partition=1/2"):
         open_source(ok)  # accepted (files are opened at Start)
 
 
@@ -314,3 +317,38 @@ def test_a_worker_whose_reducer_goes_away_mid_scan_is_a_fault_saying_so(tmp_path
         assert "Reset and Start from the reducer" in status
     finally:
         close_all(reducer, w)
+
+
+def test_a_pub_sub_stream_shared_by_partition_equals_one_subscriber(tmp_path):
+    """Two workers with partition=K/2 on a STINS PUB stream, and one plain monitor on the same stream."""
+    frames = frames_for_test(200, shape=(64, 80), seed=9)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)  # XPUB: the test sees each subscription arrive, so nothing is sent too early
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's, not only the first of a topic
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    uri = f"zmq://127.0.0.1:{port}?mode=sub"
+    single = Engine(EngineConfig([uri], ANALYSES, output_directory=str(tmp_path / "single"), analysis_threads=1))
+    reducer, workers = scale_out([f"{uri}&partition={k}/2" for k in range(2)], tmp_path)
+    try:
+        for k, v in PARAMS.items():
+            single.set_parameter(k, v)
+        single.start()
+        reducer.start()
+        for _ in range(3):
+            assert pub.poll(20000), "a subscriber did not subscribe"
+            pub.recv()
+        pub.send_multipart([json.dumps({"htype": "header", "series": "1", "nimages": len(frames)}).encode()])
+        for i, f in enumerate(frames):
+            pub.send_multipart([json.dumps({"htype": "image", "frame": i, "shape": list(f.shape), "type": "uint16",
+                                            "compression": "none"}).encode(), f])
+        pub.send_multipart([b'{"htype": "series_end"}'])
+        assert wait_state(reducer, EngineState.CLOSE, EngineState.FAULT) is EngineState.CLOSE, reducer.status()
+        wait_state(single, EngineState.CLOSE)
+        assert [w.snapshot().counters.completed for w in workers.values()] == [100, 100]
+        got, want = reducer.snapshot(), single.snapshot()
+        assert_counters_exact(got, total=200, completed=200, dropped=0, bad=0)
+        assert_same_values(got.summary, want.summary)
+        assert_same_files(reducer.output_file, single.output_file)
+    finally:
+        close_all(reducer, single, *workers.values())
+        pub.close(linger=0)
