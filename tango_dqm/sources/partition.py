@@ -48,8 +48,7 @@ class PartitionedSource:
 
     def __init__(self, inner: Source, k: int, n: int):
         self.inner, self.k, self.n = inner, k, n
-        # the URI the user wrote (with its partition), for Status and provenance
-        self.spec = inner.spec
+        self.spec = inner.spec  # its URI is the one written, partition included (Status, provenance)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
