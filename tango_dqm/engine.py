@@ -236,6 +236,8 @@ class Engine:
         except EngineError:
             if self.products is not None:
                 self.products.close()
+            if self.link is not None:
+                self.link.close()
             raise
         self.output_file = ""
         self._lock = threading.RLock()
