@@ -200,6 +200,7 @@ class _Run:
 class Histogram(Analysis):
     """Intensity histogram of a ROI: per frame and summed over the run."""
 
+    wire_types = (_Run,)  # the accumulator, for scale-out workers
     name = "histogram"
     version = "1"
     parameters = [

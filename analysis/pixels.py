@@ -278,6 +278,7 @@ def dead_pixels(run_max: np.ndarray, dead_threshold: float) -> np.ndarray:
 class Pixels(Analysis):
     """Saturated pixels per frame; hot, dead and saturated-in-run pixel maps at the end of the run."""
 
+    wire_types = (PixelMap,)  # the accumulator, for scale-out workers
     name = "pixels"
     version = "1"
     parameters = [

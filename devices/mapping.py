@@ -202,13 +202,14 @@ def _info(attr: tango.Attr, analysis: str, role: str) -> AttributeInfo:
 
 
 def device_attribute_names() -> set[str]:
-    """Lower-case names of the attributes every DataQualityMonitor has (State, counters, verdict ...)."""
+    """Lower-case names of the attributes every DataQualityMonitor (and DataQualityReducer, a monitor
+    with a few more) has: State, counters, verdict ..."""
     from tango.server import attribute
 
-    from .monitor import DataQualityMonitor  # late: monitor imports this module
+    from .reducer import DataQualityReducer  # late: monitor imports this module; the reducer subclasses it
     return {"state", "status"} | {
         (v.attr_name if getattr(v, "attr_name", None) else k).lower()
-        for klass in DataQualityMonitor.__mro__ for k, v in vars(klass).items() if isinstance(v, attribute)}
+        for klass in DataQualityReducer.__mro__ for k, v in vars(klass).items() if isinstance(v, attribute)}
 
 
 def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> list[AttributeInfo]:

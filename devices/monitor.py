@@ -100,6 +100,9 @@ class DataQualityMonitor(Device):
                                doc="port of the read-only HTTP access (h5pyd, run pages under /runs/); 0: off")
     HttpHost = device_property(dtype=str, default_value="127.0.0.1",
                                doc="address the HTTP access listens on (0.0.0.0: every interface)")
+    Reducer = device_property(dtype=str, default_value="",
+                              doc="scale-out worker: the DataQualityReducer's Endpoint, tcp://host:port, where "
+                                  "this monitor reports ('' : a stand-alone monitor); see docs/operations.md")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -144,18 +147,9 @@ class DataQualityMonitor(Device):
         """Check the properties and build the engine; raises _ConfigError naming what to fix."""
         self._check_directories()
         try:
-            self.engine = Engine(
-                EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
-                             checks=[line for line in self.QualityChecks if line.strip()],
-                             stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
-                             output_directory=self.OutputDirectory, reference_directory=self.ReferenceDirectory,
-                             file_roots=list(self.ParameterFileDirectories),
-                             max_file_bytes=self.MaxParameterFileSize, output=self.Output,
-                             analysis_threads=self.AnalysisThreads,
-                             required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
-                listener=self._listener, thread_context=tango.EnsureOmniThread)
+            self.engine = self._make_engine()
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
-            raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
+            raise _ConfigError(f"{exc}. Fix the {self._engine_properties} properties") from None
         self._restore_parameters()
         self._restore_metadata()
         self._restore_point_frames()
@@ -166,6 +160,23 @@ class DataQualityMonitor(Device):
         except ValueError as exc:
             raise _ConfigError(f"{exc}. Fix the detectors property") from None
         self._live_flags = self._restore_live_flags()
+
+    _engine_properties = "Sources/Analyses/QualityChecks/Output/Reducer"
+
+    def _engine_config(self, cls: type = EngineConfig, **extra: Any) -> Any:
+        return cls(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
+                   checks=[line for line in self.QualityChecks if line.strip()],
+                   stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
+                   output_directory=self.OutputDirectory, reference_directory=self.ReferenceDirectory,
+                   file_roots=list(self.ParameterFileDirectories),
+                   max_file_bytes=self.MaxParameterFileSize, output=self.Output,
+                   analysis_threads=self.AnalysisThreads,
+                   required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()], **extra)
+
+    def _make_engine(self) -> Engine:
+        """The engine of this device (DataQualityReducer makes a ReducerEngine here)."""
+        return Engine(self._engine_config(reducer=self.Reducer.strip(), worker_name=self.get_name()),
+                      listener=self._listener, thread_context=tango.EnsureOmniThread)
 
     def _check_directories(self) -> None:
         # Relative paths would resolve against the server's working directory (/ under Starter).

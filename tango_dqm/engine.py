@@ -137,6 +137,11 @@ class EngineConfig:
     analysis_threads: int = 0
     #: scan metadata keys (sample, pmt_serial ...) that must be set before a scan Starts (not Live)
     required_metadata: Sequence[str] = ()
+    #: scale-out worker: the reducer's endpoint tcp://host:port ("" : a stand-alone monitor), this worker's name
+    reducer: str = ""
+    worker_name: str = ""
+    reducer_heartbeat: float = 0.2
+    reducer_acc_interval: float = 1.0
 
 
 @dataclass
@@ -205,8 +210,6 @@ class Engine:
 
     def __init__(self, config: EngineConfig, listener: Listener | None = None,
                  thread_context: Callable[[], Any] = contextlib.nullcontext):
-        if not config.sources:
-            raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
         if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
             raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
         self.config = config
@@ -237,16 +240,8 @@ class Engine:
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
         latest = self._latest_reference()  # read now: a bad file is refused before threads start
-        # Source specs are checked now, so a bad URI is reported at Init, not at Start.
-        self._source_entries = list(config.sources)
-        probes = [open_source(entry) for entry in self._source_entries]
-        self._specs = [p.spec for p in probes]
-        if len({sp.name for sp in self._specs}) != len(self._specs):
-            raise EngineError(f"two sources have the same stream name: {[sp.name for sp in self._specs]}; "
-                              "name them, e.g. det=zmq://... i0=zmq://...")
-        hints = [p.image_shape for p in probes]
-        # A known image shape lets ROI writes be checked against it before the first frame.
-        self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        probes = self._probe_sources(config)
+        self.link = self._open_link(config) if config.reducer else None  # scale-out worker
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
         try:
@@ -254,6 +249,8 @@ class Engine:
         except EngineError:
             if self.products is not None:
                 self.products.close()
+            if self.link is not None:
+                self.link.close()
             raise
         self.output_file = ""
         self._lock = threading.RLock()
@@ -299,9 +296,37 @@ class Engine:
         # returns at once and a plugin that is slow on a synthetic frame cannot hold it up.
         self.warmup_s = 0.0
         self.warmed = threading.Event()
+        if not probes:  # a reducer: nothing to analyse
+            self.warmed.set()
+            return
         threading.Thread(target=self._warm_up_thread, args=(probes[0].image_shape, probes[0].image_dtype,
                                                             thread_context),
                          name="dqm-warmup", daemon=True).start()
+
+    def _probe_sources(self, config: EngineConfig) -> list[Source]:
+        """Check the source specs now, so a bad URI is reported at Init, not at Start."""
+        if not config.sources:
+            raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
+        self._source_entries = list(config.sources)
+        probes = [open_source(entry) for entry in self._source_entries]
+        self._specs = [p.spec for p in probes]
+        if len({sp.name for sp in self._specs}) != len(self._specs):
+            raise EngineError(f"two sources have the same stream name: {[sp.name for sp in self._specs]}; "
+                              "name them, e.g. det=zmq://... i0=zmq://...")
+        hints = [p.image_shape for p in probes]
+        # A known image shape lets ROI writes be checked against it before the first frame.
+        self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        return probes
+
+    def _open_link(self, config: EngineConfig) -> Any:
+        from .scaleout.worker import WorkerLink  # only scale-out workers need ZeroMQ PUSH here
+        from .scaleout.wire import Registry
+        try:
+            return WorkerLink(config.reducer, config.worker_name or "worker", list(config.analyses),
+                              Registry.for_analyses(self.analyses), config.reducer_heartbeat,
+                              config.reducer_acc_interval)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
 
     # ---- commands (return at once) -------------------------------------------------
 
@@ -354,11 +379,21 @@ class Engine:
                                       f"{type(exc).__name__}: {exc}. Check OutputDirectory, then run Reset")
                     raise EngineError(str(exc)) from None
             expected = [s.expected_frames for s in sources]
-            if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
+            # a worker's share is not the announced count: the reducer judges that (and the losses)
+            announced = expected and all(e is not None for e in expected) and len(sources) == 1
+            if self.link is None and not live and announced:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
             self._sources = sources  # a header may announce the frame count later (a SeriesStart item)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
             overflow: deque[tuple[str, int, int]] = deque()  # live frames dropped at the full queue
+            if self.link is not None:
+                try:
+                    self.link.begin(self._scan_id, live)
+                except RuntimeError as exc:
+                    for s in sources:
+                        s.close()
+                    self._enter_fault(str(exc))
+                    raise EngineError(str(exc)) from None
             self._set_state(EngineState.RUNNING)
             self._source_closed = [threading.Event() for _ in sources]
             for s, closed in zip(sources, self._source_closed):
@@ -543,6 +578,8 @@ class Engine:
         if not closed:
             log.warning("a source thread did not close its socket within %.1f s", timeout)
         self.publisher.close()
+        if self.link is not None:
+            self.link.close()
         if self.products is not None:
             self.products.close()
         if self.output_stream is not None:
@@ -879,6 +916,8 @@ class Engine:
                 if not self._write_points():
                     return
                 self._count_overflow(run)
+                if not self._link_tick(run):
+                    return
                 if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
                     return
                 continue
@@ -930,6 +969,8 @@ class Engine:
     def _observe_event(self, run: "_Run", fid: int, series: str | None = None) -> IdKind:
         """Account an event id; the ids it makes missing (or finds again) go to the loss check."""
         kind = run.event_ids.observe(fid, series)
+        if self.link is not None:  # a worker: the other ids are other workers' share, judged by the reducer
+            return kind
         if run.event_ids.gap is not None:
             self.quality.lost_frames(*run.event_ids.gap)
         elif kind is IdKind.LATE:
@@ -988,7 +1029,8 @@ class Engine:
     def _series_started(self, run: "_Run", item: SeriesStart, n_sources: int) -> None:
         """A series announced during a scan (a STINS header): its frame count, if any, is the
         scan's expected count, unless one was known already (one stream only; never live)."""
-        if item.frames is None or self._live or n_sources != 1:
+        # a worker's share is not the announced count: the reducer judges that (and the losses)
+        if item.frames is None or self._live or n_sources != 1 or self.link is not None:
             return
         with self._lock:
             if run.generation == self._generation and self._counters.expected is None:
@@ -1002,7 +1044,8 @@ class Engine:
         c = self._counters
         if run.builder is not None:
             c.partial, c.orphaned = run.builder.partial, run.builder.orphaned
-        c.dropped = run.event_ids.missing + run.lost + run.dropped_before + run.shortfall + c.orphaned
+        gaps = run.event_ids.missing if self.link is None else 0  # a worker's gaps are others' frames
+        c.dropped = gaps + run.lost + run.dropped_before + run.shortfall + c.orphaned
         c.duplicate, c.out_of_order = run.duplicate, run.out_of_order
         seen = c.completed + c.dropped + c.bad
         c.total = seen if c.expected is None or run.finished else max(c.expected, seen)
@@ -1139,9 +1182,32 @@ class Engine:
         self.publisher.results(merged, frame.frame_id)
         if self.output_stream is not None:
             self.output_stream.send(frame.frame_id, merged, frame.timestamp)  # never blocks, counts drops
+        if self.link is not None:
+            self.link.frame(frame.frame_id, frame.timestamp, merged)
+            if not self._link_tick(run):
+                return False
         if self.quality.has_accumulated_checks and now >= run.next_reference_check:
             run.next_reference_check = now + self.config.reference_interval
             self._judge_accumulated(run.accs)
+        return True
+
+    def _link_state(self, run: "_Run", state: EngineState | None = None) -> dict[str, Any]:
+        """What a worker's message says besides results and accumulators."""
+        with self._lock:
+            c = self._counters
+            announced = self._sources[0].expected_frames if len(self._sources) == 1 else None
+            return {"state": (state or self._state).value, "counters": dict(vars(c)),
+                    "announced": announced, "series_ended": run.series_ended > 0, "status": self._status_locked()}
+
+    def _link_tick(self, run: "_Run") -> bool:
+        """A worker's heartbeat (engine thread); False when the reducer was lost (FAULT)."""
+        if self.link is None or not self.link.due():
+            return True
+        try:
+            self.link.tick(lambda: run.accs, self._link_state(run))
+        except RuntimeError as exc:
+            self._enter_fault(str(exc))
+            return False
         return True
 
     def _warm_up_thread(self, shape: Sequence[int] | None, dtype: str | None,
@@ -1281,6 +1347,12 @@ class Engine:
             except Exception as exc:  # noqa: BLE001
                 self._enter_fault(f"finishing the results file failed: {type(exc).__name__}: {exc}. "
                                   "Check the disk and OutputDirectory, then run Reset")
+                return
+        if self.link is not None:
+            try:
+                self.link.end(run.accs, self._link_state(run, EngineState.CLOSE))
+            except RuntimeError as exc:
+                self._enter_fault(str(exc))
                 return
         with self._lock:
             if generation != self._generation or self._state is not EngineState.RUNNING:

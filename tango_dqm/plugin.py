@@ -36,7 +36,7 @@ DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict",
     "verdictReport", "verdictCoverage", "outputFile", "referenceVersion", "runSummary", "parameterLog",
     "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata",
-    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo"))
+    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo", "workerStates", "reducerEndpoint"))
 RESERVED_PREFIX = "live_"
 #: ``point_<result>`` is the device's latched per-point value of a scalar result
 POINT_PREFIX = "point_"
@@ -135,6 +135,10 @@ class Analysis:
     results: ClassVar[list[Result]] = []
     #: the parameters ``prepare`` depends on; None: all of this plugin's parameters
     prepare_parameters: ClassVar[tuple[str, ...] | None] = None
+    #: classes of this plugin's accumulator beyond plain data, numpy and the public API's
+    #: accumulators (RunningStats, ScalarSeries): a scale-out worker may send only these
+    #: (dataclasses or classes with ``__slots__``; see tango_dqm.scaleout.wire)
+    wire_types: ClassVar[tuple[type, ...]] = ()
 
     def prepare(self, params: Params) -> Any:
         """Parameter-derived data for ``process`` (None by default)."""
