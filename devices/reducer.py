@@ -101,6 +101,10 @@ class DataQualityReducer(DataQualityMonitor):
                                                  worker_timeout=self.WorkerTimeout, end_timeout=self.EndTimeout),
                              self._control, listener=self._listener, thread_context=tango.EnsureOmniThread)
 
+    @property
+    def _reducer(self) -> ReducerEngine | None:
+        return self.engine if isinstance(self.engine, ReducerEngine) else None
+
     def _engine_config(self, cls: type = ReducerConfig, **extra: Any) -> Any:
         config = super()._engine_config(cls, **extra)
         config.sources = []  # the workers read the streams
@@ -111,7 +115,7 @@ class DataQualityReducer(DataQualityMonitor):
         super()._write_parameter(attr)
         name, value = attr.get_name(), attr.get_write_value()
         failed = []
-        for worker in self.engine.worker_names:
+        for worker in self._reducer.worker_names if self._reducer is not None else []:
             try:
                 self._control.write(worker, name, value)
             except RuntimeError as exc:
@@ -123,7 +127,7 @@ class DataQualityReducer(DataQualityMonitor):
 
     @attribute(dtype=str, doc="JSON list: each worker's name, state, frames reported and why it is lost")
     def workerStates(self) -> str:
-        return json.dumps(self.engine.workers() if self.engine is not None else [])
+        return json.dumps(self._reducer.workers() if self._reducer is not None else [])
 
     @attribute(dtype=str, doc="the bound endpoint workers report to (their Reducer property)")
     def reducerEndpoint(self) -> str:

@@ -53,8 +53,9 @@ class WorkerMessage:
 def pack(msg: WorkerMessage, registry: Registry) -> list[Any]:
     """The message as ZeroMQ parts."""
     batch_tree, batch_bufs = encode([[fid, ts, res] for fid, ts, res in msg.batch], registry)
+    acc_bufs: list[memoryview] = []
     if msg.accs is None:
-        acc_tree, acc_bufs = b"", []
+        acc_tree = b""
     else:
         acc_tree, acc_bufs = encode(list(msg.accs), registry)
     env = {"v": VERSION, "worker": msg.worker, "scan": msg.scan, "seq": msg.seq, "state": msg.state,
@@ -64,13 +65,15 @@ def pack(msg: WorkerMessage, registry: Registry) -> list[Any]:
     return [json.dumps(env).encode(), batch_tree, acc_tree, *batch_bufs, *acc_bufs]
 
 
-def _int(env: dict, key: str, optional: bool = False) -> int | None:
+def _int(env: dict, key: str) -> int:
     v = env.get(key)
-    if v is None and optional:
-        return None
     if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
         raise WireError(f"envelope field {key!r} must be an integer in 0..2**63-1")
     return v
+
+
+def _optional_int(env: dict, key: str) -> int | None:
+    return None if env.get(key) is None else _int(env, key)
 
 
 def unpack(parts: list[Any], registry: Registry) -> WorkerMessage:
@@ -114,7 +117,7 @@ def unpack(parts: list[Any], registry: Registry) -> WorkerMessage:
     acc_tree = bytes(parts[2])
     raw_accs = (acc_tree, list(parts[3 + nbatch:])) if acc_tree else None
     return WorkerMessage(env["worker"], env["scan"], _int(env, "seq"), env["state"],
-                         {k: counters[k] for k in COUNTER_FIELDS}, _int(env, "announced", optional=True),
+                         {k: counters[k] for k in COUNTER_FIELDS}, _optional_int(env, "announced"),
                          bool(env.get("series_ended")), bool(env.get("live")), analyses, env["status"],
                          frames, None, raw_accs)
 

@@ -144,7 +144,7 @@ class ReducerEngine(Engine):
         self._bad_messages = 0
         super().__init__(config, listener, thread_context)
         self.registry = Registry.for_analyses(self.analyses)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         sock = self._ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -532,7 +532,9 @@ class ReducerEngine(Engine):
                        key=lambda w: (w.first_id, w.name.lower()))
         accs = [a.new_accumulator() for a in self.analyses]
         for w in parts:
-            theirs = w.acc_msg.accumulators(self.registry)  # type: ignore[union-attr]
+            theirs = w.acc_msg.accumulators(self.registry) if w.acc_msg is not None else None
+            if theirs is None:
+                raise WireError(f"worker {w.name} sent no accumulators")
             if len(theirs) != len(self.analyses):
                 raise WireError(f"worker {w.name} sent {len(theirs)} accumulators for {len(self.analyses)} analyses")
             accs = [a.merge(acc, other) for a, acc, other in zip(self.analyses, accs, theirs)]

@@ -189,7 +189,7 @@ class _Decoder:
             values = n.get("v")
             if not isinstance(values, dict) or set(values) - set(fields):
                 raise WireError(f"fields of {n['o']} must be among {list(fields)}")
-            obj = object.__new__(cls)
+            obj: Any = object.__new__(cls)
             for f in fields:
                 object.__setattr__(obj, f, self.node(values.get(f), depth + 1))
             return obj

@@ -59,7 +59,7 @@ class WorkerLink:
         self.registry = registry
         self.heartbeat, self.acc_interval, self.connect_timeout = heartbeat, acc_interval, connect_timeout
         self._clock = clock
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a live connection: unreachable is seen
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
