@@ -52,7 +52,7 @@ the counts are each independent of the others.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -120,6 +120,17 @@ def _accumulate_float(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compile
             rss[i, j] += r * r
 
 
+class _Maps(NamedTuple):
+    """The per-pixel arrays of a PixelMap, in the order the accumulation kernels take them."""
+
+    sum: np.ndarray
+    sumsq: np.ndarray
+    max: np.ndarray
+    max2: np.ndarray
+    rsum: np.ndarray
+    rsumsq: np.ndarray
+
+
 class PixelMap:
     """Per-pixel run accumulator: frame count, sum, sum of squares, the largest and second
     largest value, and the sum and sum of squares of the residual against the 4-neighbour
@@ -133,6 +144,14 @@ class PixelMap:
         self.n, self.sum, self.sumsq, self.max, self.settings = n, s, ss, mx, settings
         self.rsum, self.rsumsq, self.max2 = rs, rss, mx2
 
+    @property
+    def maps(self) -> _Maps:
+        """The per-pixel arrays, all made at the first frame; ValueError before it."""
+        if (self.sum is None or self.sumsq is None or self.max is None or self.max2 is None
+                or self.rsum is None or self.rsumsq is None):
+            raise ValueError("pixels: the map holds no frame yet")
+        return _Maps(self.sum, self.sumsq, self.max, self.max2, self.rsum, self.rsumsq)
+
     def add(self, image: np.ndarray, settings: tuple) -> None:
         exact = image.dtype.kind in "iu" and image.dtype.itemsize <= 2
         if self.sum is None:
@@ -144,15 +163,14 @@ class PixelMap:
             self.max2 = np.full(image.shape, lowest, image.dtype)
             self.rsum = np.zeros(image.shape, np.float64)
             self.rsumsq = np.zeros(image.shape, np.float64)
-        else:
-            if image.shape != self.sum.shape:
-                raise ValueError(f"pixels: frame shape changed during the run from {self.sum.shape} to "
-                                 f"{image.shape}; Reset to start a new map")
-            if image.dtype != self.max.dtype:
-                raise ValueError(f"pixels: frame dtype changed during the run from {self.max.dtype} to "
-                                 f"{image.dtype}; Reset to start a new map")
-        (_accumulate_int if exact else _accumulate_float)(image, self.sum, self.sumsq, self.max, self.max2,
-                                                          self.rsum, self.rsumsq)
+        maps = self.maps
+        if image.shape != maps.sum.shape:
+            raise ValueError(f"pixels: frame shape changed during the run from {maps.sum.shape} to "
+                             f"{image.shape}; Reset to start a new map")
+        if image.dtype != maps.max.dtype:
+            raise ValueError(f"pixels: frame dtype changed during the run from {maps.max.dtype} to "
+                             f"{image.dtype}; Reset to start a new map")
+        (_accumulate_int if exact else _accumulate_float)(image, *maps)
         self.n += 1
         self.settings = settings
 
@@ -161,14 +179,14 @@ class PixelMap:
             return self.copy()
         if self.n == 0:
             return other.copy()
-        if self.sum.shape != other.sum.shape or self.max.dtype != other.max.dtype:
-            raise ValueError(f"pixels: cannot merge maps of {self.sum.shape} {self.max.dtype} and "
-                             f"{other.sum.shape} {other.max.dtype}")
+        a, b = self.maps, other.maps
+        if a.sum.shape != b.sum.shape or a.max.dtype != b.max.dtype:
+            raise ValueError(f"pixels: cannot merge maps of {a.sum.shape} {a.max.dtype} and "
+                             f"{b.sum.shape} {b.max.dtype}")
         # second largest of the union of two top-two pairs
-        mx2 = np.maximum(np.minimum(self.max, other.max), np.maximum(self.max2, other.max2))
-        return PixelMap(self.n + other.n, self.sum + other.sum, self.sumsq + other.sumsq,
-                        np.maximum(self.max, other.max), other.settings,
-                        self.rsum + other.rsum, self.rsumsq + other.rsumsq, mx2)
+        mx2 = np.maximum(np.minimum(a.max, b.max), np.maximum(a.max2, b.max2))
+        return PixelMap(self.n + other.n, a.sum + b.sum, a.sumsq + b.sumsq, np.maximum(a.max, b.max),
+                        other.settings, a.rsum + b.rsum, a.rsumsq + b.rsumsq, mx2)
 
     def copy(self) -> "PixelMap":
         c = lambda a: None if a is None else a.copy()  # noqa: E731
@@ -192,19 +210,19 @@ def run_moments(acc: "PixelMap") -> tuple[np.ndarray, np.ndarray, int]:
     neighbour mean's share for independent noise): unlike the pixel's own variance over the
     run, it does not count a beam that moves or changes intensity as noise.
     """
-    n = acc.n
-    s = acc.sum.astype(np.float64)
+    n, maps = acc.n, acc.maps
+    s = maps.sum.astype(np.float64)
     if n >= 4:
         k = n - 2
-        m = (s - acc.max.astype(np.float64) - acc.max2.astype(np.float64)) / k
+        m = (s - maps.max.astype(np.float64) - maps.max2.astype(np.float64)) / k
     elif n == 3:
         k = n - 1
-        m = (s - acc.max.astype(np.float64)) / k
+        m = (s - maps.max.astype(np.float64)) / k
     else:
         k = n
         m = s / n
     if n > 1:
-        var_r = (acc.rsumsq - acc.rsum * acc.rsum / n) / (n - 1)
+        var_r = (maps.rsumsq - maps.rsum * maps.rsum / n) / (n - 1)
     else:
         var_r = np.zeros_like(m)
     return m, np.maximum(var_r, 0.0) / 1.25, k
@@ -260,6 +278,7 @@ def dead_pixels(run_max: np.ndarray, dead_threshold: float) -> np.ndarray:
 class Pixels(Analysis):
     """Saturated pixels per frame; hot, dead and saturated-in-run pixel maps at the end of the run."""
 
+    wire_types = (PixelMap,)  # the accumulator, for scale-out workers
     name = "pixels"
     version = "1"
     parameters = [
@@ -330,20 +349,20 @@ class Pixels(Analysis):
 
     def finish(self, acc: PixelMap) -> dict[str, Any]:
         out: dict[str, Any] = {"pixels_frames": acc.n}
-        if acc.n == 0 or acc.n < acc.settings[4]:
+        if acc.n == 0 or acc.settings is None or acc.n < acc.settings[4]:
             out.update({"pixels_status": "INSUFFICIENT", "pixels_hot": None, "pixels_dead": None,
                         "pixels_saturated_run": None, "pixels_map": None, "pixels_mean_map": None,
                         "pixels_std_map": None})
             return out
         saturation_level, hot_sigma, reference, dead_threshold, _, hot_ratio = acc.settings
-        n = acc.n
-        mean = acc.sum / n
-        var = np.maximum(acc.sumsq / n - mean * mean, 0.0)
+        n, maps = acc.n, acc.maps
+        mean = maps.sum / n
+        var = np.maximum(maps.sumsq / n - mean * mean, 0.0)
         # judged on the trimmed moments: one zinger in a run does not make a pixel hot
         t_mean, t_var, k = run_moments(acc)
         hot = hot_pixels(t_mean, t_var, k, hot_sigma, hot_ratio, reference)
-        dead = dead_pixels(acc.max, dead_threshold)
-        saturated = acc.max >= saturation_level
+        dead = dead_pixels(maps.max, dead_threshold)
+        saturated = maps.max >= saturation_level
         pmap = np.zeros(mean.shape, np.uint8)
         pmap[saturated] = SATURATED
         pmap[hot] = HOT

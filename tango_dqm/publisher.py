@@ -88,6 +88,7 @@ class Publisher:
                         self._cond.wait(max(0.0, self._next_tick - time.monotonic()))
                     if self._closed:
                         return
+                    payload: tuple[Any, ...]
                     if time.monotonic() >= self._next_tick:
                         self._next_tick = time.monotonic() + self.tick_interval
                         kind, payload = "tick", ()
