@@ -59,7 +59,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from tango_dqm import Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, min_max_count_above
+from tango_dqm import (Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, frame_min_max_count,
+                       min_max_count_above)
 
 OK, HOT, DEAD, SATURATED = 0, 1, 2, 3
 
@@ -436,7 +437,10 @@ class Pixels(Analysis):
 
     def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         image = self._input(frame, params)
-        _, _, n_saturated = min_max_count_above(image, params.saturation_level)
+        if image.dtype == frame.data.dtype:  # the frame's own values: roi's pass serves both
+            _, _, n_saturated = frame_min_max_count(frame, params.saturation_level)
+        else:  # booleans counted as 0/1
+            _, _, n_saturated = min_max_count_above(image, params.saturation_level)
         # private: the frame (a view, no copy) for the per-pixel maps
         return FrameOutput({"pixels_saturated": n_saturated}, image)
 
