@@ -338,9 +338,7 @@ class DataQualityMonitor(Device):
     def _read_result(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
         _, result = self.engine.result_decl[name]
-        snap = self.engine.snapshot()
-        raw = snap.summary.get(name) if result.run_summary else snap.results.get(name)
-        value, quality = self._result_value(name, result, raw)
+        value, quality = self._result_value(name, result, self.engine.latest(name))  # no snapshot per read
         attr.set_value_date_quality(value, time.time(), quality)
 
     def _result_value(self, name: str, result, raw: Any):

@@ -482,6 +482,16 @@ class Engine:
         snap.verdict_report = q.report(coverage)
         return snap
 
+    def latest(self, name: str) -> Any:
+        """The latest value of one result (a run-summary result: of the last summary), None when
+        there is none: what an attribute read needs, without the checks and the report a
+        snapshot evaluates (a client reading every result attribute made one per attribute)."""
+        decl = self.result_decl.get(name)
+        with self._lock:
+            if decl is not None and decl[1].run_summary:
+                return self._summary.get(name)
+            return self._results.get(name)
+
     def status(self) -> str:
         with self._lock:
             return self._status_locked()
@@ -606,12 +616,17 @@ class Engine:
         run.interim.start()
 
     def _judge_interim(self, run: "_Run", copies: list[tuple[Analysis, Any]], interim: dict[str, Any]) -> None:
+        t0 = time.monotonic()
         try:
             for a, acc in copies:
                 interim.update(a.finish(acc))
         except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
             log.debug("interim finish failed", exc_info=True)
             return
+        finally:
+            # at most a tenth of a core: the next one no sooner than 9 times this one's duration
+            end = time.monotonic()
+            run.next_reference_check = max(run.next_reference_check, end + 9.0 * (end - t0))
         with run.judging:  # never after the run's final judgement
             if not run.judged:
                 self.quality.evaluate_references(interim)

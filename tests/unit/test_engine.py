@@ -655,3 +655,16 @@ def test_interim_judgement_runs_off_the_engine_thread_and_never_overrides_the_fi
     finally:
         plugins.INTERIM_RELEASE.set()
         e.close()
+
+
+def test_latest_gives_one_result_as_the_snapshot_has_it():
+    from tests.helpers import run_scan
+
+    e = Engine(EngineConfig(["sim://?frames=12&shape=64x64"], ["roi", "tango_dqm.analysis.pixels:Pixels"]))
+    assert e.latest("frame_max") is None  # nothing analysed yet
+    snap = run_scan(e, {"pixels_min_frames": 1})
+    assert snap.state is EngineState.CLOSE, snap.status
+    assert e.latest("frame_max") == snap.results["frame_max"]
+    assert e.latest("pixels_frames") == snap.summary["pixels_frames"] == 12  # a run-summary result
+    np.testing.assert_array_equal(e.latest("pixels_map"), snap.summary["pixels_map"])
+    assert e.latest("no_such_result") is None
