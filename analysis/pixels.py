@@ -408,7 +408,7 @@ class Pixels(Analysis):
     ]
     results = [
         Result("pixels_saturated", int, unit="pixels", label="Saturated pixels in frame", format="%d",
-               description="pixels of this frame at or above saturation_level"),
+               description="pixels of this frame at or above saturation_level", point="max"),
         Result("pixels_hot", int, unit="pixels", label="Hot pixels", format="%d",
                description="run summary: pixels far above their reference (hot_sigma, hot_ratio)", run_summary=True),
         Result("pixels_dead", int, unit="pixels", label="Dead pixels", format="%d",

@@ -42,10 +42,14 @@ _STAT_TEXT = {"sum": "sum of the", "mean": "mean of the", "std": "standard devia
               "min": "smallest of the", "max": "largest of the"}
 
 
+# per scan point: counts add up, extremes stay extremes, the rest is averaged
+_POINT = {"sum": "sum", "mean": "mean", "std": "mean", "min": "min", "max": "max"}
+
+
 def _region_results(prefix: str, label: str) -> list[Result]:
     return [Result(f"{prefix}_{s}", float, unit="counts", label=f"{label} {s}", format="%.6g",
                    description=f"{_STAT_TEXT[s]} dark-corrected, unmasked pixel values in the {prefix} ROI "
-                               "(NaN when the ROI is disabled)")
+                               "(NaN when the ROI is disabled)", point=_POINT[s])
             for s in _STATS]
 
 
@@ -88,15 +92,15 @@ class RoiStats(Analysis):
         *_region_results("signal", "Signal"),
         *_region_results("background", "Background"),
         Result("net_signal", float, unit="counts", label="Net signal", format="%.6g",
-               description="signal_sum - background_mean * signal area"),
+               description="signal_sum - background_mean * signal area", point="sum"),
         Result("net_signal_normalised", float, label="Normalised net signal", format="%.6g", dimensionless=True,
                description="net_signal / the roi_normalisation value (NaN when off or missing)"),
         Result("frame_min", float, unit="counts", label="Frame minimum", format="%.6g",
-               description="smallest pixel value of the whole frame"),
+               description="smallest pixel value of the whole frame", point="min"),
         Result("frame_max", float, unit="counts", label="Frame maximum", format="%.6g",
-               description="largest pixel value of the whole frame"),
+               description="largest pixel value of the whole frame", point="max"),
         Result("saturated_pixels", int, unit="pixels", label="Saturated pixels", format="%d",
-               description="pixels of the whole frame at or above saturation_level"),
+               description="pixels of the whole frame at or above saturation_level", point="max"),
     ]
 
     def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:

@@ -31,6 +31,7 @@ from tango_dqm.versions import deployed_versions_json
 
 from .logging_bridge import EngineListener, TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
+from .points import point_attr, point_value
 
 _STATES = {"ON": DevState.ON, "RUNNING": DevState.RUNNING, "CLOSE": DevState.CLOSE, "FAULT": DevState.FAULT}
 _COUNTERS = ("totalEvents", "completedEvents", "droppedEvents", "badEvents", "duplicateEvents", "outOfOrderEvents")
@@ -155,6 +156,7 @@ class DataQualityMonitor(Device):
             raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
         self._restore_parameters()
         self._restore_metadata()
+        self._restore_point_frames()
         self._load_reference()
         self._init_loss_limits()
         try:
@@ -306,6 +308,8 @@ class DataQualityMonitor(Device):
         limits = self.engine.quality.range_limits()
         for name, (_, result) in self.engine.result_decl.items():
             todo.append((result_attr(result, *limits.get(name, (None, None))), self._read_result, None))
+        for result in self.engine.point_results.values():
+            todo.append((point_attr(result), self._read_point_result, None))
         for attr, read, write in todo:
             try:
                 self.add_attribute(attr, read, write)
@@ -783,6 +787,76 @@ class DataQualityMonitor(Device):
             self.get_name(), {"dark": {"__value": [engine.params.file_paths["dark"]]}})
         self.info_stream(f"background version {info.version} taken from {info.scan_id}")
         return info.version
+
+    # ---- scan points (Sardana, bluesky: docs/sardana.md) ------------------------------------
+    # EndPoint returns at once: waiting in a command would hold the device lock for the whole
+    # point (every other client's reads, the event pushes). Clients poll pointReady instead.
+
+    @command(doc_out="number of the point opened")
+    def StartPoint(self) -> int:
+        """Open the next scan point: the frames arriving from now on (the first pointFrames of them,
+        or all until EndPoint) make it. Allowed while RUNNING, one point at a time."""
+        try:
+            return self._require_engine("StartPoint").start_point()
+        except EngineError as exc:
+            _throw("DQM_CommandNotAllowed", str(exc), "StartPoint")
+
+    @command(dtype_in="DevDouble", doc_in="seconds to wait for the point's frames before latching without them",
+             doc_out="number of the point ended")
+    def EndPoint(self, timeout: float) -> int:
+        """End the open point and return at once: pointReady turns True when its frames are analysed
+        (or after ``timeout`` seconds with the frames it has, counted in pointTimeouts)."""
+        try:
+            return self._require_engine("EndPoint").end_point(timeout)
+        except EngineError as exc:
+            _throw("DQM_CommandNotAllowed" if "timeout" not in str(exc) else "DQM_InvalidValue", str(exc), "EndPoint")
+
+    @attribute(dtype="DevLong64", label="Point number", format="%d", unit="points",
+               doc="number of the last latched scan point of this scan (0: none yet)")
+    def pointNumber(self) -> int:
+        return self.engine.point_number if self.engine is not None else 0
+
+    @attribute(dtype=bool, label="Point ready",
+               doc="the last StartPoint's point is latched: point_<result> hold its values")
+    def pointReady(self) -> bool:
+        return self.engine.point_ready if self.engine is not None else False
+
+    @attribute(dtype="DevLong64", label="Point timeouts", format="%d", unit="points",
+               doc="points of this scan latched by EndPoint's timeout before all their frames were analysed")
+    def pointTimeouts(self) -> int:
+        return self.engine.point_timeouts if self.engine is not None else 0
+
+    @attribute(dtype="DevLong64", memorized=True, hw_memorized=False, label="Frames per point", format="%d",
+               unit="frames", min_value=0, max_value=2**31 - 1,
+               doc="frames that make a point: the first N arriving after StartPoint (0: all until EndPoint)")
+    def pointFrames(self) -> int:
+        return self.engine.point_frames if self.engine is not None else 0
+
+    @pointFrames.write
+    def pointFrames(self, value: int) -> None:
+        try:
+            self._require_engine("write pointFrames").point_frames = value
+        except EngineError as exc:
+            _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", "write pointFrames")
+
+    @attribute(dtype=str, doc="JSON: the last latched point (number, frames, first/last frame id, ended, values)")
+    def pointInfo(self) -> str:
+        record = self.engine.last_point if self.engine is not None else None
+        return json.dumps(record.as_dict() if record is not None else {})
+
+    def _read_point_result(self, attr: tango.Attribute) -> None:
+        result = self.engine.point_results[attr.get_name()[len("point_"):]]
+        value, quality = point_value(result, self.engine.last_point)
+        attr.set_value_date_quality(value, time.time(), quality)
+
+    def _restore_point_frames(self) -> None:
+        try:
+            stored = self._database().get_device_attribute_property(self.get_name(), ["pointFrames"])
+            raw = list(stored.get("pointFrames", {}).get("__value", []))
+            if raw:
+                self.engine.point_frames = int(raw[0])
+        except (tango.DevFailed, ValueError, EngineError) as exc:
+            self.warn_stream(f"persisted pointFrames ignored: {exc}")
 
     def _require_engine(self, origin: str) -> Engine:
         if self.engine is None:

@@ -64,7 +64,7 @@ _DEFAULTS: dict[str, Any] = {
     "frame_width": 512, "frame_height": 512, "dtype": "uint16", "rate": 10.0, "nframes": 100,
     "spot_x": -1.0, "spot_y": -1.0, "spot_sigma": 20.0, "amplitude": 1000.0, "noise": 5.0,
     "background": 100.0, "hot_pixels": 0, "dead_pixels": 0, "drift_x": 0.0, "drift_y": 0.0,
-    "seed": 0,
+    "seed": 0, "first_frame": 0,
 }
 
 
@@ -115,6 +115,8 @@ def validate(name: str, value: Any, values: dict[str, Any]) -> Any:
         return _int_range(name, value, 1, 2**62)
     if name == "seed":
         return _int_range(name, value, 0, 2**63 - 1)
+    if name == "first_frame":
+        return _int_range(name, value, -1, 2**62)
     if name in ("hot_pixels", "dead_pixels"):
         v = _int_range(name, value, 0, MAX_PIXELS)
         other = values["dead_pixels" if name == "hot_pixels" else "hot_pixels"]
@@ -154,6 +156,7 @@ class _Series:
     live: bool
     nframes: int
     sock: zmq.Socket
+    first: int = 0  # frame id of the series' first frame
     stop: threading.Event = field(default_factory=threading.Event)
     sent: int = 0
     unsent: int = 0
@@ -303,8 +306,11 @@ class DetectorSimulator(Device):
             _throw("SIM_CommandNotAllowed", f"{origin} refused in FAULT: {self._fault}", origin)
         with self._cfg_lock:
             nframes = int(self._values["nframes"])
+            first = int(self._values["first_frame"])
+        if first < 0:  # continue after the last series, as a detector's frame counter does
+            first = getattr(self, "_next_frame", 0)
         self._series_count += 1
-        series = _Series(str(self._series_count), live, nframes, self._sock)
+        series = _Series(str(self._series_count), live, nframes, self._sock, first=first)
         self._series = series
         self._transition(DevState.RUNNING)
         threading.Thread(target=self._stream, args=(series,), name=f"DetectorSimulator-series-{series.series}",
@@ -351,6 +357,8 @@ class DetectorSimulator(Device):
     drift_x = _rw("drift_x", "DevDouble", "spot motion along x per frame id", "px/frame")
     drift_y = _rw("drift_y", "DevDouble", "spot motion along y per frame id", "px/frame")
     seed = _rw("seed", "DevLong64", "random seed of noise and hot/dead pixel positions")
+    first_frame = _rw("first_frame", "DevLong64", "frame id of the first frame of each series; -1 = continue "
+                      "after the previous series (a detector's frame counter, e.g. one series per scan point)")
 
     def _write(self, name: str, value: Any) -> None:
         if name in _SHAPE_ATTRS and self.get_state() == DevState.RUNNING:
@@ -429,9 +437,9 @@ class DetectorSimulator(Device):
         s.waiting = False
         image = {"htype": "image", "frame": 0, "shape": [rows, cols], "type": scene.dtype,
                  "compression": "none", "series": s.series, "timestamp": 0.0}
-        t0, k0 = time.monotonic(), 0  # absolute schedule: frame k is due at t0 + (k - k0) / rate
-        frame_id = 0
-        while not s.stop.is_set() and (s.live or frame_id < s.nframes):
+        t0, k0 = time.monotonic(), s.first  # absolute schedule: frame k is due at t0 + (k - k0) / rate
+        frame_id = s.first
+        while not s.stop.is_set() and (s.live or frame_id < s.first + s.nframes):
             if self._cfg_version != version:  # scene/rate changed: applies from this frame on
                 version, new_scene, new_rate = self._config()
                 if _pool_key(new_scene) == _pool_key(gen.scene):
@@ -459,6 +467,7 @@ class DetectorSimulator(Device):
             else:
                 s.unsent += 1
             frame_id += 1
+        self._next_frame = frame_id
         end = json.dumps({"htype": "series_end", "series": s.series, "frames_sent": s.sent,
                           "frames_unsent": s.unsent}).encode()
         if not _send(s.sock, [end], s.stop, None):  # after Stop: a bounded last try

@@ -29,6 +29,7 @@ from .files import FileAccess
 from .frames import BadInput, Frame, SeriesEnd
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
+from .points import OpenPoint, PointRecord, check_frames, check_timeout, point_results
 from .publisher import Listener, Publisher
 from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
 from .products import ScanProducts
@@ -246,6 +247,16 @@ class Engine:
             raise
         self.output_file = ""
         self._lock = threading.RLock()
+        # scan points (tango_dqm.points): the open one, the last latched one, rows for the results file
+        self.point_results = point_results(self.result_decl)
+        self._point_cond = threading.Condition(self._lock)
+        self._point: OpenPoint | None = None
+        self._last_point: PointRecord | None = None
+        self._points_started = 0
+        self._point_timeouts = 0
+        self._point_frames = 0
+        self._scan_end_point = False  # the open point was latched by the end of the scan: EndPoint accepts it
+        self._points_to_write: list[PointRecord] = []
         self._state = EngineState.ON
         self._fault = ""
         self._end_reason = ""
@@ -319,6 +330,7 @@ class Engine:
             self._before_window = None
             self._scan_id = f"scan_{time.strftime('%Y%m%d_%H%M%S')}_{next(_SCAN_SEQ):04d}"
             self._live = live
+            self._clear_points_locked()
             self.quality.start(time.monotonic())
             if self.products is not None:
                 try:
@@ -364,8 +376,144 @@ class Engine:
             self._results, self._summary, self._bad_kinds = {}, {}, {}
             self._frame_id = None
             self._fault = ""
+            self._clear_points_locked()
             self.quality.reset()
             self._set_state(EngineState.ON)
+
+    # ---- scan points (tango_dqm.points has the rules) ------------------------------------
+
+    def start_point(self) -> int:
+        """Open the next scan point (allowed while RUNNING, one point at a time); returns its number."""
+        with self._lock:
+            if self._state is not EngineState.RUNNING:
+                raise EngineError(f"StartPoint needs a running scan or live run (RUNNING), not "
+                                  f"{self._state.value}: Start or Live first")
+            p = self._point
+            if p is not None:
+                raise EngineError(f"StartPoint refused: point {p.number} is still open; EndPoint first"
+                                  if p.t_end is None else
+                                  f"StartPoint refused: point {p.number} is still ending (waiting for its "
+                                  "frames); wait until pointReady is True")
+            self._points_started += 1
+            self._scan_end_point = False
+            self._point = OpenPoint(self._points_started, time.monotonic(), self._point_frames, self.point_results)
+            return self._points_started
+
+    def end_point(self, timeout: float) -> int:
+        """End the open point: it is latched once its frames are analysed, or after ``timeout``
+        seconds with the frames it has (counted in point_timeouts). Returns at once: wait with
+        ``wait_point`` (or poll ``point_ready``). Returns the point's number."""
+        try:
+            timeout = check_timeout(timeout)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        with self._lock:
+            p = self._point
+            if p is None:
+                if self._scan_end_point and self._last_point is not None:
+                    self._scan_end_point = False  # the scan ended first: the point is latched already
+                    return self._last_point.number
+                raise EngineError("EndPoint needs an open point: StartPoint first")
+            if p.t_end is not None:
+                raise EngineError(f"EndPoint was already called for point {p.number}; wait until pointReady is True")
+            now = time.monotonic()
+            p.t_end, p.deadline = now, now + timeout
+            if self._state is not EngineState.RUNNING:
+                self._latch_locked("scan end")
+            elif p.complete(None):  # its M frames are in already
+                self._latch_locked("complete")
+            return p.number
+
+    def wait_point(self, number: int, timeout: float | None = None) -> PointRecord | None:
+        """Block until point ``number`` is latched (None after ``timeout`` seconds). Not for Tango
+        commands, which must return at once: the device exposes pointReady instead."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._point_cond:
+            while self._last_point is None or self._last_point.number < number:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._point_cond.wait(remaining)
+            return self._last_point
+
+    @property
+    def point_frames(self) -> int:
+        """Frames per point (0: the frames that arrive until EndPoint); applies from the next StartPoint."""
+        return self._point_frames
+
+    @point_frames.setter
+    def point_frames(self, frames: int) -> None:
+        try:
+            self._point_frames = check_frames(frames)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+
+    @property
+    def point_number(self) -> int:
+        """Number of the last latched point of this scan (0: none yet)."""
+        p = self._last_point
+        return p.number if p is not None else 0
+
+    @property
+    def point_ready(self) -> bool:
+        """The last started point is latched: its values can be read."""
+        with self._lock:
+            return self._points_started > 0 and self._point is None
+
+    @property
+    def point_timeouts(self) -> int:
+        """Points of this scan latched by EndPoint's timeout, before all their frames were analysed."""
+        return self._point_timeouts
+
+    @property
+    def last_point(self) -> PointRecord | None:
+        return self._last_point
+
+    def _clear_points_locked(self) -> None:
+        self._point, self._last_point = None, None
+        self._points_started = self._point_timeouts = 0
+        self._scan_end_point = False
+        self._points_to_write = []
+        self._point_cond.notify_all()
+
+    def _latch_locked(self, ended: str) -> None:
+        p = self._point
+        assert p is not None
+        record = p.latch(ended)
+        self._point, self._last_point = None, record
+        if ended == "timeout":
+            self._point_timeouts += 1
+            log.warning("point %d latched by the EndPoint timeout with %d of its frames analysed",
+                        record.number, record.frames)
+        self._points_to_write.append(record)
+        self._point_cond.notify_all()
+
+    def _point_progress_locked(self, handled_arrival: float | None, now: float) -> None:
+        """Latch the open point once complete, or when its EndPoint timeout passed (engine thread)."""
+        p = self._point
+        if p is None or p.t_end is None:
+            return
+        if p.complete(handled_arrival):
+            self._latch_locked("complete")
+        elif p.deadline is not None and now >= p.deadline:
+            self._latch_locked("timeout")
+
+    def _write_points(self) -> bool:
+        """Latched points into the results file (engine thread only); False after a FAULT."""
+        if not self._points_to_write:
+            return True
+        with self._lock:
+            records, self._points_to_write = self._points_to_write, []
+        if self.products is None:
+            return True
+        try:
+            for record in records:
+                self.products.append_point(record)
+        except Exception as exc:  # noqa: BLE001
+            self._enter_fault(f"writing scan point {records[0].number} to the results file failed: "
+                              f"{type(exc).__name__}: {exc}. Check the disk and OutputDirectory, then run Reset")
+            return False
+        return True
 
     def set_parameter(self, name: str, value: Any) -> Any:
         """Validate and set a parameter; applies from the next frame. Raises ParameterError."""
@@ -734,9 +882,16 @@ class Engine:
                       builder: EventBuilder | None) -> None:
         done = 0
         while done < n_sources:
+            t_ask = time.monotonic()
             try:
                 t_recv, item = self._take(run, q)
             except queue.Empty:
+                # the queue stayed empty from t_ask on: every frame that arrived before t_ask is handled
+                with self._lock:
+                    if run.generation == self._generation:
+                        self._point_progress_locked(t_ask, time.monotonic())
+                if not self._write_points():
+                    return
                 self._count_overflow(run)
                 if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
                     return
@@ -954,6 +1109,11 @@ class Engine:
             c.latency_ms = (now - t_recv) * 1e3
             self._results = merged
             self._frame_id = frame.frame_id
+            point = self._point
+            if point is not None and point.takes(t_recv):
+                point.add(frame.frame_id, merged)
+            # frames are handled in arrival order: everything that arrived before this one is done
+            self._point_progress_locked(t_recv, now)
             # By count only once every announced frame was received (analysed or bad), never
             # counting lost ids, so every frame present is analysed whatever the timing;
             # streams without an end marker (bsread frames=N) end here, others at series end.
@@ -971,6 +1131,8 @@ class Engine:
                                   f"{type(exc).__name__}: {exc}. Check the disk and OutputDirectory, "
                                   "then run Reset")
                 return False
+        if not self._write_points():
+            return False
         self.publisher.results(merged, frame.frame_id)
         if self.output_stream is not None:
             self.output_stream.send(frame.frame_id, merged, frame.timestamp)  # never blocks, counts drops
@@ -1105,6 +1267,9 @@ class Engine:
                 run.shortfall = max(0, c.expected - (c.completed + c.dropped + c.bad))
             run.finished = True  # from now on total == completed + dropped + bad
             self._recount_locked(run)
+            if self._point is not None:  # the scan ended inside a point: latched with what it has
+                self._scan_end_point = self._point.t_end is None  # its EndPoint is still to come
+                self._latch_locked("scan end")
             c.event_rate = 0.0
             self._sync_loss(c)
             self.quality.evaluate_references(summary)
@@ -1113,6 +1278,8 @@ class Engine:
             self.quality.stop()
             counters = Counters(**vars(self._counters))
             end_reason = self._end_reason
+        if not self._write_points():
+            return
         if self.products is not None:
             try:
                 self.products.end(summary, counters, self.quality.verdict().name, end_reason,

@@ -35,8 +35,13 @@ DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "State", "Status", "totalEvents", "completedEvents", "droppedEvents", "badEvents", "partialEvents",
     "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict",
     "verdictReport", "verdictCoverage", "outputFile", "referenceVersion", "runSummary", "parameterLog",
-    "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata"))
+    "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata",
+    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo"))
 RESERVED_PREFIX = "live_"
+#: ``point_<result>`` is the device's latched per-point value of a scalar result
+POINT_PREFIX = "point_"
+#: how a scalar result is summarised over the frames of one scan point (Result.point)
+POINT_AGGREGATES = ("mean", "sum", "last", "min", "max")
 
 
 class PluginError(RuntimeError):
@@ -57,6 +62,10 @@ class Result:
     ``dimensionless=True``) and ``format`` (printf style, ``"%.3f"``, ``"%d"``; ``""`` for
     ``str``/``bool``). ``axis`` names the spectrum result that holds the x values of this
     spectrum (``Result("profile_x", ..., axis="profile_x_axis")``): plotted together.
+
+    ``point`` says how a scalar result is summarised over the frames of one scan point
+    (``StartPoint``/``EndPoint``, docs/sardana.md): ``"mean"``, ``"sum"``, ``"last"``, ``"min"``
+    or ``"max"``; ``""`` (the default) is ``"mean"`` for numbers and ``"last"`` for text and bool.
     """
 
     name: str
@@ -72,11 +81,28 @@ class Result:
     format: str = ""
     dimensionless: bool = False
     axis: str = ""
+    point: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("scalar", "spectrum", "image"):
             raise ValueError(f"result {self.name}: kind must be scalar, spectrum or image")
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        if self.point not in ("", *POINT_AGGREGATES):
+            raise ValueError(f"result {self.name}: point must be one of {', '.join(POINT_AGGREGATES)} "
+                             f"(or \"\" for the default), got {self.point!r}")
+
+    @property
+    def point_aggregate(self) -> str:
+        """The per-point summary actually used: ``point``, or its default for the dtype."""
+        numeric = self.dtype.kind in "iuf"
+        if self.point:
+            return self.point
+        return "mean" if numeric else "last"
+
+    @property
+    def has_point(self) -> bool:
+        """Per-frame scalars get a per-point value (run summaries and arrays do not)."""
+        return self.kind == "scalar" and not self.run_summary
 
 
 @dataclass(frozen=True)
@@ -313,6 +339,8 @@ def _name_rule(name: Any, seen: dict[str, str]) -> str | None:
         return "the name is an attribute of the monitor device itself (names are case-insensitive)"
     if low.startswith(RESERVED_PREFIX):
         return f"names starting with {RESERVED_PREFIX!r} are reserved for the device's detector switches"
+    if low.startswith(POINT_PREFIX):
+        return f"names starting with {POINT_PREFIX!r} are reserved for the device's per-point results"
     if low in seen:
         return f"the name clashes with {seen[low]} (Tango attribute names are case-insensitive)"
     return None
@@ -373,6 +401,8 @@ def _result_rule(r: Result) -> str | None:
     for field in ("archive", "run_summary"):
         if not isinstance(getattr(r, field), bool):
             return f"{field} must be True or False, got {getattr(r, field)!r}"
+    if r.point and r.point != "last" and kind not in "iuf":
+        return f"point {r.point!r} needs a numeric result; a {r.dtype} result can only be point=\"last\""
     for field in ("warning", "alarm"):
         limits = getattr(r, field)
         if limits is None:

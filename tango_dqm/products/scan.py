@@ -52,6 +52,11 @@ class ScanProducts:
         if self._writer is not None:
             self._writer.append(frame_id, timestamp, results, verdict)
 
+    def append_point(self, record: Any) -> None:
+        """One latched scan point (tango_dqm.points.PointRecord) as a row of /entry/points."""
+        if self._writer is not None:
+            self._writer.append_point(record)
+
     def end(self, summary: Mapping[str, Any], counters: Any, verdict: str, end_reason: str,
             provenance: Mapping[str, Any], lost_frames: Any = None) -> Path | None:
         """Finish the results file (with the lost frame id ranges, if any) and queue its report."""

@@ -263,6 +263,8 @@ class ScanWriter:
             data.attrs["auxiliary_signals"] = aux
         data.attrs["title"] = f"{self.scan_id}: {signal} per frame"
 
+        self._create_points(entry)
+
         summary = entry.create_group("summary")
         summary.attrs["NX_class"] = "NXcollection"
 
@@ -279,6 +281,37 @@ class ScanWriter:
             {n: {"analysis": o, "kind": r.kind, "dtype": str(r.dtype), "unit": r.unit, "label": r.label}
              for n, (o, r) in self.decl.items()}), dtype=_STR)
         prov.create_dataset("main_result", data=signal, dtype=_STR)
+
+    def _create_points(self, entry: h5py.Group) -> None:
+        """/entry/points: one row per scan point (StartPoint/EndPoint), made now because SWMR
+        allows no new datasets later. Per-frame scalars get one dataset each, summarised as
+        their Result.point says (its name in the dataset's ``aggregate`` attribute)."""
+        pts = entry.create_group("points", track_order=True)
+        pts.attrs["NX_class"] = "NXcollection"
+        pts.attrs["description"] = ("one row per scan point: the frames that arrived between StartPoint and "
+                                    "EndPoint (or the first pointFrames after StartPoint), see docs/sardana.md")
+        self._point_cols: dict[str, h5py.Dataset] = {}
+
+        def col(name: str, dtype: Any, fill: Any, **attrs: Any) -> None:
+            ds = pts.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype,
+                                    fillvalue=fill)
+            ds.attrs.update({k: v for k, v in attrs.items() if v})
+            self._point_cols[name] = ds
+
+        col("point", np.int64, INT_MISSING, long_name="point number (1 = first of the scan)")
+        col("frames", np.int64, 0, long_name="frames analysed in the point")
+        col("expected_frames", np.int64, 0, long_name="pointFrames at StartPoint (0: until EndPoint)")
+        col("first_frame", np.int64, INT_MISSING, long_name="frame id of the point's first frame")
+        col("last_frame", np.int64, INT_MISSING, long_name="frame id of the point's last frame")
+        col("ended", _STR, None, long_name="complete, timeout (EndPoint's timeout passed first) or scan end")
+        self._point_results: list[str] = []
+        for name, (owner, r) in self.decl.items():
+            if not r.has_point or name in self._point_cols:
+                continue
+            numeric = r.dtype.kind in "iuf"
+            col(name, np.float64 if numeric else _STR, np.nan if numeric else None, units=r.unit,
+                long_name=r.label or name, analysis=owner, aggregate=r.point_aggregate)
+            self._point_results.append(name)
 
     # ---- properties ----------------------------------------------------------------------
 
@@ -353,6 +386,25 @@ class ScanWriter:
                     self.flush_interval is not None
                     and time.monotonic() - self._last_flush >= self.flush_interval):
                 self._flush_locked()
+
+    def append_point(self, record: Any) -> None:
+        """Write one latched scan point (a tango_dqm.points.PointRecord) as a row of /entry/points
+        at once: a few per second at most, and readers of a running scan see every ended point."""
+        with self._lock:
+            self._check_open()
+            cols = self._point_cols
+            i = cols["point"].shape[0]
+            row = {"point": record.number, "frames": record.frames, "expected_frames": record.expected_frames,
+                   "first_frame": INT_MISSING if record.first_frame is None else record.first_frame,
+                   "last_frame": INT_MISSING if record.last_frame is None else record.last_frame,
+                   "ended": record.ended}
+            for name in self._point_results:
+                v = record.values.get(name)
+                row[name] = (np.nan if cols[name].dtype != _STR else "") if v is None else v
+            for name, ds in cols.items():
+                ds.resize((i + 1,))
+                ds[i] = row[name] if ds.dtype != _STR else str(row[name])
+            self._file.flush()
 
     def _warn(self, c: _Column, msg: str) -> None:
         if not c.warned:

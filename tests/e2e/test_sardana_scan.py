@@ -1,0 +1,130 @@
+"""A real Sardana scan: Pool and MacroServer on the embedded Tango database, a dummy motor, a
+measurement group with DQM channels (tango_dqm's controller), ``ascan`` over N points with the
+simulator sending M frames per point; the scan file's values equal numpy over each point's frames."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tango
+
+from tango_dqm.devices.controlsystem import ControlSystem, free_port
+from tango_dqm.devices.sardana import pool_path
+from tango_dqm.devices.simulator import _DEFAULTS, scene_of
+from tango_dqm.simulation import FrameGenerator
+
+pytestmark = pytest.mark.timeout(240)
+
+MON, SIM = "test/dqm/1", "test/sim/1"
+POOL, MS, DOOR = "test/pool/1", "test/ms/1", "test/door/1"
+N_POINTS, M_FRAMES = 4, 3
+SHAPE = (64, 64)
+ROI = [22, 20, 22, 20]  # around the spot at the image centre
+
+
+def add_device(db: tango.Database, server: str, cls: str, name: str, props: dict | None = None) -> None:
+    info = tango.DbDevInfo()
+    info.server, info._class, info.name = server, cls, name
+    db.add_device(info)
+    if props:
+        db.put_device_property(name, props)
+
+
+def wait_until(what: str, ok, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def run_macro(door: tango.DeviceProxy, *argv: str, timeout: float = 120.0) -> None:
+    door.RunMacro(list(argv))  # the Door is RUNNING when this returns (the macro is queued synchronously)
+    deadline = time.monotonic() + timeout
+    while door.state() in (tango.DevState.RUNNING, tango.DevState.STANDBY, tango.DevState.MOVING):
+        assert time.monotonic() < deadline, f"macro {argv} still running"
+        time.sleep(0.05)
+    assert door.state() == tango.DevState.ON, (argv, door.state(), door.read_attribute("Error").value,
+                                               door.read_attribute("Output").value)
+
+
+def spec_columns(path: Path) -> dict[str, np.ndarray]:
+    """The columns of the last scan of a SPEC file, by label."""
+    labels, rows = None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("#L "):
+            labels, rows = line[3:].split("  "), []
+        elif labels and line.strip() and not line.startswith("#"):
+            rows.append([float(v) for v in line.split()])
+    assert labels and rows, path.read_text()[-2000:]
+    data = np.array(rows)
+    return {label.strip(): data[:, i] for i, label in enumerate(labels)}
+
+
+def offline(ids: range) -> dict[str, float]:
+    """Plain numpy over the point's frames, rendered as the simulator renders them."""
+    values = dict(_DEFAULTS, frame_width=SHAPE[1], frame_height=SHAPE[0], rate=0.0)
+    gen = FrameGenerator(scene_of(values))
+    x, sx, y, sy = ROI
+    rois = [gen.render(i)[y:y + sy, x:x + sx].astype(np.float64) for i in ids]
+    return {"signal_sum": float(np.sum([r.sum() for r in rois])),
+            "signal_mean": float(np.mean([r.mean() for r in rois]))}
+
+
+def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
+    sim_port = free_port()
+    out = tmp_path / "out"
+    with ControlSystem(tmp_path / "cs") as cs:
+        db = tango.Database("127.0.0.1", cs.port)
+        add_device(db, "DetectorSimulator/e2e", "DetectorSimulator", SIM, {"Port": [str(sim_port)]})
+        add_device(db, "DataQualityMonitor/e2e", "DataQualityMonitor", MON,
+                   {"Sources": [f"zmq://127.0.0.1:{sim_port}"], "Analyses": ["roi"], "OutputDirectory": [str(out)]})
+        add_device(db, "Pool/e2e", "Pool", POOL, {"PoolPath": [pool_path()]})
+        add_device(db, "MacroServer/e2e", "MacroServer", MS, {"PoolNames": [POOL]})
+        add_device(db, "MacroServer/e2e", "Door", DOOR, {"Id": ["1"]})
+        cs.start_server("DetectorSimulator", "e2e", [SIM])
+        cs.start_server("DataQualityMonitor", "e2e", [MON])
+        cs.start_server("Pool", "e2e", [POOL], timeout=120)
+
+        sim, mon, pool = cs.proxy(SIM), cs.proxy(MON), cs.proxy(POOL)
+        sim.frame_width, sim.frame_height, sim.rate = SHAPE[1], SHAPE[0], 0.0
+        sim.nframes, sim.first_frame = M_FRAMES, -1  # ids continue: every point has frames of its own
+        mon.roi_signal = ROI
+        mon.pointFrames = M_FRAMES
+        mon.Live()
+
+        pool.CreateController(["Motor", "DummyMotorController.py", "DummyMotorController", "motctrl"])
+        pool.CreateElement(["Motor", "motctrl", "1", "mot01"])
+        pool.CreateController(["CTExpChannel", "DataQualityMonitorController.py", "DataQualityMonitorController",
+                               "dqmctrl", "Monitor", f"tango://{cs.tango_host}/{MON}",
+                               "Results", "signal_sum,signal_mean", "Trigger", f"tango://{cs.tango_host}/{SIM}/Start"])
+        pool.CreateElement(["CTExpChannel", "dqmctrl", "1", "dqm_sum"])
+        pool.CreateElement(["CTExpChannel", "dqmctrl", "2", "dqm_mean"])
+        pool.CreateMeasurementGroup(["mg_dqm", "dqm_sum", "dqm_mean"])
+
+        cs.start_server("MacroServer", "e2e", [MS, DOOR], timeout=120)
+        door = cs.proxy(DOOR)
+        door.set_timeout_millis(10000)
+        run_macro(door, "senv", "ActiveMntGrp", "mg_dqm")
+        run_macro(door, "senv", "ScanDir", str(tmp_path))
+        run_macro(door, "senv", "ScanFile", "['scan.dat']")
+        run_macro(door, "ascan", "mot01", "0", "3", str(N_POINTS - 1), "0.01")
+
+        cols = spec_columns(tmp_path / "scan.dat")
+        assert len(cols["mot01"]) == N_POINTS and cols["mot01"] == pytest.approx([0, 1, 2, 3])
+        for k in range(N_POINTS):
+            want = offline(range(k * M_FRAMES, (k + 1) * M_FRAMES))
+            assert cols["dqm_sum"][k] == pytest.approx(want["signal_sum"], rel=1e-9), k
+            assert cols["dqm_mean"][k] == pytest.approx(want["signal_mean"], rel=1e-9), k
+        assert len(set(cols["dqm_sum"])) == N_POINTS  # the points differ: a shifted frame would show
+        assert mon.pointNumber == N_POINTS and mon.pointTimeouts == 0
+
+        mon.Stop()
+        wait_until("monitor CLOSE", lambda: mon.state() == tango.DevState.CLOSE)
+        with h5py.File(mon.outputFile, "r") as f:
+            pts = f["entry/points"]
+            assert list(pts["first_frame"][()]) == [k * M_FRAMES for k in range(N_POINTS)]
+            assert list(pts["frames"][()]) == [M_FRAMES] * N_POINTS
+            assert pts["signal_sum"][()] == pytest.approx(cols["dqm_sum"], rel=1e-12)
