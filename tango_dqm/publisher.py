@@ -2,8 +2,9 @@
 
 State changes are delivered in order, each one; results are coalesced (only the
 latest is kept while the listener is busy, and for ``results_interval`` seconds after
-each delivery), and spectra/images are passed on at most every ``array_interval``
-seconds. So at most 1 / results_interval deliveries a second (200 by default): below
+each delivery, or as long as the delivery took if longer), and spectra/images are passed
+on at most every ``array_interval`` seconds. So at most 1 / results_interval deliveries a
+second (200 by default), and a listener busy at most half the time: below
 that rate every frame's results are delivered at once, above it the latest frame's
 results go out every interval (the frames between are in the results file, not in
 events). Waking this thread for every frame cost the engine thread ~15% of its time
@@ -110,6 +111,7 @@ class Publisher:
                     else:
                         kind, payload = self._queue.popleft()
                     self._busy = True
+                t0 = time.monotonic()
                 try:
                     if self.listener is not None:
                         if kind == "state":
@@ -124,8 +126,9 @@ class Publisher:
                     log.exception("listener failed on %s", kind)
                 finally:
                     with self._cond:
-                        if kind == "results":
-                            self._pause_until = time.monotonic() + self.results_interval
+                        if kind == "results":  # a slow listener (Tango pushes) gets at most half the time
+                            end = time.monotonic()
+                            self._pause_until = end + max(self.results_interval, end - t0)
                         self._busy = False
                         self._cond.notify_all()
 
