@@ -291,15 +291,19 @@ class PixelMap:
                              f"{other._sum.shape} {other._max.dtype}")
         # second largest of the union of two top-two pairs
         mx2 = np.maximum(np.minimum(self._max, other._max), np.maximum(self._max2, other._max2))
-        return PixelMap(self.n + other.n, self._sum + other._sum, self._sumsq + other._sumsq,
-                        np.maximum(self._max, other._max), other.settings,
-                        self._rsum + other._rsum, self._rsumsq + other._rsumsq, mx2)
+        out = PixelMap(self.n + other.n, self._sum + other._sum, self._sumsq + other._sumsq,
+                       np.maximum(self._max, other._max), other.settings,
+                       self._rsum + other._rsum, self._rsumsq + other._rsumsq, mx2)
+        out._batch = self._batch  # the frame size's bound
+        return out
 
     def copy(self) -> "PixelMap":
         self.flush()
         c = lambda a: None if a is None else a.copy()  # noqa: E731
-        return PixelMap(self.n, c(self._sum), c(self._sumsq), c(self._max), self.settings, c(self._rsum),
-                        c(self._rsumsq), c(self._max2))
+        out = PixelMap(self.n, c(self._sum), c(self._sumsq), c(self._max), self.settings, c(self._rsum),
+                       c(self._rsumsq), c(self._max2))
+        out._batch = self._batch
+        return out
 
 
 def _ring(size: int) -> np.ndarray:
