@@ -95,7 +95,7 @@ def dense_spectrum(sparse: dict[int, int], width: float) -> tuple[np.ndarray, np
     cum = np.cumsum(vals)
 
     def quantile_key(q: float) -> int:
-        return int(keys[min(np.searchsorted(cum, q * total, side="left"), keys.size - 1)])
+        return int(keys[min(int(np.searchsorted(cum, q * total, side="left")), keys.size - 1)])
 
     lo_k, hi_k = quantile_key(0.0005), quantile_key(0.9995)
     pad = max(1, (hi_k - lo_k) // 10)
@@ -221,6 +221,8 @@ def fit_spectrum(edges: np.ndarray, counts: np.ndarray, total: int) -> dict[str,
     # A converged fit is a gain measurement only if the 1 p.e. peak is really there:
     # significant, clear of the pedestal, and made of more than a handful of triggers.
     if gain < 3 * err or gain < s0 or total * mu * math.exp(-mu) < 10:
+        return None
+    if previous_model is None:  # no fit pass ran
         return None
     resid = (y - previous_model[1]) / sigma
     ndf = max(y.size - 5, 1)

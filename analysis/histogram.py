@@ -115,7 +115,7 @@ def _fold_value_counts(counts: np.ndarray, base: int, edges: np.ndarray) -> tupl
     return binned, under, over, in_sum
 
 
-def int_histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.ndarray, int, int, int]:
+def int_histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.ndarray, int, int, int | float]:
     """(counts, underflow, overflow, sum of in-range values) of integer data, by value counting.
 
     8/16-bit data: a count of every possible value (numba bincount). Wider integers:
@@ -170,6 +170,7 @@ def histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np.nda
     """(counts int64, underflow, overflow, in-range sum) of any numeric array."""
     if data.dtype.kind == "b":
         data = data.view(np.uint8)
+    s: int | float
     if data.dtype.kind in "iu":
         counts, under, over, s = int_histogram(data, bins, lo, hi)
     else:
@@ -199,6 +200,7 @@ class _Run:
 class Histogram(Analysis):
     """Intensity histogram of a ROI: per frame and summed over the run."""
 
+    wire_types = (_Run,)  # the accumulator, for scale-out workers
     name = "histogram"
     version = "1"
     parameters = [

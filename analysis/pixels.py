@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -175,6 +175,24 @@ def _accumulate_float(frames, count, s, ss, mx, mx2, rs, rss):  # pragma: no cov
                 rss[i, j] += r * r
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: one numba signature for read-only and writable frames."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+class _Maps(NamedTuple):
+    """The per-pixel arrays of a PixelMap, in the order the accumulation kernels take them."""
+
+    sum: np.ndarray
+    sumsq: np.ndarray
+    max: np.ndarray
+    max2: np.ndarray
+    rsum: np.ndarray
+    rsumsq: np.ndarray
+
+
 class _Pace:
     """How many frames the pixel map may hold back now: 1 while frames come slower than three
     accumulations take (results then never wait for a batch), a full batch otherwise. Timing,
@@ -225,6 +243,16 @@ class PixelMap:
         self.flush()
         return self
 
+    @property
+    def maps(self) -> _Maps:
+        """The per-pixel arrays (every frame added included), all made at the first frame;
+        ValueError before it."""
+        self.flush()
+        if (self._sum is None or self._sumsq is None or self._max is None or self._max2 is None
+                or self._rsum is None or self._rsumsq is None):
+            raise ValueError("pixels: the map holds no frame yet")
+        return _Maps(self._sum, self._sumsq, self._max, self._max2, self._rsum, self._rsumsq)
+
     sum = property(lambda self: self._maps()._sum)
     sumsq = property(lambda self: self._maps()._sumsq)
     max = property(lambda self: self._maps()._max)
@@ -247,9 +275,7 @@ class PixelMap:
             if image.dtype != dtype:
                 raise ValueError(f"pixels: frame dtype changed during the run from {dtype} to "
                                  f"{image.dtype}; Reset to start a new map")
-        view = np.ascontiguousarray(image).view()
-        view.flags.writeable = False  # one numba signature for read-only and writable frames
-        self._pending.append(view)
+        self._pending.append(_read_only(np.ascontiguousarray(image)))
         self.n += 1
         self.settings = settings
         if len(self._pending) >= min(batch, self._batch):
@@ -272,6 +298,8 @@ class PixelMap:
             self._max2 = np.full(image.shape, lowest, image.dtype)
             self._rsum = np.zeros(image.shape, np.float64)
             self._rsumsq = np.zeros(image.shape, np.float64)
+        pending = [f if not f.flags.writeable else _read_only(f) for f in pending]  # e.g. from the wire
+        image = pending[0]
         frames = tuple(pending) + (image,) * (BATCH - len(pending))  # padding is never read
         self._pending = []
         t0 = time.perf_counter()
@@ -390,6 +418,7 @@ def dead_pixels(run_max: np.ndarray, dead_threshold: float) -> np.ndarray:
 class Pixels(Analysis):
     """Saturated pixels per frame; hot, dead and saturated-in-run pixel maps at the end of the run."""
 
+    wire_types = (PixelMap,)  # the accumulator, for scale-out workers (held-back frames travel with it)
     name = "pixels"
     version = "1"
     parameters = [
@@ -466,7 +495,7 @@ class Pixels(Analysis):
 
     def finish(self, acc: PixelMap) -> dict[str, Any]:
         out: dict[str, Any] = {"pixels_frames": acc.n}
-        if acc.n == 0 or acc.n < acc.settings[4]:
+        if acc.n == 0 or acc.settings is None or acc.n < acc.settings[4]:
             out.update({"pixels_status": "INSUFFICIENT", "pixels_hot": None, "pixels_dead": None,
                         "pixels_saturated_run": None, "pixels_map": None, "pixels_mean_map": None,
                         "pixels_std_map": None})

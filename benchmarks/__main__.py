@@ -5,7 +5,7 @@ see docs/operations.md.
 
     python -m benchmarks [--only NAME[,NAME]] [--long] [--dranspose] [--rates 100,500] [--seconds 10]
 
-NAME is a module's name without ``bench_`` (engine, device, replay, analyses, ingest, and
+NAME is a module's name without ``bench_`` (engine, device, replay, analyses, ingest, scaleout, and
 any other benchmarks/bench_*.py). Each benchmark prints its own table; a summary of every
 goal's figure, baseline, ratio and goal closes the run. Default total: about 3 minutes on
 2 cores; ``--long`` runs the issue's 60 s per rate through the device and the full ingest set.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import Figure
 
-ORDER = ["engine", "device", "replay", "analyses", "ingest"]
+ORDER = ["engine", "device", "replay", "analyses", "ingest", "scaleout"]
 
 
 def discover() -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import errno
 import fcntl
 import json
@@ -42,11 +43,11 @@ LOCK_NAME = "demo.lock"
 DIRECTORY_PROPERTIES = ("OutputDirectory", "ReferenceDirectory", "ParameterFileDirectories")
 
 
-def find_config() -> Path:
-    for candidate in (Path.cwd() / "config" / "demo.json", ROOT / "config" / "demo.json"):
+def find_config(name: str = "demo.json") -> Path:
+    for candidate in (Path.cwd() / "config" / name, ROOT / "config" / name):
         if candidate.is_file():
             return candidate
-    raise SystemExit("config/demo.json not found: run the demo from the project folder (make demo)")
+    raise SystemExit(f"config/{name} not found: run the demo from the project folder (make demo)")
 
 
 # ---- relative directories in dsconfig files ------------------------------------------------
@@ -250,6 +251,10 @@ def config_ports(config: dict) -> list[tuple[int, str]]:
         for value in props.get("Port") or []:
             if str(value).strip().isdigit() and int(value) > 0:
                 ports.append((int(value), f"Port of {owner}"))
+        for value in props.get("Endpoint") or []:  # a reducer's receive socket, tcp://host:port
+            port = str(value).rpartition(":")[2]
+            if port.isdigit() and int(port) > 0:
+                ports.append((int(port), f"Endpoint of {owner}"))
     return ports
 
 
@@ -471,6 +476,71 @@ def run_demo(cs: ControlSystem, args: argparse.Namespace, config: Path, lock: De
             say(f"\n{exc} received")
 
 
+# ---- scale-out: make demo DEMO_ARGS="--workers 3" (config/scaleout.json) ---------------------
+
+def scaleout_config(config: Path, workers: int, folder: Path) -> tuple[Path, list[tuple[str, str, str]], str, str]:
+    """The scale-out dsconfig with its first ``workers`` workers; (file, [(executable, instance, device)]
+    in start order: simulator, reducer, workers), the reducer and simulator device names."""
+    doc = json.loads(config.read_text())
+    servers = doc.get("servers", {})
+    reducers = [(inst, dev, props) for inst, classes in servers.get("DataQualityReducer", {}).items()
+                for dev, props in classes.get("DataQualityReducer", {}).items()]
+    sims = [(inst, dev) for inst, classes in servers.get("DetectorSimulator", {}).items()
+            for dev in classes.get("DetectorSimulator", {})]
+    if len(reducers) != 1 or len(sims) != 1:
+        raise SystemExit(f"{config}: a scale-out demo needs one DataQualityReducer and one DetectorSimulator")
+    r_inst, reducer, r_block = reducers[0]
+    names = list(r_block["properties"]["Workers"])
+    if not 1 <= workers <= len(names):
+        raise SystemExit(f"--workers must be from 1 to {len(names)} (the Workers of {reducer} in {config})")
+    keep = {n.lower() for n in names[:workers]}
+    r_block["properties"]["Workers"] = names[:workers]
+    order = [("DetectorSimulator", sims[0][0], sims[0][1]), ("DataQualityReducer", r_inst, reducer)]
+    for inst in list(servers.get("DataQualityMonitor", {})):
+        devices = servers["DataQualityMonitor"][inst].get("DataQualityMonitor", {})
+        if any(d.lower() in keep for d in devices):
+            order += [("DataQualityMonitor", inst, d) for d in devices]
+        else:
+            del servers["DataQualityMonitor"][inst]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scaleout_{workers}.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path, order, reducer, sims[0][1]
+
+
+def run_scaleout_demo(cs: ControlSystem, args: argparse.Namespace, config: Path, lock: DemoLock) -> None:
+    folder = cs.folder
+    path, order, reducer, simulator = scaleout_config(config, args.workers, folder)
+    cs.start_database()
+    lock.update(tango_host=cs.tango_host, processes=children_cmdlines())
+    print(f"  Tango database (pytango-db, sqlite) on TANGO_HOST={cs.tango_host}")
+    cs.apply_config(path)
+    print(f"  loaded {config} with dsconfig ({args.workers} workers: {path})")
+    for executable, instance, device in order:  # the reducer binds before its workers connect
+        cs.start_server(executable, instance, [device])
+        lock.update(processes=children_cmdlines())
+        print(f"  started {executable} {instance} ({device})")
+    red, sim = cs.proxy(reducer), cs.proxy(simulator)
+    print(f"  {reducer}: {red.status()}\n")
+    if args.no_scan:
+        return
+    print(f"Scan: reducer Start (starts its {args.workers} workers), then the detector sends "
+          f"{sim.nframes} frames on one PUSH socket; ZeroMQ deals them to the workers")
+    scan_id = red.Start()
+    sim.Start()
+    print(f"  {scan_id}: reducer {red.state()}, detector {sim.state()}")
+    wait_running_ends(red, 300)
+    print(f"  Status: {red.status()}")
+    for w in json.loads(red.workerStates):
+        print(f"  worker {w['name']}: {w['frames']} frames, {w['state']} {w['note']}")
+    show_results(red)
+    results_file = Path(red.Archive())
+    red.Reset()
+    print(f"\nArchive: the scan and its workers' scans are marked good; reducer results {results_file}")
+    (folder / "last_demo.json").write_text(json.dumps({"scan_file": str(results_file), "workers": args.workers,
+                                                        "verdict": VERDICTS[red.verdict]}, indent=2))
+
+
 def children_cmdlines() -> dict[str, str]:
     return {str(pid): _cmdline(pid) for pid in child_pids()}
 
@@ -500,12 +570,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolve-config", type=Path, metavar="FILE",
                         help="print FILE with relative directories made absolute (against --base) and exit")
     parser.add_argument("--base", type=Path, help="with --resolve-config: base folder (default: FILE's folder)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="scale-out: N DataQualityMonitor workers and a DataQualityReducer (config/scaleout.json)")
     args = parser.parse_args(argv)
     if args.resolve_config:
         return resolve_config_main(args.resolve_config, args.base)
-    sys.stdout.reconfigure(line_buffering=True)  # progress reaches a pipe (tests, logs) as it happens
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a replaced stdout (pytest capture) has no reconfigure
+        sys.stdout.reconfigure(line_buffering=True)  # progress reaches a pipe (tests, logs) as it happens
     folder = args.folder.resolve()
-    config = args.config.resolve() if args.config else find_config()
+    config = args.config.resolve() if args.config else find_config(
+        "scaleout.json" if args.workers else "demo.json")
     signals = Signals()
     signals.install()
     lock = DemoLock(folder)
@@ -516,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tango-dqm demo: control system in {folder}")
         cs = ControlSystem(folder, port)
         try:
-            run_demo(cs, args, config, lock)
+            (run_scaleout_demo if args.workers else run_demo)(cs, args, config, lock)
         finally:
             signals.begin_cleanup()
             say("\nStopping servers and database ...")

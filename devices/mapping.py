@@ -6,8 +6,9 @@ functions the device uses, so a declaration Tango refuses is found before deploy
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -201,13 +202,14 @@ def _info(attr: tango.Attr, analysis: str, role: str) -> AttributeInfo:
 
 
 def device_attribute_names() -> set[str]:
-    """Lower-case names of the attributes every DataQualityMonitor has (State, counters, verdict ...)."""
+    """Lower-case names of the attributes every DataQualityMonitor (and DataQualityReducer, a monitor
+    with a few more) has: State, counters, verdict ..."""
     from tango.server import attribute
 
-    from .monitor import DataQualityMonitor  # late: monitor imports this module
+    from .reducer import DataQualityReducer  # late: monitor imports this module; the reducer subclasses it
     return {"state", "status"} | {
         (v.attr_name if getattr(v, "attr_name", None) else k).lower()
-        for klass in DataQualityMonitor.__mro__ for k, v in vars(klass).items() if isinstance(v, attribute)}
+        for klass in DataQualityReducer.__mro__ for k, v in vars(klass).items() if isinstance(v, attribute)}
 
 
 def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> list[AttributeInfo]:
@@ -225,9 +227,10 @@ def describe_attributes(analyses: Sequence[str], checks: Sequence[Any] = ()) -> 
         owners = {p.name: a.name for a in reversed(engine.analyses) for p in a.parameters}
         limits = engine.quality.range_limits()
         out = []
-        builds = [(lambda p=p: parameter_attr(p), owners[p.name], "parameter", p.name)
-                  for p in engine.params.declarations.values()]
-        builds += [(lambda r=r, n=n: result_attr(r, *limits.get(n, (None, None))), owner, "result", n)
+        builds: list[tuple[Callable[[], Any], str, str, str]] = [
+            (partial(parameter_attr, p), owners[p.name], "parameter", p.name)
+            for p in engine.params.declarations.values()]
+        builds += [(partial(result_attr, r, *limits.get(n, (None, None))), owner, "result", n)
                    for n, (owner, r) in engine.result_decl.items()]
         for build, owner, role, name in builds:
             try:

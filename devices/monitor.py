@@ -12,23 +12,26 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NoReturn
 
 import numpy as np
 import tango
-from tango import AttrQuality, DevState
+from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property, run
 
-from tango_dqm.engine import Engine, EngineConfig, EngineError
+from tango_dqm.engine import Engine, EngineConfig, EngineError, NotConfiguredError, Snapshot
 from tango_dqm.http import HttpServerError, ResultsHttpServer
-from tango_dqm.params import ParameterError, ParamType
-from tango_dqm.plugin import PluginError
+from tango_dqm.params import Parameter, ParameterError, ParamType
+from tango_dqm.plugin import POINT_PREFIX, PluginError
 from tango_dqm.quality import TANGO_QUALITY, LossCheck, Verdict, checks_from_config, range_verdict
-from tango_dqm.quality.references import ReferenceStore, ReferenceStoreError
+from tango_dqm.quality.references import ReferenceStoreError
 from tango_dqm.products.runlog import COMMON_METADATA
 from tango_dqm.sources import SourceError
 from tango_dqm.versions import deployed_versions_json
 
+from .detectors import DetectorError, Detectors, live_attribute, live_stream, parse_detectors, tango_proxy
 from .logging_bridge import EngineListener, TangoLogHandler
 from .mapping import memorized_value, parameter_attr, parameter_value, result_attr, result_value
 from .points import point_attr, point_value
@@ -55,8 +58,9 @@ def _join_engine_threads(timeout: float = 10.0) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _throw(reason: str, desc: str, origin: str) -> None:
+def _throw(reason: str, desc: str, origin: str) -> NoReturn:
     tango.Except.throw_exception(reason, desc, origin)
+    raise AssertionError("tango.Except.throw_exception returned")  # it always raises DevFailed
 
 
 class DataQualityMonitor(Device):
@@ -96,6 +100,9 @@ class DataQualityMonitor(Device):
                                doc="port of the read-only HTTP access (h5pyd, run pages under /runs/); 0: off")
     HttpHost = device_property(dtype=str, default_value="127.0.0.1",
                                doc="address the HTTP access listens on (0.0.0.0: every interface)")
+    Reducer = device_property(dtype=str, default_value="",
+                              doc="scale-out worker: the DataQualityReducer's Endpoint, tcp://host:port, where "
+                                  "this monitor reports ('' : a stand-alone monitor); see docs/operations.md")
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -111,10 +118,8 @@ class DataQualityMonitor(Device):
             self.set_change_event(name, True, False)
         self.set_archive_event("verdict", True, False)
         self._limits: dict[str, tuple] = {}
-        self._detectors: dict[str, str] = {}
+        self._detectors = Detectors({}, tango_proxy, self.warn_stream)  # Live/Stop of the detectors property
         self._live_flags: dict[str, bool] = {}
-        self._live_detectors: list[tango.DeviceProxy] = []
-        self._note = ""  # why the last command was refused, shown in Status until one succeeds
         self._last_verdict: tuple[int, str] | None = None
         # Nothing may escape: at startup an exception here makes the server exit, in Init it
         # reaches the client as an opaque CORBA error with State and Status out of step.
@@ -142,28 +147,36 @@ class DataQualityMonitor(Device):
         """Check the properties and build the engine; raises _ConfigError naming what to fix."""
         self._check_directories()
         try:
-            self.engine = Engine(
-                EngineConfig(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
-                             checks=[line for line in self.QualityChecks if line.strip()],
-                             stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
-                             output_directory=self.OutputDirectory,
-                             file_roots=[*self.ParameterFileDirectories, self._reference_folder()],
-                             max_file_bytes=self.MaxParameterFileSize, output=self.Output,
-                             analysis_threads=self.AnalysisThreads,
-                             required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()]),
-                listener=self._listener, thread_context=tango.EnsureOmniThread)
+            self.engine = self._make_engine()
         except (EngineError, PluginError, SourceError, ValueError, OSError) as exc:
-            raise _ConfigError(f"{exc}. Fix the Sources/Analyses/QualityChecks/Output properties") from None
+            raise _ConfigError(f"{exc}. Fix the {self._engine_properties} properties") from None
         self._restore_parameters()
         self._restore_metadata()
         self._restore_point_frames()
-        self._load_reference()
         self._init_loss_limits()
         try:
-            self._detectors = self._parse_detectors()
+            self._detectors = Detectors(parse_detectors(self.detectors, self.engine.streams), tango_proxy,
+                                        self.warn_stream)
         except ValueError as exc:
             raise _ConfigError(f"{exc}. Fix the detectors property") from None
         self._live_flags = self._restore_live_flags()
+
+    _engine_properties = "Sources/Analyses/QualityChecks/Output/Reducer"
+
+    def _engine_config(self, cls: type = EngineConfig, **extra: Any) -> Any:
+        return cls(list(self.Sources), list(self.Analyses), self.QueueSize, self.ArrayEventInterval,
+                   checks=[line for line in self.QualityChecks if line.strip()],
+                   stale_timeout=self.StaleTimeout, event_timeout=self.EventTimeout,
+                   output_directory=self.OutputDirectory, reference_directory=self.ReferenceDirectory,
+                   file_roots=list(self.ParameterFileDirectories),
+                   max_file_bytes=self.MaxParameterFileSize, output=self.Output,
+                   analysis_threads=self.AnalysisThreads,
+                   required_metadata=[k.strip() for k in self.RequiredMetadata if k.strip()], **extra)
+
+    def _make_engine(self) -> Engine:
+        """The engine of this device (DataQualityReducer makes a ReducerEngine here)."""
+        return Engine(self._engine_config(reducer=self.Reducer.strip(), worker_name=self.get_name()),
+                      listener=self._listener, thread_context=tango.EnsureOmniThread)
 
     def _check_directories(self) -> None:
         # Relative paths would resolve against the server's working directory (/ under Starter).
@@ -249,11 +262,12 @@ class DataQualityMonitor(Device):
         # Dynamic attributes must go here, not in init_device: removing them during
         # Init's init_device crashes cppTango. init_device then adds the new set.
         self._remove_dynamic_attributes()
-        if getattr(self, "_http", None) is not None:
-            self._http.close()  # quick: asks uvicorn to exit, joins with a timeout
+        http, engine = getattr(self, "_http", None), getattr(self, "engine", None)
+        if http is not None:
+            http.close()  # quick: asks uvicorn to exit, joins with a timeout
             self._http = None
-        if getattr(self, "engine", None) is not None:
-            self.engine.close()
+        if engine is not None:
+            engine.close()
 
     # ---- HTTP access (read-only; its threads only read files, they push no events) -----------
 
@@ -286,7 +300,7 @@ class DataQualityMonitor(Device):
                 self.remove_attribute(name, False, False)  # clean_db=False keeps memorized values
             except tango.DevFailed as exc:
                 self.warn_stream(f"could not remove attribute {name}: {exc.args[0].desc}")
-        self._dynamic_names = []
+        self._dynamic_names: list[str] = []
 
     def _build_dynamic_attributes(self) -> None:
         """All attributes or none: every definition is made before the first is added, and a
@@ -294,13 +308,13 @@ class DataQualityMonitor(Device):
         self._remove_dynamic_attributes()
         if self.engine is None:
             return
-        todo = []
+        todo: list[tuple[tango.Attr, Callable[[Any], None], Callable[[Any], None] | None]] = []
         for param in self.engine.params.declarations.values():
             todo.append((parameter_attr(param), self._read_parameter, self._write_parameter))
-        for stream in self._detectors:
-            attr = tango.Attr(f"live_{stream}", tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
+        for stream, device in self._detectors.names.items():
+            attr = tango.Attr(live_attribute(stream), tango.CmdArgType.DevBoolean, tango.AttrWriteType.READ_WRITE)
             props = tango.UserDefaultAttrProp()
-            props.set_description(f"Live and Stop also drive the detector {self._detectors[stream]}")
+            props.set_description(f"Live and Stop also drive the detector {device}")
             attr.set_default_properties(props)
             attr.set_memorized()
             attr.set_memorized_init(False)  # restored by init_device, like the parameters
@@ -320,29 +334,34 @@ class DataQualityMonitor(Device):
             self._dynamic_names.append(attr.get_name())
         self._sync_thresholds()
 
+    # Dynamic attributes exist only while an engine does (Init removes them with it).
+
     def _read_parameter(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
-        param = self.engine.params.declarations[name]
+        params = self._require_engine(f"read {name}").params
+        param = params.declarations[name]
         if param.type is ParamType.FILE:  # the path it was set with, not the content
-            attr.set_value(self.engine.params.file_paths.get(name, ""))
+            attr.set_value(params.file_paths.get(name, ""))
             return
-        attr.set_value(parameter_value(param, self.engine.params.get(name)))
+        attr.set_value(parameter_value(param, params.get(name)))
 
     def _write_parameter(self, attr: tango.WAttribute) -> None:
         name = attr.get_name()
         value = attr.get_write_value()
+        engine = self._require_engine(f"write {name}")
         try:
-            canonical = self.engine.set_parameter(name, value)
+            canonical = engine.set_parameter(name, value)
         except ParameterError as exc:
             _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
-        param = self.engine.params.declarations[name]
+        param = engine.params.declarations[name]
         if param.is_array:
             self._persist(name, param.to_plain(canonical))
 
     def _read_result(self, attr: tango.Attribute) -> None:
         name = attr.get_name()
-        _, result = self.engine.result_decl[name]
-        value, quality = self._result_value(name, result, self.engine.latest(name))  # no snapshot per read
+        engine = self._require_engine(f"read {name}")
+        _, result = engine.result_decl[name]
+        value, quality = self._result_value(name, result, engine.latest(name))  # no snapshot per read
         attr.set_value_date_quality(value, time.time(), quality)
 
     def _result_value(self, name: str, result, raw: Any):
@@ -380,35 +399,6 @@ class DataQualityMonitor(Device):
             else:
                 self._limits[name] = (warning, error)
 
-    # ---- references ---------------------------------------------------------------------
-
-    def _reference_folder(self) -> str:
-        return self.ReferenceDirectory or (f"{self.OutputDirectory}/references" if self.OutputDirectory else "")
-
-    def _reference_store(self, create: bool = False) -> ReferenceStore | None:
-        folder = self._reference_folder()
-        if not folder:
-            return None
-        try:
-            return ReferenceStore(folder, create=create)
-        except ReferenceStoreError:
-            return None
-
-    def _require_store(self, origin: str) -> ReferenceStore:
-        store = self._reference_store(create=True)
-        if store is None:
-            _throw("DQM_NotConfigured", "no reference directory: set the ReferenceDirectory or OutputDirectory "
-                   "property, then run Init", origin)
-        return store  # type: ignore[return-value]
-
-    def _load_reference(self) -> None:
-        store = self._reference_store()
-        if store is None or store.latest("reference") is None:
-            return
-        ref = store.load("reference")
-        self.engine.use_reference(ref.info, dict(ref.arrays))
-        self.info_stream(f"reference version {ref.info.version} (from {ref.info.scan_id}) in use")
-
     # Scalar parameters are memorized (Tango keeps each write in the __value attribute
     # property); arrays cannot be, so they are written through to a device property of the
     # same name holding JSON. Both are restored here, at startup and at every Init.
@@ -420,7 +410,7 @@ class DataQualityMonitor(Device):
             self.warn_stream(f"could not persist {name}: {exc.args[0].desc}")
 
     def _restore_parameters(self) -> None:
-        decl = self.engine.params.declarations
+        decl = self._require_engine("Init").params.declarations
         arrays = [n for n, p in decl.items() if p.is_array]
         scalars = [n for n, p in decl.items() if not p.is_array]
         db = self._database()
@@ -437,7 +427,7 @@ class DataQualityMonitor(Device):
         for name in scalars:
             raw = list(stored_scalars.get(name, {}).get("__value", []))
             if raw:
-                self._restore(name, raw, lambda r, p=decl[name]: memorized_value(p, r[0]))
+                self._restore(name, raw, partial(_first_memorized, decl[name]))
 
     # Scan metadata: memorized attributes (Tango keeps __value); restored here like the
     # parameters, so a restart or Init keeps the sample and operator of the next scan.
@@ -460,7 +450,8 @@ class DataQualityMonitor(Device):
 
     def _set_metadata(self, name: str, text: str) -> None:
         """Apply one metadata attribute write to the engine; ValueError keeps the old value."""
-        md = self.engine.metadata
+        engine = self._require_engine(f"write {name}")
+        md = engine.metadata
         if name == "scanMetadata":
             try:
                 free = json.loads(text) if text.strip() else {}
@@ -480,7 +471,7 @@ class DataQualityMonitor(Device):
                 md[name] = text.strip()
             else:
                 md.pop(name, None)
-        self.engine.set_metadata(md)
+        engine.set_metadata(md)
 
     def _metadata_attr(self, name: str) -> str:
         if self.engine is None:
@@ -497,43 +488,46 @@ class DataQualityMonitor(Device):
         except ValueError as exc:
             _throw("DQM_InvalidValue", f"{exc} (the previous value is kept)", f"write {name}")
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: the sample of the next scans")
-    def sample(self) -> str:
+    sample = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: the sample of the next scans")
+
+    def read_sample(self) -> str:
         return self._metadata_attr("sample")
 
-    @sample.write
-    def sample(self, value: str) -> None:
+    def write_sample(self, value: str) -> None:
         self._write_metadata_attr("sample", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: who runs the next scans")
-    def operator(self) -> str:
+    operator = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: who runs the next scans")
+
+    def read_operator(self) -> str:
         return self._metadata_attr("operator")
 
-    @operator.write
-    def operator(self, value: str) -> None:
+    def write_operator(self, value: str) -> None:
         self._write_metadata_attr("operator", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False, doc="scan metadata: proposal (beamtime) id")
-    def proposal(self) -> str:
+    proposal = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                    doc="scan metadata: proposal (beamtime) id")
+
+    def read_proposal(self) -> str:
         return self._metadata_attr("proposal")
 
-    @proposal.write
-    def proposal(self, value: str) -> None:
+    def write_proposal(self, value: str) -> None:
         self._write_metadata_attr("proposal", value)
 
-    @attribute(dtype=str, memorized=True, hw_memorized=False,
-               doc="scan metadata: JSON object of further keys, e.g. {\"pmt_serial\": \"SN123\"} "
-                   "(sample, operator, proposal have their own attributes)")
-    def scanMetadata(self) -> str:
+    scanMetadata = attribute(dtype=str, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                             doc="scan metadata: JSON object of further keys, e.g. {\"pmt_serial\": \"SN123\"} "
+                                 "(sample, operator, proposal have their own attributes)")
+
+    def read_scanMetadata(self) -> str:
         return self._metadata_attr("scanMetadata")
 
-    @scanMetadata.write
-    def scanMetadata(self, value: str) -> None:
+    def write_scanMetadata(self, value: str) -> None:
         self._write_metadata_attr("scanMetadata", value)
 
-    def _restore(self, name: str, raw: list[str], parse) -> None:
+    def _restore(self, name: str, raw: list[str], parse: Callable[[list[str]], Any]) -> None:
         try:
-            self.engine.set_parameter(name, parse(raw))
+            self._require_engine("Init").set_parameter(name, parse(raw))
         except (ValueError, ParameterError) as exc:
             self.warn_stream(f"persisted {name}={raw} ignored, default kept: {exc}")
 
@@ -580,13 +574,16 @@ class DataQualityMonitor(Device):
             self.push_archive_event("verdict", int(verdict), now, _VERDICT_QUALITY[verdict])
         self.push_change_event("verdictReport", snap.verdict_report)
 
-    def _run_summary_results(self, snap) -> dict[str, Any]:
-        decl = self.engine.result_decl
+    def _run_summary_results(self, snap: Snapshot) -> dict[str, Any]:
+        decl = self._require_engine("push").result_decl
         return {n: snap.summary.get(n) for n, (_, r) in decl.items() if r.run_summary}
 
     def _push_results(self, results: dict[str, Any], all_arrays: bool = False) -> None:
         now = time.time()
-        decl = self.engine.result_decl
+        engine = self.engine
+        if engine is None:  # Init removed it while the publisher was delivering
+            return
+        decl = engine.result_decl
         for name, value in results.items():
             if name not in decl:
                 continue
@@ -612,7 +609,8 @@ class DataQualityMonitor(Device):
         if self.engine is None:
             return f"FAULT: {self._config_error}"
         status = self.engine.status()
-        status = f"{status}. {self._note}" if self._note else status
+        note = self._detectors.note  # why the last Live was refused, until a Start or Live succeeds
+        status = f"{status}. {note}" if note else status
         status = f"{status}. {self._http_error}" if getattr(self, "_http_error", "") else status
         if self.dev_state() == DevState.ALARM:
             # Tango turns ON into ALARM when a result is outside its alarm range: Status says so first,
@@ -636,97 +634,49 @@ class DataQualityMonitor(Device):
     def _start(self, live: bool) -> str:
         origin = "Live" if live else "Start"
         engine = self._require_engine(origin)
-        detectors = self._selected_detectors() if live else {}
-        proxies = self._reach(detectors, origin)  # all reachable, or nothing is started
-        try:
-            scan_id = engine.start(live=live)
-        except EngineError as exc:
-            _throw("DQM_CommandNotAllowed", str(exc), origin)
-        started = []
-        for stream, proxy in proxies.items():
+        selected = self._detectors.selected(self._live_flags) if live else {}
+
+        def start_engine() -> str:
             try:
-                proxy.command_inout("Live")
-                started.append(proxy)
-            except tango.DevFailed as exc:
-                for other in started:  # no half-started state: undo what was started
-                    self._stop_detector(other)
-                engine.stop()
-                self._note = (f"Live on detector {detectors[stream]} (stream {stream}) failed: "
-                              f"{' '.join(exc.args[0].desc.split())}; check the detector, then Live again")
-                _throw("DQM_DetectorFailed", f"{self._note}. Nothing was started", origin)
-        self._live_detectors = started
-        self._note = ""
+                return engine.start(live=live)
+            except EngineError as exc:
+                _throw("DQM_CommandNotAllowed", str(exc), origin)
+
+        try:
+            scan_id = self._detectors.start(selected, origin, start_engine, engine.stop)
+        except DetectorError as exc:
+            _throw(exc.reason, exc.desc, origin)
         self.set_state(_STATES[engine.state.value])
         return scan_id
 
     # ---- detectors (Live mode) ----------------------------------------------------------
 
-    def _parse_detectors(self) -> dict[str, str]:
-        try:
-            mapping = json.loads(self.detectors or "{}")
-        except ValueError as exc:
-            raise ValueError(f"detectors must be JSON like {{\"det\": \"dqm/sim/1\"}}: {exc}") from None
-        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in mapping.items()):
-            raise ValueError('detectors must be a JSON object {"stream": "device/name"}')
-        streams = set(self.engine.streams)
-        unknown = sorted(set(mapping) - streams)
-        if unknown:
-            raise ValueError(f"detectors names streams {unknown} that are not in Sources ({sorted(streams)})")
-        return mapping
-
     def _restore_live_flags(self) -> dict[str, bool]:
-        flags = {stream: True for stream in self._detectors}
-        names = [f"live_{s}" for s in self._detectors]
+        flags = {stream: True for stream in self._detectors.names}
+        names = [live_attribute(s) for s in self._detectors.names]
         if names:
             try:
                 stored = self._database().get_device_attribute_property(self.get_name(), names)
             except tango.DevFailed:
                 stored = {}
-            for stream in self._detectors:
-                raw = list(stored.get(f"live_{stream}", {}).get("__value", []))
+            for stream in self._detectors.names:
+                raw = list(stored.get(live_attribute(stream), {}).get("__value", []))
                 if raw:
                     flags[stream] = raw[0].strip().lower() in ("1", "true")
         return flags
 
     def _read_live_flag(self, attr: tango.Attribute) -> None:
-        attr.set_value(self._live_flags[attr.get_name()[len("live_"):]])
+        attr.set_value(self._live_flags[live_stream(attr.get_name())])
 
     def _write_live_flag(self, attr: tango.WAttribute) -> None:
-        self._live_flags[attr.get_name()[len("live_"):]] = bool(attr.get_write_value())
-
-    def _selected_detectors(self) -> dict[str, str]:
-        return {s: d for s, d in self._detectors.items() if self._live_flags.get(s)}
-
-    def _reach(self, detectors: dict[str, str], origin: str) -> dict[str, tango.DeviceProxy]:
-        proxies = {}
-        for stream, name in detectors.items():
-            try:
-                proxy = tango.DeviceProxy(name)
-                proxy.set_timeout_millis(3000)
-                proxy.ping()
-            except tango.DevFailed as exc:
-                why = " ".join(exc.args[0].desc.split())
-                self._note = (f"{origin} refused: detector {name} (stream {stream}) is unreachable ({why}); "
-                              f"start its server (Astor) or write live_{stream} = False, then {origin} again")
-                _throw("DQM_DetectorUnreachable", f"{self._note}. Nothing was started", origin)
-            proxies[stream] = proxy
-        return proxies
-
-    def _stop_detector(self, proxy: tango.DeviceProxy) -> None:
-        try:
-            proxy.command_inout("Stop")
-        except tango.DevFailed as exc:
-            self.warn_stream(f"Stop on detector {proxy.dev_name()} failed: {exc.args[0].desc}")
+        self._live_flags[live_stream(attr.get_name())] = bool(attr.get_write_value())
 
     @command
     def Stop(self) -> None:
         """Stop the scan (and the detectors a Live started): the engine drains queued frames,
         then goes to CLOSE."""
         self._require_engine("Stop").stop()
-        for proxy in self._live_detectors:
-            self._stop_detector(proxy)
-        self._live_detectors = []
+        self._detectors.stop()
 
     @command
     def Reset(self) -> None:
@@ -764,9 +714,10 @@ class DataQualityMonitor(Device):
     def TakeReference(self) -> int:
         """Store the accumulated spectra and maps of the finished scan as the new reference version."""
         engine = self._require_engine("TakeReference")
-        store = self._require_store("TakeReference")
         try:
-            info = engine.take_reference(store)
+            info = engine.take_reference()
+        except NotConfiguredError as exc:
+            _throw("DQM_NotConfigured", str(exc), "TakeReference")
         except (EngineError, ReferenceStoreError) as exc:
             _throw("DQM_CommandNotAllowed", str(exc), "TakeReference")
         self.info_stream(f"reference version {info.version} taken from {info.scan_id}")
@@ -777,9 +728,10 @@ class DataQualityMonitor(Device):
         """Store the mean image of the finished (dark) scan as the next background version and
         use it as the dark image of every analysis from the next frame on."""
         engine = self._require_engine("TakeBackground")
-        store = self._require_store("TakeBackground")
         try:
-            info = engine.take_background(store)
+            info = engine.take_background()
+        except NotConfiguredError as exc:
+            _throw("DQM_NotConfigured", str(exc), "TakeBackground")
         except (EngineError, ReferenceStoreError, ParameterError) as exc:
             _throw("DQM_CommandNotAllowed", str(exc), "TakeBackground")
         # as if written by a client: the memorized value survives a restart
@@ -826,14 +778,15 @@ class DataQualityMonitor(Device):
     def pointTimeouts(self) -> int:
         return self.engine.point_timeouts if self.engine is not None else 0
 
-    @attribute(dtype="DevLong64", memorized=True, hw_memorized=False, label="Frames per point", format="%d",
-               unit="frames", min_value=0, max_value=2**31 - 1,
-               doc="frames that make a point: the first N arriving after StartPoint (0: all until EndPoint)")
-    def pointFrames(self) -> int:
+    pointFrames = attribute(dtype="DevLong64", access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=False,
+                            label="Frames per point", format="%d", unit="frames", min_value=0, max_value=2**31 - 1,
+                            doc="frames that make a point: the first N arriving after StartPoint (0: all until "
+                                "EndPoint)")
+
+    def read_pointFrames(self) -> int:
         return self.engine.point_frames if self.engine is not None else 0
 
-    @pointFrames.write
-    def pointFrames(self, value: int) -> None:
+    def write_pointFrames(self, value: int) -> None:
         try:
             self._require_engine("write pointFrames").point_frames = value
         except EngineError as exc:
@@ -845,8 +798,10 @@ class DataQualityMonitor(Device):
         return json.dumps(record.as_dict() if record is not None else {})
 
     def _read_point_result(self, attr: tango.Attribute) -> None:
-        result = self.engine.point_results[attr.get_name()[len("point_"):]]
-        value, quality = point_value(result, self.engine.last_point)
+        name = attr.get_name()
+        engine = self._require_engine(f"read {name}")
+        result = engine.point_results[name[len(POINT_PREFIX):]]
+        value, quality = point_value(result, engine.last_point)
         attr.set_value_date_quality(value, time.time(), quality)
 
     def _restore_point_frames(self) -> None:
@@ -854,7 +809,7 @@ class DataQualityMonitor(Device):
             stored = self._database().get_device_attribute_property(self.get_name(), ["pointFrames"])
             raw = list(stored.get("pointFrames", {}).get("__value", []))
             if raw:
-                self.engine.point_frames = int(raw[0])
+                self._require_engine("Init").point_frames = int(raw[0])
         except (tango.DevFailed, ValueError, EngineError) as exc:
             self.warn_stream(f"persisted pointFrames ignored: {exc}")
 
@@ -968,14 +923,15 @@ class DataQualityMonitor(Device):
     def _init_loss_limits(self) -> None:
         """At Init: a loss check in QualityChecks sets the lostFraction alarm properties; else the stored
         properties (edited in Jive) set the check; else the defaults set the properties."""
-        limits = self.engine.quality.loss_limits() if self.engine else None
-        if limits is None:
+        engine = self.engine
+        limits = engine.quality.loss_limits() if engine else None
+        if engine is None or limits is None:
             return
         configured = any(isinstance(c, LossCheck) for c in checks_from_config(list(self.QualityChecks)))
-        attr, stored = self._loss_attr_limits()
-        if not configured and stored[0] is not None and stored[1] is not None:
+        attr, (warning, error) = self._loss_attr_limits()
+        if not configured and warning is not None and error is not None:
             try:
-                self.engine.quality.set_loss_limits(*stored)
+                engine.quality.set_loss_limits(warning, error)
                 return
             except ValueError as exc:
                 self.warn_stream(f"alarm properties of lostFraction ignored: {exc}")
@@ -1002,7 +958,8 @@ class DataQualityMonitor(Device):
     @attribute(dtype=str, doc="URL of the read-only HTTP access: h5pyd.File('/', endpoint=url), "
                               "run pages at url + 'runs/' ('' : off, see HttpPort)")
     def httpUrl(self) -> str:
-        return self._http.url if getattr(self, "_http", None) is not None else ""
+        http = getattr(self, "_http", None)
+        return http.url if http is not None else ""
 
     @attribute(dtype=int, doc="version of the reference in use (0: none)")
     def referenceVersion(self) -> int:
@@ -1030,6 +987,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, tango.DevFailed):
         return " ".join(exc.args[0].desc.split())
     return str(exc) if isinstance(exc, _ConfigError) else f"{type(exc).__name__}: {exc}"
+
+
+def _first_memorized(param: Parameter, raw: list[str]) -> Any:
+    """A scalar parameter from its memorized ``__value`` strings."""
+    return memorized_value(param, raw[0])
 
 
 def _json_small(value: Any) -> Any:

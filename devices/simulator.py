@@ -1,184 +1,41 @@
 """DetectorSimulator: a Tango device streaming simulated detector frames as STINS messages.
 
-Frames come from :class:`tango_dqm.simulation.FrameGenerator` (a Gaussian spot on noise,
-hot/dead pixels, drift), so they are deterministic: frame ``i`` of a series equals
-``FrameGenerator(scene).render(i)``. They are sent on a ZeroMQ PUSH socket bound at Init
-(``endpoint`` attribute), in the STINS format read by ``zmq://`` sources::
-
-    {"htype": "header", "series": "3", "nimages": N, "shape": [rows, cols], "type": "uint16"}
-    {"htype": "image", "frame": i, "shape": [rows, cols], "type": "uint16", "compression": "none"}
-        + one raw C-order part (sent zero-copy)
-    {"htype": "series_end", "series": "3", "frames_sent": n, "frames_unsent": m}
+The streaming itself is in the core (:mod:`tango_dqm.sim_streamer`: settings and their
+rules, the PUSH socket, the series loop and its back-pressure); this device maps the
+settings onto memorized attributes and the series onto State, Status and commands.
 
 Threading (same rules as DataQualityMonitor): commands only set flags and start the
 streaming thread, an omni-thread, and return at once. The streaming thread ends the series
 and changes the state itself, inside the device monitor, so its State/Status events are
 ordered with respect to commands. No command ever waits for the streaming thread.
-
-Back-pressure: a PUSH socket blocks when no receiver is connected or the receivers are
-full. Every send is non-blocking inside a 100 ms POLLOUT loop, so Stop is always
-responsive. With ``rate`` 0 (flat out) the simulator waits for the receiver and loses
-nothing; with ``rate`` > 0 it keeps its absolute schedule like a real detector: a frame
-the receivers do not take before the next one is due is dropped and counted in
-``frames_unsent`` (its frame id is skipped, so the receiver sees a gap).
 """
 from __future__ import annotations
 
-import enum
-import json
-import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import tango
 import zmq
 from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property, run
 
-from tango_dqm.simulation import FrameGenerator, Scene
+from tango_dqm.sim_streamer import (SERIES_END_TIMEOUT_S, SHAPE_SETTINGS, BindError, InvalidValue, PixelType,
+                                    Series, SimulatorSettings, bind_push)
 
-POLL_S = 0.1  # longest a send or a wait blocks before looking at the stop flag again
-SERIES_END_TIMEOUT_S = 1.0  # after Stop, how long series_end may wait for a receiver
-MAX_SIDE = 16384
-MAX_PIXELS = 1 << 24  # 16 Mpixel: the noise pools hold about 3 frames (tango_dqm.simulation)
-MAX_RATE = 100_000.0
+#: after Init, how long binding the same port again is retried (ZeroMQ unbinds asynchronously)
+REBIND_S = 2.0
 
-
-class PixelType(enum.IntEnum):
-    """Pixel types a simulated frame may have (the STINS ``type`` of the image)."""
-
-    uint8 = 0
-    uint16 = 1
-    uint32 = 2
-    float32 = 3
-
-
-#: attributes whose change alters the frame size/type: refused while RUNNING
-_SHAPE_ATTRS = ("frame_width", "frame_height", "dtype")
-#: scene fields that change the noise pool or the hot/dead pixel choice: need a new generator
-_POOL_FIELDS = ("shape", "dtype", "seed", "background", "noise", "hot_pixels", "dead_pixels")
-
-_DEFAULTS: dict[str, Any] = {
-    "frame_width": 512, "frame_height": 512, "dtype": "uint16", "rate": 10.0, "nframes": 100,
-    "spot_x": -1.0, "spot_y": -1.0, "spot_sigma": 20.0, "amplitude": 1000.0, "noise": 5.0,
-    "background": 100.0, "hot_pixels": 0, "dead_pixels": 0, "drift_x": 0.0, "drift_y": 0.0,
-    "seed": 0, "first_frame": 0,
-}
-
-
-class InvalidValue(ValueError):
-    """A write breaks a rule; the message states the rule."""
-
-
-# ---- validation: each returns the canonical value or raises InvalidValue -------------
-
-def _finite(name: str, value: Any) -> float:
-    v = float(value)
-    if not math.isfinite(v):
-        raise InvalidValue(f"{name} must be a finite number, got {value!r}")
-    return v
-
-
-def _int_range(name: str, value: Any, lo: int, hi: int) -> int:
-    v = int(value)
-    if not lo <= v <= hi:
-        raise InvalidValue(f"{name} must be an integer in [{lo}, {hi}], got {v}")
-    return v
-
-
-def validate(name: str, value: Any, values: dict[str, Any]) -> Any:
-    """Check one attribute write against its rule and the other current ``values``."""
-    if name in ("frame_width", "frame_height"):
-        v = _int_range(name, value, 1, MAX_SIDE)
-        other = values["frame_height" if name == "frame_width" else "frame_width"]
-        if v * other > MAX_PIXELS:
-            raise InvalidValue(f"frame_width * frame_height must be <= {MAX_PIXELS} pixels, "
-                               f"{name}={v} gives {v * other}")
-        if values["hot_pixels"] + values["dead_pixels"] > v * other:
-            raise InvalidValue(f"hot_pixels + dead_pixels ({values['hot_pixels'] + values['dead_pixels']}) "
-                               f"must fit in the frame; {name}={v} gives only {v * other} pixels")
-        return v
-    if name == "dtype":
-        try:
-            return PixelType(int(value)).name
-        except ValueError:
-            raise InvalidValue(f"dtype must be one of {[t.name for t in PixelType]}, got {value!r}") from None
-    if name == "rate":
-        v = _finite(name, value)
-        if not 0 <= v <= MAX_RATE:
-            raise InvalidValue(f"rate must be >= 0 Hz (0 = as fast as the receiver takes frames) "
-                               f"and <= {MAX_RATE:g} Hz, got {v:g}")
-        return v
-    if name == "nframes":
-        return _int_range(name, value, 1, 2**62)
-    if name == "seed":
-        return _int_range(name, value, 0, 2**63 - 1)
-    if name == "first_frame":
-        return _int_range(name, value, -1, 2**62)
-    if name in ("hot_pixels", "dead_pixels"):
-        v = _int_range(name, value, 0, MAX_PIXELS)
-        other = values["dead_pixels" if name == "hot_pixels" else "hot_pixels"]
-        pixels = values["frame_width"] * values["frame_height"]
-        if v + other > pixels:
-            raise InvalidValue(f"hot_pixels + dead_pixels must be <= the frame's {pixels} pixels, "
-                               f"{name}={v} gives {v + other}")
-        return v
-    v = _finite(name, value)
-    if name == "spot_sigma" and v <= 0:
-        raise InvalidValue(f"spot_sigma must be > 0 pixels, got {v:g} (use amplitude=0 for no spot)")
-    if name == "noise" and v < 0:
-        raise InvalidValue(f"noise must be >= 0 (standard deviation in counts), got {v:g}")
-    return v
-
-
-def scene_of(values: dict[str, Any]) -> Scene:
-    """The :class:`Scene` described by the attribute values (negative spot_x/y: image centre)."""
-    return Scene(shape=(int(values["frame_height"]), int(values["frame_width"])), dtype=values["dtype"],
-                 seed=int(values["seed"]), background=values["background"], noise=values["noise"],
-                 spot_x=None if values["spot_x"] < 0 else values["spot_x"],
-                 spot_y=None if values["spot_y"] < 0 else values["spot_y"],
-                 sigma=values["spot_sigma"], amplitude=values["amplitude"],
-                 drift_x=values["drift_x"], drift_y=values["drift_y"],
-                 hot_pixels=int(values["hot_pixels"]), dead_pixels=int(values["dead_pixels"]))
-
-
-def _pool_key(scene: Scene) -> tuple:
-    return tuple(getattr(scene, f) for f in _POOL_FIELDS)
-
-
-@dataclass
-class _Series:
-    """One Start/Live run: its flags and counters, shared by the device and its thread."""
-
-    series: str
-    live: bool
-    nframes: int
-    sock: zmq.Socket
-    first: int = 0  # frame id of the series' first frame
-    stop: threading.Event = field(default_factory=threading.Event)
-    sent: int = 0
-    unsent: int = 0
-    waiting: bool = True  # header not yet taken by a receiver
-    active: bool = True
-    error: str = ""
-    # socket hand-over when the device is deleted while the thread still sends
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    sends_finished: bool = False
-    orphaned: bool = False
-    sends_done: threading.Event = field(default_factory=threading.Event)
-
-
-def _throw(reason: str, desc: str, origin: str) -> None:
+def _throw(reason: str, desc: str, origin: str) -> NoReturn:
     tango.Except.throw_exception(reason, desc, origin)
+    raise AssertionError("tango.Except.throw_exception returned")  # it always raises DevFailed
 
 
 def _rw(name: str, dtype: Any, doc: str, unit: str = "", **kw: Any) -> attribute:
-    """A memorized read/write scalar backed by ``self._values[name]``."""
+    """A memorized read/write scalar backed by the setting ``name``."""
 
     def fget(self: DetectorSimulator) -> Any:
-        value = self._values[name]
+        value = self._settings.get(name)
         return PixelType[value] if name == "dtype" else value
 
     def fset(self: DetectorSimulator, value: Any) -> None:
@@ -203,11 +60,9 @@ class DetectorSimulator(Device):
 
     def init_device(self) -> None:
         super().init_device()
-        if not hasattr(self, "_values"):  # kept across Init: memorized values stay in force
-            self._values: dict[str, Any] = dict(_DEFAULTS)
-            self._cfg_version = 0
-        self._cfg_lock = threading.Lock()  # guards _values/_cfg_version; never held while blocking
-        self._series: _Series | None = None  # the current or last series
+        if not hasattr(self, "_settings"):  # kept across Init: memorized values stay in force
+            self._settings = SimulatorSettings()
+        self._series: Series | None = None  # the current or last series
         self._series_count = getattr(self, "_series_count", 0)
         self._sock: zmq.Socket | None = None
         self._endpoint = ""
@@ -220,39 +75,20 @@ class DetectorSimulator(Device):
     def delete_device(self) -> None:
         series, self._series = self._series, None  # a late thread sees it is stale
         sock, self._sock = self._sock, None
-        if series is not None and series.active:
-            series.stop.set()
-            series.sends_done.wait(2 * SERIES_END_TIMEOUT_S)
-            with series.lock:
-                if not series.sends_finished:
-                    series.orphaned = True  # the thread closes the socket when it is done
-                    sock = None
+        if series is not None and series.active and not series.abandon():
+            sock = None  # the thread closes the socket when it is done
         if sock is not None:
             sock.close(linger=int(SERIES_END_TIMEOUT_S * 1000))
-        # ZeroMQ unbinds asynchronously: an Init binding the same port again may retry briefly
-        self._rebind_until = time.monotonic() + 2.0
+        self._rebind_until = time.monotonic() + REBIND_S
 
     def _bind(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, int(SERIES_END_TIMEOUT_S * 1000))
-        sock.setsockopt(zmq.SNDHWM, max(1, int(self.SendHighWaterMark)))
-        port = int(self.Port)
-        address = f"tcp://{self.BindHost}:{port if port else '*'}"
-        while True:
-            try:
-                sock.bind(address)
-                break
-            except zmq.ZMQError as exc:
-                if (exc.errno == zmq.EADDRINUSE and port
-                        and time.monotonic() < getattr(self, "_rebind_until", 0.0)):
-                    time.sleep(0.05)
-                    continue
-                sock.close(0)
-                self._fault = (f"cannot bind the PUSH socket to {address}: {exc.strerror}. "
-                               "Set the Port property to a free port (0 = pick one) or BindHost to a valid "
-                               "interface, then run Init (or Reset once the port is free)")
-                self.error_stream(self._fault)
-                return
+        try:
+            sock = bind_push(self.BindHost, int(self.Port), self.SendHighWaterMark,
+                             getattr(self, "_rebind_until", 0.0))
+        except BindError as exc:
+            self._fault = str(exc)
+            self.error_stream(self._fault)
+            return
         self._sock = sock
         self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._fault = ""
@@ -274,13 +110,13 @@ class DetectorSimulator(Device):
         if state == DevState.RUNNING and s is not None:
             what = "Live (until Stop)" if s.live else f"Start, {s.nframes} frames"
             if s.stop.is_set():
-                return f"RUNNING: stopping series {s.series}, sending series_end on {self._endpoint}"
+                return f"RUNNING: stopping series {s.series_id}, sending series_end on {self._endpoint}"
             if s.waiting:
-                return (f"RUNNING: series {s.series} ({what}) waiting for a receiver to connect to "
+                return (f"RUNNING: series {s.series_id} ({what}) waiting for a receiver to connect to "
                         f"{self._endpoint}; Stop to abort")
-            return (f"RUNNING: series {s.series} ({what}) on {self._endpoint}, "
+            return (f"RUNNING: series {s.series_id} ({what}) on {self._endpoint}, "
                     f"{s.sent} frames sent, {s.unsent} unsent")
-        last = "" if s is None else f"; last series {s.series}: {s.sent} frames sent, {s.unsent} unsent"
+        last = "" if s is None else f"; last series {s.series_id}: {s.sent} frames sent, {s.unsent} unsent"
         return f"ON: ready, streaming to {self._endpoint}{last}"
 
     # ---- commands ----------------------------------------------------------------------
@@ -300,22 +136,21 @@ class DetectorSimulator(Device):
         state = self.get_state()
         if state == DevState.RUNNING:
             _throw("SIM_CommandNotAllowed",
-                   f"{origin} refused: series {self._series.series if self._series else '?'} is RUNNING; "
+                   f"{origin} refused: series {self._series.series_id if self._series else '?'} is RUNNING; "
                    "run Stop and wait for state ON", origin)
         if state == DevState.FAULT or self._sock is None:
             _throw("SIM_CommandNotAllowed", f"{origin} refused in FAULT: {self._fault}", origin)
-        with self._cfg_lock:
-            nframes = int(self._values["nframes"])
-            first = int(self._values["first_frame"])
+        first = int(self._settings.get("first_frame"))
         if first < 0:  # continue after the last series, as a detector's frame counter does
             first = getattr(self, "_next_frame", 0)
         self._series_count += 1
-        series = _Series(str(self._series_count), live, nframes, self._sock, first=first)
+        series = Series(str(self._series_count), live, int(self._settings.get("nframes")), self._sock,
+                        self._settings, source=self.get_name(), first=first)
         self._series = series
         self._transition(DevState.RUNNING)
-        threading.Thread(target=self._stream, args=(series,), name=f"DetectorSimulator-series-{series.series}",
+        threading.Thread(target=self._stream, args=(series,), name=f"DetectorSimulator-series-{series.series_id}",
                          daemon=True).start()
-        return series.series
+        return series.series_id
 
     @command
     def Stop(self) -> None:
@@ -361,20 +196,15 @@ class DetectorSimulator(Device):
                       "after the previous series (a detector's frame counter, e.g. one series per scan point)")
 
     def _write(self, name: str, value: Any) -> None:
-        if name in _SHAPE_ATTRS and self.get_state() == DevState.RUNNING:
+        if name in SHAPE_SETTINGS and self.get_state() == DevState.RUNNING:
             _throw("SIM_NotAllowedWhileRunning",
                    f"{name} cannot change while RUNNING: the series streams frames of a fixed shape and type. "
                    f"Stop, wait for ON, then write {name} (the previous value is kept)", f"write {name}")
-        with self._cfg_lock:
-            values = dict(self._values)
-        old = values[name]
+        old = self._settings.get(name)
         try:
-            canonical = validate(name, value, values)
+            self._settings.write(name, value)
         except (InvalidValue, TypeError, ValueError, OverflowError) as exc:
             _throw("SIM_InvalidValue", f"{exc} (the previous value {old!r} is kept)", f"write {name}")
-        with self._cfg_lock:
-            self._values[name] = canonical
-            self._cfg_version += 1
 
     @attribute(dtype="DevLong64", doc="frames sent in the current or last series")
     def frames_sent(self) -> int:
@@ -391,24 +221,15 @@ class DetectorSimulator(Device):
 
     @attribute(dtype=str, doc="id of the current or last series (the header's 'series')")
     def series(self) -> str:
-        return self._series.series if self._series else ""
+        return self._series.series_id if self._series else ""
 
     # ---- streaming thread ----------------------------------------------------------------
 
-    def _stream(self, series: _Series) -> None:
+    def _stream(self, series: Series) -> None:
         with tango.EnsureOmniThread():
-            try:
-                self._send_series(series)
-            except Exception as exc:  # noqa: BLE001 - any failure ends in FAULT with the reason
-                series.error = (f"streaming series {series.series} failed after {series.sent} frames: "
-                                f"{type(exc).__name__}: {exc}. Check the frame size and scene, then run Reset")
-            finally:
-                with series.lock:
-                    series.sends_finished = True
-                    orphaned = series.orphaned
-                series.sends_done.set()
-                if orphaned:
-                    series.sock.close(linger=int(SERIES_END_TIMEOUT_S * 1000))
+            series.run()
+            if series.next_frame is not None:
+                self._next_frame = series.next_frame  # where first_frame = -1 continues
             with tango.AutoTangoMonitor(self):
                 series.active = False
                 if self._series is not series:  # the device was re-initialised meanwhile
@@ -419,77 +240,6 @@ class DetectorSimulator(Device):
                     self._transition(DevState.FAULT)
                 else:
                     self._transition(DevState.ON)
-
-    def _config(self) -> tuple[int, Scene, float]:
-        with self._cfg_lock:
-            return self._cfg_version, scene_of(self._values), float(self._values["rate"])
-
-    def _send_series(self, s: _Series) -> None:
-        version, scene, rate = self._config()
-        gen = FrameGenerator(scene)
-        rows, cols = scene.shape
-        header = {"htype": "header", "series": s.series, "shape": [rows, cols], "type": scene.dtype,
-                  "source": self.get_name()}
-        if not s.live:
-            header["nimages"] = s.nframes
-        if not _send(s.sock, [json.dumps(header).encode()], s.stop, None):
-            return  # stopped before any receiver connected: the series never began
-        s.waiting = False
-        image = {"htype": "image", "frame": 0, "shape": [rows, cols], "type": scene.dtype,
-                 "compression": "none", "series": s.series, "timestamp": 0.0}
-        t0, k0 = time.monotonic(), s.first  # absolute schedule: frame k is due at t0 + (k - k0) / rate
-        frame_id = s.first
-        while not s.stop.is_set() and (s.live or frame_id < s.first + s.nframes):
-            if self._cfg_version != version:  # scene/rate changed: applies from this frame on
-                version, new_scene, new_rate = self._config()
-                if _pool_key(new_scene) == _pool_key(gen.scene):
-                    # same noise pool and hot/dead pixels: render() reads the spot from .scene,
-                    # so this renders exactly like FrameGenerator(new_scene)
-                    gen.scene = new_scene
-                else:
-                    gen = FrameGenerator(new_scene)
-                if new_rate != rate:
-                    rate, t0, k0 = new_rate, time.monotonic(), frame_id
-            deadline = None
-            if rate:
-                due = t0 + (frame_id - k0) / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    s.stop.wait(min(delay, POLL_S))
-                    continue
-                deadline = due + 1.0 / rate  # not taken before the next frame is due: dropped
-            image["frame"], image["timestamp"] = frame_id, time.time()
-            data = gen.render(frame_id)
-            if _send(s.sock, [json.dumps(image).encode(), data], s.stop, deadline):
-                s.sent += 1
-            elif s.stop.is_set():
-                break
-            else:
-                s.unsent += 1
-            frame_id += 1
-        self._next_frame = frame_id
-        end = json.dumps({"htype": "series_end", "series": s.series, "frames_sent": s.sent,
-                          "frames_unsent": s.unsent}).encode()
-        if not _send(s.sock, [end], s.stop, None):  # after Stop: a bounded last try
-            _send(s.sock, [end], None, time.monotonic() + SERIES_END_TIMEOUT_S)
-
-
-def _send(sock: zmq.Socket, parts: list[Any], stop: threading.Event | None, deadline: float | None) -> bool:
-    """Send without blocking longer than POLL_S at a time; False once stopped or past the deadline."""
-    while True:
-        try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            pass
-        if stop is not None and stop.is_set():
-            return False
-        wait = POLL_S
-        if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                return False
-        sock.poll(max(1, int(wait * 1000)), zmq.POLLOUT)
 
 
 def main(args: list[str] | None = None) -> None:

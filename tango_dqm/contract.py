@@ -9,7 +9,9 @@
   it publishes declared per-frame results only;
 - ``merge`` of a run split in two (several seeded split points) equals the run in one, exactly
   for integers, within 1e-12 relative for floats; ``finish`` does not modify the accumulator
-  (the engine calls it during the run) and runs on an empty accumulator.
+  (the engine calls it during the run) and runs on an empty accumulator;
+- the accumulator survives the scale-out wire format unchanged (classes of its own are listed
+  in ``wire_types``), so a worker can send it to a reducer.
 
 ``tango-dqm check-plugin module:Class`` runs it; the Tango attribute set itself is built
 offline by ``tango_dqm.devices.mapping.describe_attributes``.
@@ -246,7 +248,25 @@ def behaviour_problems(cls: type[Analysis], frames: Sequence[np.ndarray] | None 
         if _difference(a_before, a_after):
             out.append(f"{who}: merge modified its first argument (split at frame {k}); return a new accumulator")
             break
+    out += _wire_problems(who, analysis, whole_acc)
     return out
+
+
+def _wire_problems(who: str, analysis: Analysis, acc: Any) -> list[str]:
+    """A scale-out worker sends its accumulator to the reducer: it must survive the wire format
+    unchanged (tango_dqm.scaleout.wire; classes of the plugin's own listed in wire_types)."""
+    from .scaleout.wire import Registry, WireError, decode, encode  # only the check needs it
+
+    try:
+        registry = Registry.for_analyses([analysis])
+        tree, buffers = encode(acc, registry)
+        back = decode(tree, [bytes(b) for b in buffers], registry)
+    except WireError as exc:
+        return [f"{who}: its accumulator cannot be sent to a scale-out reducer: {exc}"]
+    diff = _difference(acc, back, "accumulator")
+    if diff:
+        return [f"{who}: its accumulator changes on the way to a scale-out reducer: {diff}"]
+    return []
 
 
 def _shape_problem(r: Result, v: Any) -> list[str]:

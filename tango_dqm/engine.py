@@ -26,14 +26,16 @@ import numpy as np
 
 from .events import BuiltEvent, EventBuilder, IdKind, IdTracker
 from .files import FileAccess
-from .frames import BadInput, Frame, SeriesEnd
+from .frames import BadInput, Frame, SeriesEnd, SeriesStart, is_count
 from .params import Parameter, ParameterStore, Params
 from .plugin import Analysis, FrameOutput, PluginError, Result, Runner, instantiate, load_analysis
 from .points import OpenPoint, PointRecord, check_frames, check_timeout, point_results
 from .publisher import Listener, Publisher
-from .quality import LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, checks_from_config
+from .quality import (LossCheck, QualityMonitor, QualitySnapshot, RangeCheck, StalenessCheck, Verdict,
+                      checks_from_config)
 from .products import ScanProducts
-from .quality.references import BACKGROUND_ARRAY, ReferenceInfo, ReferenceStore
+from .quality.references import (BACKGROUND_ARRAY, Reference, ReferenceInfo, ReferenceStore, ReferenceStoreError,
+                                 latest_reference, open_store, reference_folder)
 from .versions import deployed_versions
 from .products.output_stream import ResultStream
 from .pipeline import OrderedPool, default_threads
@@ -97,6 +99,10 @@ class EngineError(RuntimeError):
     """A command is not allowed now, or the configuration is invalid."""
 
 
+class NotConfiguredError(EngineError):
+    """A command needs a setting that is not configured (e.g. no reference directory)."""
+
+
 @dataclass
 class EngineConfig:
     """Everything the engine needs; the device builds it from Tango properties."""
@@ -118,6 +124,8 @@ class EngineConfig:
     reference_interval: float = 5.0
     #: where scan results files and reports go ("" : none are written)
     output_directory: str = ""
+    #: where references and backgrounds are kept ("" : output_directory/references, or none)
+    reference_directory: str = ""
     #: name of the results file in output_directory ("" : <scan_id>.h5)
     output_name: str = ""
     #: scalar result plotted by default in the results file (NXdata signal)
@@ -132,6 +140,11 @@ class EngineConfig:
     analysis_threads: int = 0
     #: scan metadata keys (sample, pmt_serial ...) that must be set before a scan Starts (not Live)
     required_metadata: Sequence[str] = ()
+    #: scale-out worker: the reducer's endpoint tcp://host:port ("" : a stand-alone monitor), this worker's name
+    reducer: str = ""
+    worker_name: str = ""
+    reducer_heartbeat: float = 0.2
+    reducer_acc_interval: float = 1.0
 
 
 @dataclass
@@ -175,7 +188,9 @@ class Snapshot:
     summary: dict[str, Any]
     scan_id: str
     bad_kinds: dict[str, int] = field(default_factory=dict)
-    quality: QualitySnapshot | None = None
+    #: set by Engine.snapshot (the empty default only stands in until then)
+    quality: QualitySnapshot = field(default_factory=lambda: QualitySnapshot(Verdict.INSUFFICIENT, (), 0, 0, {},
+                                                                             None, False))
     coverage: float = 0.0
     verdict_report: str = ""
 
@@ -198,8 +213,6 @@ class Engine:
 
     def __init__(self, config: EngineConfig, listener: Listener | None = None,
                  thread_context: Callable[[], Any] = contextlib.nullcontext):
-        if not config.sources:
-            raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
         if not (isinstance(config.event_timeout, (int, float)) and 0 <= config.event_timeout <= 3600):
             raise EngineError(f"EventTimeout must be between 0 and 3600 s, got {config.event_timeout!r}")
         self.config = config
@@ -223,20 +236,15 @@ class Engine:
                                       f"and {a.name!r}")
                 owners[p.name] = a.name
                 declarations.append(p)
-        self.params = ParameterStore(declarations, FileAccess([Path(r) for r in config.file_roots if r],
-                                                              config.max_file_bytes))
+        #: where references live (README, References); file parameters may read backgrounds from there
+        self.reference_folder = reference_folder(config.reference_directory, config.output_directory)
+        roots = [Path(r) for r in (*config.file_roots, self.reference_folder) if r]
+        self.params = ParameterStore(declarations, FileAccess(roots, config.max_file_bytes))
         self.quality = self._build_quality(config)
         self.reference: ReferenceInfo | None = None
-        # Source specs are checked now, so a bad URI is reported at Init, not at Start.
-        self._source_entries = list(config.sources)
-        probes = [open_source(entry) for entry in self._source_entries]
-        self._specs = [p.spec for p in probes]
-        if len({sp.name for sp in self._specs}) != len(self._specs):
-            raise EngineError(f"two sources have the same stream name: {[sp.name for sp in self._specs]}; "
-                              "name them, e.g. det=zmq://... i0=zmq://...")
-        hints = [p.image_shape for p in probes]
-        # A known image shape lets ROI writes be checked against it before the first frame.
-        self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        latest = self._latest_reference()  # read now: a bad file is refused before threads start
+        probes = self._probe_sources(config)
+        self.link = self._open_link(config) if config.reducer else None  # scale-out worker
         # Threads and sockets last: nothing to clean up when the configuration is refused above.
         self.products = ScanProducts(config.output_directory, config.main_result) if config.output_directory else None
         try:
@@ -244,6 +252,8 @@ class Engine:
         except EngineError:
             if self.products is not None:
                 self.products.close()
+            if self.link is not None:
+                self.link.close()
             raise
         self.output_file = ""
         self._lock = threading.RLock()
@@ -276,6 +286,9 @@ class Engine:
         self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
         self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
         self._before_window: float | None = None  # the latest arrival that left the window
+        if latest is not None:
+            self.use_reference(latest.info, dict(latest.arrays))
+            log.info("reference version %d (from %s) in use", latest.info.version, latest.info.scan_id)
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
         self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context,
                                    results_interval=config.results_interval)
@@ -288,9 +301,37 @@ class Engine:
         # returns at once and a plugin that is slow on a synthetic frame cannot hold it up.
         self.warmup_s = 0.0
         self.warmed = threading.Event()
+        if not probes:  # a reducer: nothing to analyse
+            self.warmed.set()
+            return
         threading.Thread(target=self._warm_up_thread, args=(probes[0].image_shape, probes[0].image_dtype,
                                                             thread_context),
                          name="dqm-warmup", daemon=True).start()
+
+    def _probe_sources(self, config: EngineConfig) -> list[Source]:
+        """Check the source specs now, so a bad URI is reported at Init, not at Start."""
+        if not config.sources:
+            raise EngineError("no source configured: set the Sources property, e.g. sim://?frames=100")
+        self._source_entries = list(config.sources)
+        probes = [open_source(entry) for entry in self._source_entries]
+        self._specs = [p.spec for p in probes]
+        if len({sp.name for sp in self._specs}) != len(self._specs):
+            raise EngineError(f"two sources have the same stream name: {[sp.name for sp in self._specs]}; "
+                              "name them, e.g. det=zmq://... i0=zmq://...")
+        hints = [p.image_shape for p in probes]
+        # A known image shape lets ROI writes be checked against it before the first frame.
+        self.params.image_shape = next((tuple(h) for h in hints if h), None)
+        return probes
+
+    def _open_link(self, config: EngineConfig) -> Any:
+        from .scaleout.worker import WorkerLink  # only scale-out workers need ZeroMQ PUSH here
+        from .scaleout.wire import Registry
+        try:
+            return WorkerLink(config.reducer, config.worker_name or "worker", list(config.analyses),
+                              Registry.for_analyses(self.analyses), config.reducer_heartbeat,
+                              config.reducer_acc_interval)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
 
     # ---- commands (return at once) -------------------------------------------------
 
@@ -343,11 +384,21 @@ class Engine:
                                       f"{type(exc).__name__}: {exc}. Check OutputDirectory, then run Reset")
                     raise EngineError(str(exc)) from None
             expected = [s.expected_frames for s in sources]
-            if not live and expected and all(e is not None for e in expected) and len(sources) == 1:
+            # a worker's share is not the announced count: the reducer judges that (and the losses)
+            announced = expected and all(e is not None for e in expected) and len(sources) == 1
+            if self.link is None and not live and announced:
                 self._counters.expected = self._counters.total = int(expected[0])  # type: ignore[arg-type]
-            self._sources = sources  # a header may announce the frame count later (expected_frames)
+            self._sources = sources  # a header may announce the frame count later (a SeriesStart item)
             q: queue.Queue = queue.Queue(maxsize=max(1, self.config.queue_size))
             overflow: deque[tuple[str, int, int]] = deque()  # live frames dropped at the full queue
+            if self.link is not None:
+                try:
+                    self.link.begin(self._scan_id, live)
+                except RuntimeError as exc:
+                    for s in sources:
+                        s.close()
+                    self._enter_fault(str(exc))
+                    raise EngineError(str(exc)) from None
             self._set_state(EngineState.RUNNING)
             self._source_closed = [threading.Event() for _ in sources]
             for s, closed in zip(sources, self._source_closed):
@@ -535,6 +586,8 @@ class Engine:
         interim = self._interim
         if interim is not None and interim is not threading.current_thread():
             interim.join(timeout)  # pure numpy, never waits on the caller: no thread left computing at exit
+        if self.link is not None:
+            self.link.close()
         if self.products is not None:
             self.products.close()
         if self.output_stream is not None:
@@ -779,8 +832,29 @@ class Engine:
             if not run.judged:
                 self.quality.evaluate_references(interim)
 
-    def take_reference(self, store: ReferenceStore, name: str = "reference") -> ReferenceInfo:
-        """Store the accumulated array results of the finished scan as the new reference version."""
+    def _latest_reference(self) -> Reference | None:
+        """The newest stored reference, which the engine judges against from its start (every Init)."""
+        try:
+            return latest_reference(self.reference_folder)
+        except (ReferenceStoreError, OSError) as exc:
+            raise EngineError(f"the latest reference in {self.reference_folder!r} cannot be read: {exc}; "
+                              "fix or remove it, or set ReferenceDirectory") from None
+
+    def reference_store(self) -> ReferenceStore:
+        """The store TakeReference and TakeBackground write to (created when missing)."""
+        store = open_store(self.reference_folder, create=True)
+        if store is None:
+            raise NotConfiguredError(
+                "no reference directory: set the ReferenceDirectory or OutputDirectory property, then run Init"
+                if not self.reference_folder else
+                f"the reference directory {self.reference_folder!r} cannot be created; set ReferenceDirectory "
+                "to a directory the server may write, then run Init")
+        return store
+
+    def take_reference(self, store: ReferenceStore | None = None, name: str = "reference") -> ReferenceInfo:
+        """Store the accumulated array results of the finished scan as the new reference version
+        (in ``store``, by default the engine's reference store)."""
+        store = store or self.reference_store()
         with self._lock:
             _refuse_unless("TakeReference", self._state)
             arrays = {k: np.asarray(v) for k, v in self._summary.items()
@@ -792,9 +866,10 @@ class Engine:
         self.use_reference(info, arrays)
         return info
 
-    def take_background(self, store: ReferenceStore, source: str = "pixels_mean_map") -> ReferenceInfo:
+    def take_background(self, store: ReferenceStore | None = None, source: str = "pixels_mean_map") -> ReferenceInfo:
         """Store the mean image of the finished scan as the next dark-image version and use it
-        as the ``dark`` parameter from the next frame on."""
+        as the ``dark`` parameter from the next frame on (in ``store``, by default the engine's)."""
+        store = store or self.reference_store()
         with self._lock:
             _refuse_unless("TakeBackground", self._state)
             image = self._summary.get(source)
@@ -893,6 +968,8 @@ class Engine:
                 if not self._write_points():
                     return
                 self._count_overflow(run)
+                if not self._link_tick(run):
+                    return
                 if builder is not None and not self._handle_events(run, builder.expire(time.monotonic())):
                     return
                 continue
@@ -906,13 +983,17 @@ class Engine:
             if generation != self._generation:  # reset while draining: discard
                 continue
             if isinstance(item, BadInput):
-                if self._count_bad(run, item) and builder is not None:
+                bad_id = self._count_bad(run, item)
+                if bad_id is not None and builder is not None:
                     run.clock = max(run.clock, t_recv)
-                    if not self._handle_events(run, builder.add_bad(item.stream, item.frame_id, t_recv, run.clock)):
+                    if not self._handle_events(run, builder.add_bad(item.stream, bad_id, t_recv, run.clock)):
                         return
                 continue
             if isinstance(item, SeriesEnd):
                 run.series_ended += 1
+                continue
+            if isinstance(item, SeriesStart):
+                self._series_started(run, item, n_sources)
                 continue
             if not self._admit(run, item):
                 continue
@@ -940,6 +1021,8 @@ class Engine:
     def _observe_event(self, run: "_Run", fid: int, series: str | None = None) -> IdKind:
         """Account an event id; the ids it makes missing (or finds again) go to the loss check."""
         kind = run.event_ids.observe(fid, series)
+        if self.link is not None:  # a worker: the other ids are other workers' share, judged by the reducer
+            return kind
         if run.event_ids.gap is not None:
             self.quality.lost_frames(*run.event_ids.gap)
         elif kind is IdKind.LATE:
@@ -995,17 +1078,26 @@ class Engine:
         with self._lock:
             self._recount_locked(run)
 
+    def _series_started(self, run: "_Run", item: SeriesStart, n_sources: int) -> None:
+        """A series announced during a scan (a STINS header): its frame count, if any, is the
+        scan's expected count, unless one was known already (one stream only; never live)."""
+        # a worker's share is not the announced count: the reducer judges that (and the losses)
+        if item.frames is None or self._live or n_sources != 1 or self.link is not None:
+            return
+        with self._lock:
+            if run.generation == self._generation and self._counters.expected is None:
+                self._counters.expected = int(item.frames)
+                self._recount_locked(run)
+
     def _recount_locked(self, run: "_Run") -> None:
         """Derived counters from the run's id accounting; caller holds self._lock."""
         if run.generation != self._generation:
             return
         c = self._counters
-        if c.expected is None and not self._live and len(self._sources) == 1 \
-                and self._sources[0].expected_frames is not None:
-            c.expected = int(self._sources[0].expected_frames)  # announced by a header during the scan
         if run.builder is not None:
             c.partial, c.orphaned = run.builder.partial, run.builder.orphaned
-        c.dropped = run.event_ids.missing + run.lost + run.dropped_before + run.shortfall + c.orphaned
+        gaps = run.event_ids.missing if self.link is None else 0  # a worker's gaps are others' frames
+        c.dropped = gaps + run.lost + run.dropped_before + run.shortfall + c.orphaned
         c.duplicate, c.out_of_order = run.duplicate, run.out_of_order
         seen = c.completed + c.dropped + c.bad
         c.total = seen if c.expected is None or run.finished else max(c.expected, seen)
@@ -1144,9 +1236,32 @@ class Engine:
             self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
                               f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
             return False
+        if self.link is not None:
+            self.link.frame(frame.frame_id, frame.timestamp, merged)
+            if not self._link_tick(run):
+                return False
         if self.quality.has_accumulated_checks and now >= run.next_reference_check:
             run.next_reference_check = now + self.config.reference_interval
             self._judge_accumulated(run)
+        return True
+
+    def _link_state(self, run: "_Run", state: EngineState | None = None) -> dict[str, Any]:
+        """What a worker's message says besides results and accumulators."""
+        with self._lock:
+            c = self._counters
+            announced = self._sources[0].expected_frames if len(self._sources) == 1 else None
+            return {"state": (state or self._state).value, "counters": dict(vars(c)),
+                    "announced": announced, "series_ended": run.series_ended > 0, "status": self._status_locked()}
+
+    def _link_tick(self, run: "_Run") -> bool:
+        """A worker's heartbeat (engine thread); False when the reducer was lost (FAULT)."""
+        if self.link is None or not self.link.due():
+            return True
+        try:
+            self.link.tick(lambda: run.accs, self._link_state(run))
+        except RuntimeError as exc:
+            self._enter_fault(str(exc))
+            return False
         return True
 
     def _warm_up_thread(self, shape: Sequence[int] | None, dtype: str | None,
@@ -1218,11 +1333,10 @@ class Engine:
             out.append(r)
         return out
 
-    def _count_bad(self, run: "_Run", item: BadInput) -> bool:
-        """Count a malformed message; True when it names a valid frame id."""
-        fid = item.frame_id
-        valid = isinstance(fid, int) and not isinstance(fid, bool) and 0 <= fid < 2**63
-        if valid:
+    def _count_bad(self, run: "_Run", item: BadInput) -> int | None:
+        """Count a malformed message; the frame id it names when that is a valid one."""
+        fid = item.frame_id if is_count(item.frame_id) else None
+        if fid is not None:
             # the id arrived, malformed: accounted as bad, so it is no gap in the dropped count
             if run.builder is not None:
                 run.stream_ids.setdefault(item.stream, IdTracker()).observe(fid)
@@ -1236,7 +1350,7 @@ class Engine:
         if not seen:  # log once per kind, the counter tells the rest
             log.warning("malformed input on stream %s (%s): %s; counted in badEvents and skipped",
                         item.stream, item.kind, item.detail)
-        return valid
+        return fid
 
     def _mark_params_applied(self, frame_id: int) -> None:
         for change in self.params.changes:
@@ -1290,6 +1404,12 @@ class Engine:
                 self._enter_fault(f"finishing the results file failed: {type(exc).__name__}: {exc}. "
                                   "Check the disk and OutputDirectory, then run Reset")
                 return
+        if self.link is not None:
+            try:
+                self.link.end(run.accs, self._link_state(run, EngineState.CLOSE))
+            except RuntimeError as exc:
+                self._enter_fault(str(exc))
+                return
         with self._lock:
             if generation != self._generation or self._state is not EngineState.RUNNING:
                 return
@@ -1332,4 +1452,4 @@ class _Run:
     ahead: tuple[int, Any, BaseException | None] | None = None  # the current frame's, from the pool
 
 
-__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "Snapshot"]
+__all__ = ["Counters", "Engine", "EngineConfig", "EngineError", "EngineState", "NotConfiguredError", "Snapshot"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -43,6 +43,18 @@ class Frame:
 
 
 @dataclass(slots=True)
+class SeriesStart:
+    """Marker a source emits when a series (scan) begins during the run, e.g. a STINS header.
+
+    ``frames`` is the number of frames the series announces (None: not announced). It travels
+    through the engine's queue in order with the frames, so no source state is shared."""
+
+    stream: str = "default"
+    series: str = ""
+    frames: int | None = None
+
+
+@dataclass(slots=True)
 class SeriesEnd:
     """Marker a source emits when its series (scan) ends."""
 
@@ -67,7 +79,7 @@ INT64_MAX = 2**63 - 1
 MAX_FRAME_BYTES = 2 * 1024**3
 
 
-def is_count(value: Any) -> bool:
+def is_count(value: Any) -> TypeGuard[int]:
     """True for an int (not bool) in ``0..INT64_MAX``: a valid frame id or frame count."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX
 

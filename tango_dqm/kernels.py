@@ -27,7 +27,7 @@ def _numba_cache_dir() -> None:
     It must be ours and closed to others, since numba's cache index is unpickled when loaded."""
     here = Path(__file__).resolve().parent
     target = here / "__pycache__" if (here / "__pycache__").is_dir() else here
-    if numba.config.CACHE_DIR or os.access(target, os.W_OK):
+    if numba.config.CACHE_DIR or os.access(target, os.W_OK):  # type: ignore[attr-defined]  # set at runtime
         return
     path = Path(tempfile.gettempdir()) / f"tango-dqm-numba-{os.getuid()}"
     try:
@@ -37,7 +37,7 @@ def _numba_cache_dir() -> None:
             path = Path(tempfile.mkdtemp(prefix="tango-dqm-numba-"))
     except OSError:
         path = Path(tempfile.mkdtemp(prefix="tango-dqm-numba-"))
-    numba.config.CACHE_DIR = str(path)
+    numba.config.CACHE_DIR = str(path)  # type: ignore[attr-defined]  # numba's config is set at runtime
 
 
 _numba_cache_dir()
@@ -51,7 +51,7 @@ class RegionStats(NamedTuple):
     std: float
     min: float
     max: float
-    count: int
+    count: int  # type: ignore[assignment]  # the public field shadows tuple.count, which nobody calls
 
 
 @numba.njit(nogil=True, cache=True)

@@ -36,7 +36,7 @@ DEVICE_ATTRIBUTES = frozenset(n.lower() for n in (
     "duplicateEvents", "outOfOrderEvents", "eventRate", "latency", "scanId", "deployedVersions", "verdict",
     "verdictReport", "verdictCoverage", "outputFile", "referenceVersion", "runSummary", "parameterLog",
     "lostFraction", "httpUrl", "sample", "operator", "proposal", "scanMetadata",
-    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo"))
+    "pointNumber", "pointReady", "pointTimeouts", "pointFrames", "pointInfo", "workerStates", "reducerEndpoint"))
 RESERVED_PREFIX = "live_"
 #: ``point_<result>`` is the device's latched per-point value of a scalar result
 POINT_PREFIX = "point_"
@@ -135,6 +135,10 @@ class Analysis:
     results: ClassVar[list[Result]] = []
     #: the parameters ``prepare`` depends on; None: all of this plugin's parameters
     prepare_parameters: ClassVar[tuple[str, ...] | None] = None
+    #: classes of this plugin's accumulator beyond plain data, numpy and the public API's
+    #: accumulators (RunningStats, ScalarSeries): a scale-out worker may send only these
+    #: (dataclasses or classes with ``__slots__``; see tango_dqm.scaleout.wire)
+    wire_types: ClassVar[tuple[type, ...]] = ()
 
     def prepare(self, params: Params) -> Any:
         """Parameter-derived data for ``process`` (None by default)."""
@@ -240,7 +244,7 @@ class V1Adapter(Analysis):
         if type(self.inner).accumulate is Analysis.accumulate:  # v1 plugin without an accumulator
             return acc
         full = output.private if isinstance(output.private, dict) else output.results
-        return self.inner.accumulate(acc, full)  # type: ignore[call-arg]
+        return self.inner.accumulate(acc, full)  # type: ignore[call-arg, arg-type]  # v1 signature (acc, results)
 
     def merge(self, a: Any, b: Any) -> Any:
         return self.inner.merge(a, b)
@@ -324,7 +328,7 @@ def validate_analysis(cls: type[Analysis], spec: str = "") -> None:
                 raise PluginError(f"{where}: {kind}s must hold {expected.__name__} objects, got {item!r}")
             rule = _name_rule(item.name, seen)
             if rule is None:
-                rule = _parameter_rule(item) if kind == "parameter" else _result_rule(item)
+                rule = _parameter_rule(item) if isinstance(item, Parameter) else _result_rule(item)
             if rule is not None:
                 raise PluginError(f"{where}: {kind} {item.name!r}: {rule}")
             seen[item.name.lower()] = f"{kind} {item.name!r}"

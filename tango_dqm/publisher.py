@@ -105,6 +105,7 @@ class Publisher:
                         self._cond.wait(max(0.0, until - now))
                     if self._closed:
                         return
+                    payload: tuple[Any, ...]
                     if time.monotonic() >= self._next_tick:
                         self._next_tick = time.monotonic() + self.tick_interval
                         kind, payload = "tick", ()

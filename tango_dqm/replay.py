@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from .engine import Engine, EngineConfig, EngineState, Snapshot
-from .frames import BadInput, Frame, SeriesEnd
+from .frames import BadInput, Frame, SeriesEnd, SeriesStart
 from .sources import open_source
 
 DATA, IDS = "/entry/data/data", "/entry/data/frame_id"
@@ -71,11 +71,13 @@ def record(uri: str, out: str | Path, frames: int | None = None, timeout: float 
                     continue
                 if isinstance(item, SeriesEnd):
                     break
+                if isinstance(item, SeriesStart):
+                    continue
                 if isinstance(item, BadInput):
                     bad += 1
                     continue
                 frame: Frame = item
-                if data is None:
+                if data is None or ids is None:  # both made at the first frame
                     data = f.create_dataset(DATA, shape=(0, *frame.data.shape), maxshape=(None, *frame.data.shape),
                                             dtype=frame.data.dtype, chunks=(1, *frame.data.shape))
                     ids = f.create_dataset(IDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))

@@ -1,7 +1,8 @@
 """Deterministic synthetic detector frames: a Gaussian spot on noise, like a real detector.
 
-Shared by the ``sim://`` source and the DetectorSimulator device. A frame depends
-only on the scene and the frame id, so a replay is bit-identical to the live run.
+Shared by the ``sim://`` source and :mod:`tango_dqm.sim_streamer` (the DetectorSimulator
+device). A frame depends only on the scene and the frame id, so a replay is bit-identical
+to the live run.
 
 Every frame has its own noise realisation. Drawing ~1 Mpixel of normal deviates per
 frame would cost ~20 ms, so the generator draws once two pools of read noise (about two
@@ -75,7 +76,7 @@ class FrameGenerator:
     """Renders frames of a :class:`Scene`; cheap per frame (noise pool + local spot).
 
     ``render`` reads the spot, jitter and zinger fields from ``self.scene`` at each call
-    (the device swaps the scene while running); shape, dtype, seed, background, noise
+    (a running series swaps the scene); shape, dtype, seed, background, noise
     and the hot/dead pixel counts are fixed when the generator is built.
     """
 

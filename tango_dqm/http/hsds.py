@@ -220,12 +220,12 @@ def link_json(domain: str, ids: IdIndex, group: h5py.Group, gpath: str, name: st
                     "h5domain": link.filename})  # reported, never opened
     elif isinstance(link, h5py.HardLink):
         # the object's type from its header, without opening it (a group may have hundreds of members)
-        kind = _KINDS.get(h5py.h5o.get_info(group.id, name.encode("utf-8")).type)
-        if kind is None:
+        hard = _KINDS.get(h5py.h5o.get_info(group.id, name.encode("utf-8")).type)
+        if hard is None:
             doc.update({"class": "H5L_TYPE_USER_DEFINED"})  # committed datatypes are not served
         else:
-            doc.update({"class": "H5L_TYPE_HARD", "id": ids.add(domain, kind, _join(gpath, name)),
-                        "collection": "groups" if kind == "g" else "datasets"})
+            doc.update({"class": "H5L_TYPE_HARD", "id": ids.add(domain, hard, _join(gpath, name)),
+                        "collection": "groups" if hard == "g" else "datasets"})
     else:
         doc.update({"class": "H5L_TYPE_USER_DEFINED"})
     return doc
@@ -324,7 +324,9 @@ def _int(text: str, what: str) -> int:
 
 def _split_dims(body: str) -> list[str]:
     """Top-level comma split of ``a:b,[1,2,3],4`` (brackets group a list dimension)."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in body:
         if ch == "[":
             depth += 1

@@ -39,7 +39,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,12 +64,13 @@ class _Channel:
         self.name, self.result, self.spectrum = name, result, spectrum
         self.warned = False
         self.length: int | None = None
+        self.np_dtype: str | None = None  # spectra: numpy dtype of the packed array
+        self.pack: struct.Struct | None = None  # scalars: packing and conversion of the value
+        self.convert: Callable[[Any], Any] | None = None
         if spectrum:
             self.type, self.np_dtype = _ARRAY_TYPES[kind]
-            self.pack = self.convert = None
         else:
             self.type, self.pack, self.convert = _SCALAR_TYPES[kind]
-            self.np_dtype = None
 
     def metadata(self) -> dict[str, Any]:
         shape = [self.length if self.length is not None else 1] if self.spectrum else [1]
@@ -137,7 +138,7 @@ class ResultStream:
         self.sent = 0           # messages handed to ZeroMQ
         self.errors = 0         # values that could not be converted (sent as "no value")
         self.header_changes = 0  # data headers rebuilt after a spectrum changed length
-        self._sender = None
+        self._sender: Any = None  # a bsread.sender.Sender while open (bsread has no type hints)
         self._socket = None
         self._header: bytes = b""
         self._hash = ""

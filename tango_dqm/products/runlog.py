@@ -224,12 +224,12 @@ def to_csv(run_rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_json(run_rows: Sequence[dict[str, Any]], root: str | os.PathLike | None = None) -> str:
-    doc = {"root": str(root) if root is not None else "",
-           "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "runs": [_public(r) for r in run_rows]}
-    for r in doc["runs"]:
+    runs = [_public(r) for r in run_rows]
+    for r in runs:
         for k in COMMON_METADATA:
             r[k] = (r.get("metadata") or {}).get(k)
+    doc = {"root": str(root) if root is not None else "",
+           "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "runs": runs}
     return json.dumps(doc, indent=1, sort_keys=False, allow_nan=False, default=str) + "\n"
 
 
@@ -253,7 +253,7 @@ def to_text(run_rows: Sequence[dict[str, Any]]) -> str:
     """A terminal table: one line per scan, the reasons indented below."""
     head = ("scan", "start", "mode", "status", "frames", "lost", "bad", "verdict", "flag", "sample", "operator")
     lines = []
-    table = [head]
+    table: list[tuple[Any, ...]] = [head]  # cells are printed with str()
     for r in run_rows:
         md = r.get("metadata") or {}
         frames = f"{r.get('frames_completed') or 0}" + (f"/{r['frames_expected']}" if r.get("frames_expected") else "")

@@ -42,17 +42,18 @@ class _Column:
     __slots__ = ("name", "kind", "ds", "buf", "fill", "length_ds", "fixed_width", "warned", "last",
                  "last_frame", "frame_ds", "dirty")
 
-    def __init__(self, name: str, kind: str):
+    def __init__(self, name: str, kind: str, ds: h5py.Dataset, *, fixed_width: int | None = None,
+                 length_ds: h5py.Dataset | None = None, frame_ds: h5py.Dataset | None = None):
         self.name, self.kind = name, kind
-        self.ds: h5py.Dataset | None = None
+        self.ds = ds
         self.buf: Any = None
         self.fill: Any = None
-        self.length_ds: h5py.Dataset | None = None
-        self.fixed_width: int | None = None
+        self.length_ds = length_ds  # spectra: the true length of each row
+        self.fixed_width = fixed_width  # spectra: declared width (None: grows with the longest)
         self.warned = False
-        self.last: np.ndarray | None = None
+        self.last: np.ndarray | None = None  # images: the latest one, until flushed
         self.last_frame = -1
-        self.frame_ds: h5py.Dataset | None = None
+        self.frame_ds = frame_ds  # images: the frame id of the latest one
         self.dirty = False
 
 
@@ -187,11 +188,10 @@ class ScanWriter:
         self._cols: list[_Column] = []
 
         def column(name: str, dtype: Any, fill: Any, **attrs: Any) -> _Column:
-            c = _Column(name, "scalar")
             dtype = np.dtype(dtype)
             chunk = max(256, min(16384, 65536 // max(1, dtype.itemsize)))
-            c.ds = res.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,), dtype=dtype,
-                                      fillvalue=fill if dtype != _STR else None)
+            c = _Column(name, "scalar", res.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,),
+                                                           dtype=dtype, fillvalue=fill if dtype != _STR else None))
             c.ds.attrs.update({k: v for k, v in attrs.items() if not (v is None or (isinstance(v, str) and not v))})
             c.fill = fill
             c.buf = np.full(n, fill, dtype=object if dtype == _STR else dtype)
@@ -218,31 +218,30 @@ class ScanWriter:
                 else:
                     c = column(name, _STR, "", **meta)
             elif r.kind == "spectrum":
-                c = _Column(name, "spectrum")
                 width = self._spectrum_widths.get(name)
-                if width is not None:
-                    c.fixed_width = int(width)
-                    chunks = (max(1, min(1024, 65536 // max(1, c.fixed_width))), max(1, c.fixed_width))
-                    c.ds = res.create_dataset(name, shape=(0, c.fixed_width), maxshape=(None, c.fixed_width),
-                                              chunks=chunks, dtype=np.float64, fillvalue=np.nan)
+                fixed = None if width is None else int(width)
+                if fixed is not None:
+                    chunks = (max(1, min(1024, 65536 // max(1, fixed))), max(1, fixed))
+                    ds = res.create_dataset(name, shape=(0, fixed), maxshape=(None, fixed),
+                                            chunks=chunks, dtype=np.float64, fillvalue=np.nan)
                 else:
-                    c.ds = res.create_dataset(name, shape=(0, 0), maxshape=(None, None), chunks=(32, 256),
-                                              dtype=np.float64, fillvalue=np.nan)
+                    ds = res.create_dataset(name, shape=(0, 0), maxshape=(None, None), chunks=(32, 256),
+                                            dtype=np.float64, fillvalue=np.nan)
+                lengths = res.create_dataset(f"{name}_length", shape=(0,), maxshape=(None,), chunks=(4096,),
+                                             dtype=np.int32, fillvalue=0)
+                c = _Column(name, "spectrum", ds, fixed_width=fixed, length_ds=lengths)
                 c.ds.attrs.update({k: v for k, v in meta.items() if v})
                 c.ds.attrs["interpretation"] = "spectrum"
                 c.ds.attrs["padding"] = "NaN; true length in " + name + "_length"
-                c.length_ds = res.create_dataset(f"{name}_length", shape=(0,), maxshape=(None,), chunks=(4096,),
-                                                 dtype=np.int32, fillvalue=0)
                 c.buf = []
             else:  # image: only the latest one is kept
-                c = _Column(name, "image")
                 dtype = r.dtype if r.dtype.kind in "biuf" else np.dtype(np.float64)
-                c.ds = res.create_dataset(name, shape=(0, 0), maxshape=(None, None), chunks=(128, 128),
-                                          dtype=dtype, fillvalue=np.nan if dtype.kind == "f" else 0)
+                ds = res.create_dataset(name, shape=(0, 0), maxshape=(None, None), chunks=(128, 128),
+                                        dtype=dtype, fillvalue=np.nan if dtype.kind == "f" else 0)
+                c = _Column(name, "image", ds, frame_ds=res.create_dataset(f"{name}_frame_id", data=np.int64(-1)))
                 c.ds.attrs.update({k: v for k, v in meta.items() if v})
                 c.ds.attrs["interpretation"] = "image"
                 c.ds.attrs["content"] = "the latest image written; its frame id is in " + name + "_frame_id"
-                c.frame_ds = res.create_dataset(f"{name}_frame_id", data=np.int64(-1))
             self._result_cols[name] = c
         self._scalar_cols = [c for c in self._result_cols.values() if c.kind == "scalar"]
         self._spectrum_cols = [c for c in self._result_cols.values() if c.kind == "spectrum"]
@@ -439,11 +438,13 @@ class ScanWriter:
                     c.ds.resize((end,))
                     c.ds[start:end] = c.buf[:n]
             for c in images:
-                img = c.last
+                img, frame_ds = c.last, c.frame_ds
+                if img is None or frame_ds is None:  # dirty means a latest image is held
+                    continue
                 if c.ds.shape != img.shape:
                     c.ds.resize(img.shape)
                 c.ds[...] = img
-                c.frame_ds[()] = c.last_frame
+                frame_ds[()] = c.last_frame
                 c.dirty, c.last = False, None
             self._file.flush()
         except Exception as exc:
@@ -474,8 +475,9 @@ class ScanWriter:
         c.ds.resize((end, width))
         if width:
             c.ds[start:end, :] = block
-        c.length_ds.resize((end,))
-        c.length_ds[start:end] = lengths
+        if c.length_ds is not None:  # every spectrum column has one
+            c.length_ds.resize((end,))
+            c.length_ds[start:end] = lengths
         c.buf = []
 
     def _timer_loop(self) -> None:
@@ -516,7 +518,8 @@ class ScanWriter:
                     if end_reason:
                         _write_value(s, "end_reason", str(end_reason))
                     if counters is not None:
-                        cdict = dataclasses.asdict(counters) if dataclasses.is_dataclass(counters) else dict(counters)
+                        is_instance = dataclasses.is_dataclass(counters) and not isinstance(counters, type)
+                        cdict = dataclasses.asdict(counters) if is_instance else dict(counters)
                         if "counters" in s:
                             del s["counters"]
                         g = s.create_group("counters")

@@ -52,7 +52,7 @@ class Evidence:
     run_start: float | None = None
     last_frame_id: int | None = None
     loss_counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # completed, lost, bad, total
-    lost_ranges: Sequence[tuple[int, int]] = ()
+    lost_ranges: Sequence[Sequence[int]] = ()  # inclusive [first, last] id pairs
     lost_ranges_dropped: int = 0
     lost_known: int | None = None
     accumulated: Mapping[str, Any] = field(default_factory=dict)
@@ -70,10 +70,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
+def _optional_number(where: str, field_name: str, v: Any) -> float | None:
+    """A finite number, or None for null."""
+    return None if v is None else _number(where, field_name, v, optional=True)
+
+
 def _number(where: str, field_name: str, v: Any, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> float | None:
-    if v is None and optional:
-        return None
+            lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> float:
+    """A finite number within the bounds (``optional``: the message says null is allowed too)."""
     if not _is_number(v) or not math.isfinite(float(v)):
         raise _bad(where, field_name, f"must be a finite number{' or null' if optional else ''}, got {v!r}")
     x = float(v)
@@ -99,8 +103,8 @@ def _range(where: str, field_name: str, v: Any) -> Range | None:
         return None
     if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)) or len(v) != 2:
         raise _bad(where, field_name, f"must be [min, max] (null for an open side), got {v!r}")
-    lo = _number(where, field_name, v[0], optional=True)
-    hi = _number(where, field_name, v[1], optional=True)
+    lo = _optional_number(where, field_name, v[0])
+    hi = _optional_number(where, field_name, v[1])
     if lo is None and hi is None:
         return None
     if lo is not None and hi is not None and not lo < hi:
@@ -590,8 +594,8 @@ class ChannelCheck:
         self.result = _text(where, "result", self.result)
         self.name = _check_name(where, self.name or f"{self.result}_channels")
         where = f"channel check {self.name!r}"
-        self.dead_below = _number(where, "dead_below", self.dead_below, optional=True)
-        self.noisy_above = _number(where, "noisy_above", self.noisy_above, optional=True)
+        self.dead_below = _optional_number(where, "dead_below", self.dead_below)
+        self.noisy_above = _optional_number(where, "noisy_above", self.noisy_above)
         if self.dead_below is None and self.noisy_above is None:
             raise _bad(where, "dead_below", "set dead_below or noisy_above (or both)")
         if self.dead_below is not None and self.noisy_above is not None and self.dead_below > self.noisy_above:

@@ -229,6 +229,38 @@ class ReferenceStore:
             return _info_from_attrs(f.attrs, path, name, kind, version)
 
 
+# ---- policy: where a device's references live, and which one it uses at start ----------------
+
+#: folder under OutputDirectory that holds the references when ReferenceDirectory is not set
+DEFAULT_SUBFOLDER = "references"
+
+
+def reference_folder(reference_directory: str = "", output_directory: str = "") -> str:
+    """Where references live: ``reference_directory``, else ``output_directory/references``;
+    "" when neither is set (no references)."""
+    if reference_directory:
+        return reference_directory
+    return f"{output_directory}/{DEFAULT_SUBFOLDER}" if output_directory else ""
+
+
+def open_store(folder: str, create: bool = False) -> ReferenceStore | None:
+    """The store in ``folder``; None when no folder is configured or (``create`` False) it does not exist."""
+    if not folder:
+        return None
+    try:
+        return ReferenceStore(folder, create=create)
+    except ReferenceStoreError:
+        return None
+
+
+def latest_reference(folder: str, name: str = "reference") -> Reference | None:
+    """The newest version of reference ``name`` in ``folder`` (what a device uses at start), or None."""
+    store = open_store(folder)
+    if store is None or store.latest(name) is None:
+        return None
+    return store.load(name)
+
+
 def _read(f: h5py.File, key: str) -> np.ndarray:
     ds = f[key]
     if ds.dtype.kind not in "biufc":
@@ -248,5 +280,5 @@ def _info_from_attrs(attrs: Any, path: Path, name: str, kind: str, version: int)
     return ReferenceInfo(name, kind, version, text("scan_id"), float(attrs.get("created", 0.0)), path, meta)
 
 
-__all__ = ["BACKGROUND_ARRAY", "KINDS", "Reference", "ReferenceInfo", "ReferenceStore", "ReferenceStoreError",
-           "check_name"]
+__all__ = ["BACKGROUND_ARRAY", "DEFAULT_SUBFOLDER", "KINDS", "Reference", "ReferenceInfo", "ReferenceStore",
+           "ReferenceStoreError", "check_name", "latest_reference", "open_store", "reference_folder"]

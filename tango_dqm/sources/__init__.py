@@ -4,6 +4,7 @@ from __future__ import annotations
 from .base import Source, SourceError, SourceItem, SourceSpec
 from .bsread_source import BsreadSource
 from .hdf5_replay import Hdf5ReplaySource
+from .partition import PartitionedSource, parse_partition
 from .sim import SimSource
 from .watch_dir import WatchDirSource
 from .zmq_stins import ZmqStinsSource
@@ -19,7 +20,10 @@ def open_source(entry: str) -> Source:
         cls = SCHEMES[spec.scheme]
     except KeyError:
         raise SourceError(f"source {spec.uri!r}: unknown scheme {spec.scheme!r}; known: {sorted(SCHEMES)}") from None
-    return cls(spec)
+    inner, share = parse_partition(spec)  # partition=K/N: a scale-out worker's share
+    if share is None:
+        return cls(spec)
+    return PartitionedSource(cls(inner), *share)  # type: ignore[return-value]
 
 
 __all__ = ["SCHEMES", "Source", "SourceError", "SourceItem", "SourceSpec", "open_source"]

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from ..frames import BadInput, Frame, SeriesEnd
+from ..frames import BadInput, Frame, SeriesEnd, SeriesStart
 
-SourceItem = Frame | SeriesEnd | BadInput | None
+SourceItem = Frame | SeriesStart | SeriesEnd | BadInput | None
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -111,7 +111,8 @@ class SourceSpec:
 class Source:
     """A stream of frames. Subclasses set ``scheme`` and implement ``items``.
 
-    ``items`` yields Frames, a SeriesEnd when the series (scan) ends, BadInput for
+    ``items`` yields Frames, a SeriesStart when a series announced on the stream begins (with
+    its frame count, when announced), a SeriesEnd when the series (scan) ends, BadInput for
     malformed messages, and None when idle so the caller can check ``stop``. It must
     return soon after ``stop`` is set (poll with a timeout of about 0.1 s).
     """
@@ -119,7 +120,8 @@ class Source:
     scheme: ClassVar[str] = ""
     #: URI options the source accepts; others are refused when the spec is parsed (None: not checked)
     options: ClassVar[frozenset[str] | None] = None
-    #: number of frames the series will hold, when the source knows it
+    #: number of frames the series will hold, when known before the scan starts (from the URI or
+    #: the file; constant while it runs). A count announced later comes as a SeriesStart item.
     expected_frames: int | None = None
     #: image shape (rows, cols) when known before the first frame
     image_shape: tuple[int, ...] | None = None

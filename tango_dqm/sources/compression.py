@@ -189,7 +189,7 @@ def check_bitshuffle_framing(raw: np.ndarray, n_elements: int, itemsize: int, bl
     Raises CompressionError unless the blocks exactly fill ``raw``. This is what keeps
     bitshuffle from reading past the end of a truncated or forged buffer.
     """
-    mv = memoryview(raw)
+    mv = raw.data
     total = raw.nbytes
     pos = 0
     unpack = _BE_U32.unpack_from
@@ -213,7 +213,7 @@ def check_bitshuffle_framing(raw: np.ndarray, n_elements: int, itemsize: int, bl
 def _decode_bslz4(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if raw.nbytes < 12:
         raise CompressionError(f"bslz4 payload of {raw.nbytes} bytes is shorter than its 12-byte header")
-    total, block_bytes = _BE_U64_U32.unpack_from(memoryview(raw), 0)
+    total, block_bytes = _BE_U64_U32.unpack_from(raw.data, 0)
     n_elements = math.prod(shape)
     expected = n_elements * dtype.itemsize
     if total != expected:
@@ -247,14 +247,14 @@ def _decode_lz4(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, sized:
     if sized:
         if raw.nbytes < 4:
             raise CompressionError(f"lz4 payload of {raw.nbytes} bytes is shorter than its 4-byte size header")
-        (declared,) = _LE_U32.unpack_from(memoryview(raw), 0)
+        (declared,) = _LE_U32.unpack_from(raw.data, 0)
         if declared != expected:
             raise DecodedSizeError(f"lz4 header says {declared} uncompressed bytes, shape {list(shape)} "
                                    f"{dtype.name} needs {expected}")
         raw = raw[4:]
     _check_expansion(expected, raw.nbytes, "lz4 block")
     try:
-        out = lz4.block.decompress(memoryview(raw), uncompressed_size=expected)
+        out = lz4.block.decompress(raw.data, uncompressed_size=expected)
     except lz4.block.LZ4BlockError as exc:
         raise CompressionError(f"lz4 decoding failed: {exc}") from None
     if len(out) != expected:

@@ -333,7 +333,7 @@ class WatchDirSource(Source):
             if track.handle is None:
                 opened = self._open_track(track)
                 if opened is not True:
-                    if opened is not None:
+                    if isinstance(opened, BadInput):
                         yield opened
                     return
             try:

@@ -71,7 +71,7 @@ import numpy as np
 import zmq
 
 from . import compression as _compression
-from ..frames import BadInput, Frame, SeriesEnd, check_shape, is_count, short
+from ..frames import BadInput, Frame, SeriesEnd, SeriesStart, check_shape, is_count, short
 from .base import BacklogMeter, Source, SourceError, SourceItem, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def decode_image(msg: dict[str, Any], parts: list[Any], stream: str, series: str
     if dtype is None:
         return BadInput("unknown_type", f"frame {frame_id}: unknown type {short(type_name)}; known: "
                         f"{', '.join(DTYPES)}", stream, frame_id)
-    shape = msg.get("shape")
+    shape: Any = msg.get("shape")  # decoded JSON: checked next
     problem = check_shape(shape, dtype.itemsize)
     if problem is not None:
         return BadInput(problem[0], f"frame {frame_id}: {problem[1]}", stream, frame_id)
@@ -266,8 +266,8 @@ class ZmqStinsSource(Source):
                         continue
                     series, started = str(msg.get("series", "")), True
                     total = msg.get("nimages", msg.get("frames"))
-                    if isinstance(total, int) and total > 0 and not live:
-                        self.expected_frames = total
+                    announced = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
+                    yield SeriesStart(self.name, series, announced)
                 elif htype == "series_end":
                     if not started:
                         yield BadInput("series_end_without_header", "series_end before any header or frame of a "

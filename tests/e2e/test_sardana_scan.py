@@ -13,7 +13,7 @@ import tango
 
 from tango_dqm.devices.controlsystem import ControlSystem, free_port
 from tango_dqm.devices.sardana import pool_path
-from tango_dqm.devices.simulator import _DEFAULTS, scene_of
+from tango_dqm.sim_streamer import DEFAULTS, scene_of
 from tango_dqm.simulation import FrameGenerator
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,7 +65,7 @@ def spec_columns(path: Path) -> dict[str, np.ndarray]:
 
 def offline(ids: range) -> dict[str, float]:
     """Plain numpy over the point's frames, rendered as the simulator renders them."""
-    values = dict(_DEFAULTS, frame_width=SHAPE[1], frame_height=SHAPE[0], rate=0.0)
+    values = dict(DEFAULTS, frame_width=SHAPE[1], frame_height=SHAPE[0], rate=0.0)
     gen = FrameGenerator(scene_of(values))
     x, sx, y, sy = ROI
     rois = [gen.render(i)[y:y + sy, x:x + sx].astype(np.float64) for i in ids]
@@ -105,7 +105,12 @@ def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
         pool.CreateMeasurementGroup(["mg_dqm", "dqm_sum", "dqm_mean"])
 
         cs.start_server("MacroServer", "e2e", [MS, DOOR], timeout=120)
-        door = cs.proxy(DOOR)
+        door, ms = cs.proxy(DOOR), cs.proxy(MS)
+        # the MacroServer learns the Pool's elements through events after it is exported: a macro
+        # started before that fails with "mot01 does not exist in any Pool"
+        wait_until("the MacroServer knows the Pool's elements", lambda: all(
+            name.encode() in bytes(ms.read_attribute("Elements").value[1])
+            for name in ("mot01", "mg_dqm", "dqm_sum", "dqm_mean")), timeout=60)
         door.set_timeout_millis(10000)
         run_macro(door, "senv", "ActiveMntGrp", "mg_dqm")
         run_macro(door, "senv", "ScanDir", str(tmp_path))

@@ -253,6 +253,44 @@ def test_frames_announced_but_never_sent_are_dropped(stins_sender, stins_port):
     e.close()
 
 
+def test_announced_count_travels_as_a_series_start_item_and_ends_the_scan(stins_sender, stins_port):
+    """The header's nimages reaches the engine through its queue (no source attribute is shared):
+    the scan ends after that many frames without a series_end; a later header does not change it."""
+    frames = frames_for_test(3, shape=(16, 16))
+    e = Engine(EngineConfig([f"zmq://127.0.0.1:{stins_port}"]))
+    try:
+        e.start()
+        stins_sender.header(nimages=3)
+        stins_sender.image(0, frames[0])
+        stins_sender.header(series="again", nimages=50)  # the first announced count stays
+        for i in (1, 2):
+            stins_sender.image(i, frames[i])
+        assert wait_state(e, EngineState.CLOSE, EngineState.FAULT) is EngineState.CLOSE, e.status()
+        assert_counters_exact(e.snapshot(), total=3, completed=3, dropped=0, expected=3)
+        assert "all expected events completed" in e.status()
+        assert all(s.expected_frames is None for s in e._sources)  # noqa: SLF001 - nothing written back
+    finally:
+        e.close()
+
+
+def test_live_ignores_an_announced_count(stins_sender, stins_port):
+    frames = frames_for_test(4, shape=(16, 16))
+    rec = Recorder()
+    e = Engine(EngineConfig([f"zmq://127.0.0.1:{stins_port}"]), listener=rec)
+    try:
+        e.start(live=True)
+        stins_sender.header(nimages=2)
+        for i, f in enumerate(frames):
+            stins_sender.image(i, f)
+        wait_until(lambda: e.snapshot().counters.completed == 4, what="4 live frames analysed")
+        c = e.snapshot().counters
+        assert e.state is EngineState.RUNNING and c.expected is None and c.total == 4
+        e.stop()
+        assert wait_state(e, EngineState.CLOSE) is EngineState.CLOSE
+    finally:
+        e.close()
+
+
 # ---- counting: every missing frame once, duplicates and out-of-order frames as such ----------
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tango_dqm import compression
 from tango_dqm.engine import Engine, EngineConfig, EngineState
-from tango_dqm.frames import BadInput, Frame, SeriesEnd
+from tango_dqm.frames import BadInput, Frame, SeriesEnd, SeriesStart
 from tango_dqm.sources import open_source
 from tango_dqm.sources.zmq_stins import MAX_HEADER_BYTES, decode_image, parse_header
 from tests.helpers import StinsSender, free_port
@@ -224,15 +224,16 @@ def test_live_mode_series_end_starts_over():
         for item in src.items(stop, live=True):
             if item is not None:
                 got.append(item)
-            if len(got) == 4 or time.monotonic() > deadline:
+            if len(got) == 5 or time.monotonic() > deadline:
                 break
     finally:
         src.close()
         sender.close()
-    assert [type(g).__name__ for g in got] == ["Frame", "SeriesEnd", "BadInput", "SeriesEnd"]
+    assert [type(g).__name__ for g in got] == ["Frame", "SeriesEnd", "BadInput", "SeriesStart", "SeriesEnd"]
     assert isinstance(got[0], Frame) and got[0].frame_id == 0
     assert isinstance(got[2], BadInput) and got[2].kind == "series_end_without_header"
-    assert isinstance(got[3], SeriesEnd) and got[3].series == "2"
+    assert isinstance(got[3], SeriesStart) and (got[3].series, got[3].frames) == ("2", None)
+    assert isinstance(got[4], SeriesEnd) and got[4].series == "2"
 
 
 def test_bad_frame_keeps_its_frame_id():

@@ -158,6 +158,36 @@ class _NoMerge(_Good):
     merge = Analysis.merge
 
 
+class _Box:
+    __slots__ = ("total",)
+
+    def __init__(self, total=0):
+        self.total = total
+
+    def __eq__(self, other):
+        return isinstance(other, _Box) and self.total == other.total
+
+
+class _UnlistedClass(_Good):
+    """An accumulator of its own class, not listed in wire_types: a worker could not send it."""
+
+    def new_accumulator(self):
+        return _Box()
+
+    def accumulate(self, acc, output, params):
+        return _Box(acc.total + output.results["good_sum"])
+
+    def merge(self, a, b):
+        return _Box(a.total + b.total)
+
+    def finish(self, acc):
+        return {"good_total": acc.total}
+
+
+class _ListedClass(_UnlistedClass):
+    wire_types = (_Box,)
+
+
 @pytest.mark.parametrize("cls, expected", [
     (_Impure, "process is not pure"),
     (_WritesFrame, "process modified frame.data"),
@@ -167,6 +197,7 @@ class _NoMerge(_Good):
     (_Undeclared, "undeclared results ['extra']"),
     (_EmptyFinishFails, "finish or merge of an empty accumulator failed: ZeroDivisionError"),
     (_NoMerge, "does not define merge()"),
+    (_UnlistedClass, "its accumulator cannot be sent to a scale-out reducer"),
 ])
 def test_behaviour_problems_are_found(cls, expected):
     assert declaration_problems(cls) == []
@@ -177,6 +208,7 @@ def test_behaviour_problems_are_found(cls, expected):
 def test_correct_plugins_pass_including_float_rounding_within_tolerance():
     assert check_plugin(_Good) == []
     assert check_plugin(_FloatOrder) == []
+    assert check_plugin(_ListedClass) == []  # its class listed in wire_types: it goes over the wire
 
 
 def test_merge_check_uses_several_split_points():

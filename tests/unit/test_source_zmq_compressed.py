@@ -181,8 +181,9 @@ def test_compressed_frames_direct(stins_sender, stins_port):
                 break
     finally:
         src.close()
-    assert [type(i).__name__ for i in got] == ["Frame", "Frame", "Frame", "BadInput", "BadInput", "Frame",
-                                               "SeriesEnd"]
+    assert [type(i).__name__ for i in got] == ["SeriesStart", "Frame", "Frame", "Frame", "BadInput", "BadInput",
+                                               "Frame", "SeriesEnd"]
+    assert got[0].frames == len(frames)  # the header's announced count
     for item, i in zip([g for g in got if isinstance(g, Frame)], (0, 1, 2, 5)):
         assert item.frame_id == i
         np.testing.assert_array_equal(item.data, frames[i])

@@ -113,10 +113,10 @@ def test_sub_drops_beyond_hwm_and_each_lost_frame_is_counted_once():
         header = json.dumps({"htype": "header", "series": "s", "nimages": n}).encode()
         # the subscription takes a moment to reach the publisher: repeat the header until it is seen
         deadline = time.monotonic() + 10
-        while engine._sources[0].expected_frames is None and time.monotonic() < deadline:
+        while engine.snapshot().counters.expected is None and time.monotonic() < deadline:
             pub.send(header)
             time.sleep(0.02)
-        assert engine._sources[0].expected_frames == n
+        assert engine.snapshot().counters.expected == n  # the header's count, through the queue
         for i in range(n):  # a PUB never blocks: what the subscriber cannot hold is dropped
             meta = json.dumps({"htype": "image", "frame": i, "shape": list(FRAME.shape), "type": "uint16"})
             pub.send_multipart([meta.encode(), FRAME])
