@@ -29,7 +29,8 @@ accumulator) and ``accumulate`` returns no published results.
 The accumulator holds per pixel: sum and sum of squares (int64, exact, for integer frames
 up to 16 bits; float64 otherwise), the two largest values, and the sum and sum of squares
 of the residual against the mean of the 4 direct neighbours (float64), plus the frame
-count. It is updated by one numba pass per frame and merges by addition and top-two.
+count. It is updated by one numba pass per batch of frames (held back, see ``BATCH``) and
+merges by addition and top-two.
 
 Classification in ``finish`` (with the parameter values of the last accumulated frame),
 see docs/analyses.md for the reasoning and the limits:
@@ -52,12 +53,14 @@ the counts are each independent of the others.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
-from tango_dqm import Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, min_max_count_above
+from tango_dqm import (Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, frame_min_max_count,
+                       min_max_count_above)
 
 OK, HOT, DEAD, SATURATED = 0, 1, 2, 3
 
@@ -82,42 +85,101 @@ def _neighbour_mean(a, i, j):  # pragma: no cover - compiled
     return t / c if c else np.float64(a[i, j])
 
 
-@numba.njit(nogil=True, cache=True)
-def _accumulate_int(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
-    """s += a, ss += a*a (int64, exact), the two largest values (mx >= mx2), and the moments
-    of the residual against the 4-neighbour mean (rs, rss, float64); one pass."""
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            v = a[i, j]
-            iv = np.int64(v)
-            s[i, j] += iv
-            ss[i, j] += iv * iv
-            if v > mx[i, j]:
-                mx2[i, j] = mx[i, j]
-                mx[i, j] = v
-            elif v > mx2[i, j]:
-                mx2[i, j] = v
-            r = np.float64(v) - _neighbour_mean(a, i, j)
-            rs[i, j] += r
-            rss[i, j] += r * r
+#: at most this many frames held back and accumulated in one pass: each pixel's accumulators
+#: (36 bytes) are then read and written once per batch, not once per frame, and the kernel's
+#: inner loops run over rows that stay in cache (about half the cost per frame of one frame at
+#: a time). The kernel's tuple always has BATCH entries (padded): one numba signature per dtype.
+#: Batching never changes the maps (same operations per pixel, in the same order), so the batch
+#: may follow the frame rate: one frame at a time while frames come slower than 3 accumulations
+#: take (results then wait for no batch), full batches when throughput matters.
+BATCH = 16
+#: at most this many bytes of frames held back (large frames: smaller batches)
+BATCH_BYTES = 64 << 20
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _add_int(v, mean, j, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
+    """One pixel of one integer frame into its accumulator rows (value v, neighbour mean)."""
+    iv = np.int64(v)
+    s[j] += iv
+    ss[j] += iv * iv
+    hi = max(mx[j], v)  # the top two without branches (vectorises): same as "if v > mx ... elif"
+    mx2[j] = max(mx2[j], min(mx[j], v))
+    mx[j] = hi
+    r = np.float64(v) - mean
+    rs[j] += r
+    rss[j] += r * r
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate_float(a, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            v = a[i, j]
-            fv = np.float64(v)
-            s[i, j] += fv
-            ss[i, j] += fv * fv
-            if v > mx[i, j]:
-                mx2[i, j] = mx[i, j]
-                mx[i, j] = v
-            elif v > mx2[i, j]:
-                mx2[i, j] = v
-            r = fv - _neighbour_mean(a, i, j)
-            rs[i, j] += r
-            rss[i, j] += r * r
+def _accumulate_int(frames, count, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
+    """For each of the first ``count`` frames, in order: s += a, ss += a*a (int64, exact), the
+    two largest values (mx >= mx2), and the moments of the residual against the 4-neighbour
+    mean (rs, rss, float64).
+
+    One pass over the accumulators for the whole batch, row by row: a row of them stays in
+    cache while the batch's frames are added. Inside the frame each row is three simple loops
+    (sums, top two, residual) that LLVM vectorises; the border pixels take the general path.
+    Every pixel sees the same operations in the same order as frame-by-frame accumulation
+    (integer data: the neighbour sums are exact), so the maps are bit-for-bit the same."""
+    rows, cols = s.shape
+    for i in range(rows):
+        s_i, ss_i, mx_i, mx2_i, rs_i, rss_i = s[i], ss[i], mx[i], mx2[i], rs[i], rss[i]
+        inner = 0 < i < rows - 1 and cols > 2
+        for k in range(count):
+            a = frames[k]
+            row = a[i]
+            if not inner:  # first and last rows, narrow frames
+                for j in range(cols):
+                    _add_int(row[j], _neighbour_mean(a, i, j), j, s_i, ss_i, mx_i, mx2_i, rs_i, rss_i)
+                continue
+            up = a[i - 1]
+            down = a[i + 1]
+            for j in (0, cols - 1):
+                _add_int(row[j], _neighbour_mean(a, i, j), j, s_i, ss_i, mx_i, mx2_i, rs_i, rss_i)
+            for j in range(1, cols - 1):
+                iv = np.int64(row[j])
+                s_i[j] += iv
+                ss_i[j] += iv * iv
+            for j in range(1, cols - 1):
+                v = row[j]
+                m = mx_i[j]
+                mx2_i[j] = max(mx2_i[j], min(m, v))
+                mx_i[j] = max(m, v)
+            for j in range(1, cols - 1):
+                t = np.float64(np.int64(up[j]) + np.int64(down[j]) + np.int64(row[j - 1]) + np.int64(row[j + 1]))
+                r = np.float64(row[j]) - t / 4.0
+                rs_i[j] += r
+                rss_i[j] += r * r
+
+
+@numba.njit(nogil=True, cache=True)
+def _accumulate_float(frames, count, s, ss, mx, mx2, rs, rss):  # pragma: no cover - compiled
+    """The same for other dtypes, in float64; the top two by comparisons (a NaN never enters)."""
+    rows, cols = s.shape
+    for i in range(rows):
+        for k in range(count):
+            a = frames[k]
+            for j in range(cols):
+                v = a[i, j]
+                fv = np.float64(v)
+                s[i, j] += fv
+                ss[i, j] += fv * fv
+                if v > mx[i, j]:
+                    mx2[i, j] = mx[i, j]
+                    mx[i, j] = v
+                elif v > mx2[i, j]:
+                    mx2[i, j] = v
+                r = fv - _neighbour_mean(a, i, j)
+                rs[i, j] += r
+                rss[i, j] += r * r
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: one numba signature for read-only and writable frames."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 class _Maps(NamedTuple):
@@ -131,67 +193,145 @@ class _Maps(NamedTuple):
     rsumsq: np.ndarray
 
 
+class _Pace:
+    """How many frames the pixel map may hold back now: 1 while frames come slower than three
+    accumulations take (results then never wait for a batch), a full batch otherwise. Timing,
+    kept by the analysis beside (not in) the accumulator: it never changes a map."""
+
+    __slots__ = ("last", "interval", "cost")
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.interval: float | None = None  # seconds between frames, moving average
+        self.cost: float | None = None  # seconds per frame of the last accumulation
+
+    def batch(self) -> int:
+        now = time.perf_counter()
+        if self.last is not None:
+            dt = now - self.last
+            self.interval = dt if self.interval is None else 0.8 * self.interval + 0.2 * dt
+        self.last = now
+        if self.interval is None or self.cost is None or self.interval > 3.0 * self.cost:
+            return 1
+        return BATCH
+
+    def took(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self.cost = seconds
+
+
 class PixelMap:
     """Per-pixel run accumulator: frame count, sum, sum of squares, the largest and second
     largest value, and the sum and sum of squares of the residual against the 4-neighbour
-    mean (the pixel's noise without the beam's own motion or intensity changes)."""
+    mean (the pixel's noise without the beam's own motion or intensity changes).
 
-    __slots__ = ("n", "sum", "sumsq", "max", "max2", "rsum", "rsumsq", "settings")
+    Frames added are held back (views, not copies: frames are immutable) and accumulated a
+    batch at a time; reading any map, ``merged`` and ``copy`` accumulate what is held first,
+    so the maps always include every frame added."""
+
+    __slots__ = ("n", "_sum", "_sumsq", "_max", "_max2", "_rsum", "_rsumsq", "settings", "_pending", "_batch")
 
     def __init__(self, n: int = 0, s: np.ndarray | None = None, ss: np.ndarray | None = None,
                  mx: np.ndarray | None = None, settings: tuple | None = None,
                  rs: np.ndarray | None = None, rss: np.ndarray | None = None, mx2: np.ndarray | None = None):
-        self.n, self.sum, self.sumsq, self.max, self.settings = n, s, ss, mx, settings
-        self.rsum, self.rsumsq, self.max2 = rs, rss, mx2
+        self.n, self._sum, self._sumsq, self._max, self.settings = n, s, ss, mx, settings
+        self._rsum, self._rsumsq, self._max2 = rs, rss, mx2
+        self._pending: list[np.ndarray] = []
+        self._batch = BATCH  # the most held back for this frame size
+
+    def _maps(self) -> "PixelMap":
+        self.flush()
+        return self
 
     @property
     def maps(self) -> _Maps:
-        """The per-pixel arrays, all made at the first frame; ValueError before it."""
-        if (self.sum is None or self.sumsq is None or self.max is None or self.max2 is None
-                or self.rsum is None or self.rsumsq is None):
+        """The per-pixel arrays (every frame added included), all made at the first frame;
+        ValueError before it."""
+        self.flush()
+        if (self._sum is None or self._sumsq is None or self._max is None or self._max2 is None
+                or self._rsum is None or self._rsumsq is None):
             raise ValueError("pixels: the map holds no frame yet")
-        return _Maps(self.sum, self.sumsq, self.max, self.max2, self.rsum, self.rsumsq)
+        return _Maps(self._sum, self._sumsq, self._max, self._max2, self._rsum, self._rsumsq)
 
-    def add(self, image: np.ndarray, settings: tuple) -> None:
-        exact = image.dtype.kind in "iu" and image.dtype.itemsize <= 2
-        if self.sum is None:
-            acc_type = np.int64 if exact else np.float64
-            self.sum = np.zeros(image.shape, acc_type)
-            self.sumsq = np.zeros(image.shape, acc_type)
-            lowest = np.iinfo(image.dtype).min if image.dtype.kind in "iu" else -np.inf
-            self.max = np.full(image.shape, lowest, image.dtype)
-            self.max2 = np.full(image.shape, lowest, image.dtype)
-            self.rsum = np.zeros(image.shape, np.float64)
-            self.rsumsq = np.zeros(image.shape, np.float64)
-        maps = self.maps
-        if image.shape != maps.sum.shape:
-            raise ValueError(f"pixels: frame shape changed during the run from {maps.sum.shape} to "
-                             f"{image.shape}; Reset to start a new map")
-        if image.dtype != maps.max.dtype:
-            raise ValueError(f"pixels: frame dtype changed during the run from {maps.max.dtype} to "
-                             f"{image.dtype}; Reset to start a new map")
-        (_accumulate_int if exact else _accumulate_float)(image, *maps)
+    sum = property(lambda self: self._maps()._sum)
+    sumsq = property(lambda self: self._maps()._sumsq)
+    max = property(lambda self: self._maps()._max)
+    max2 = property(lambda self: self._maps()._max2)
+    rsum = property(lambda self: self._maps()._rsum)
+    rsumsq = property(lambda self: self._maps()._rsumsq)
+
+    def add(self, image: np.ndarray, settings: tuple, batch: int = BATCH) -> float | None:
+        """Add one frame, held back until ``batch`` frames are (it must not change afterwards).
+
+        Returns the seconds per frame of the accumulation this add ran, None when it ran none."""
+        first = self._pending[0] if self._pending else None
+        if self._sum is None and first is None:
+            self._batch = max(1, min(BATCH, BATCH_BYTES // max(1, image.nbytes)))
+        else:
+            shape, dtype = (self._sum.shape, self._max.dtype) if first is None else (first.shape, first.dtype)
+            if image.shape != shape:
+                raise ValueError(f"pixels: frame shape changed during the run from {shape} to "
+                                 f"{image.shape}; Reset to start a new map")
+            if image.dtype != dtype:
+                raise ValueError(f"pixels: frame dtype changed during the run from {dtype} to "
+                                 f"{image.dtype}; Reset to start a new map")
+        self._pending.append(_read_only(np.ascontiguousarray(image)))
         self.n += 1
         self.settings = settings
+        if len(self._pending) >= min(batch, self._batch):
+            return self.flush()
+        return None
+
+    def flush(self) -> float | None:
+        """Accumulate the frames held back; seconds per frame it took (None: nothing held)."""
+        pending = self._pending
+        if not pending:
+            return None
+        image = pending[0]
+        exact = image.dtype.kind in "iu" and image.dtype.itemsize <= 2
+        if self._sum is None:
+            acc_type = np.int64 if exact else np.float64
+            self._sum = np.zeros(image.shape, acc_type)
+            self._sumsq = np.zeros(image.shape, acc_type)
+            lowest = np.iinfo(image.dtype).min if image.dtype.kind in "iu" else -np.inf
+            self._max = np.full(image.shape, lowest, image.dtype)
+            self._max2 = np.full(image.shape, lowest, image.dtype)
+            self._rsum = np.zeros(image.shape, np.float64)
+            self._rsumsq = np.zeros(image.shape, np.float64)
+        pending = [f if not f.flags.writeable else _read_only(f) for f in pending]  # e.g. from the wire
+        image = pending[0]
+        frames = tuple(pending) + (image,) * (BATCH - len(pending))  # padding is never read
+        self._pending = []
+        t0 = time.perf_counter()
+        (_accumulate_int if exact else _accumulate_float)(frames, len(pending), self._sum, self._sumsq,
+                                                          self._max, self._max2, self._rsum, self._rsumsq)
+        return (time.perf_counter() - t0) / len(pending)
 
     def merged(self, other: "PixelMap") -> "PixelMap":
+        self.flush()
+        other.flush()
         if other.n == 0:
             return self.copy()
         if self.n == 0:
             return other.copy()
-        a, b = self.maps, other.maps
-        if a.sum.shape != b.sum.shape or a.max.dtype != b.max.dtype:
-            raise ValueError(f"pixels: cannot merge maps of {a.sum.shape} {a.max.dtype} and "
-                             f"{b.sum.shape} {b.max.dtype}")
+        if self._sum.shape != other._sum.shape or self._max.dtype != other._max.dtype:
+            raise ValueError(f"pixels: cannot merge maps of {self._sum.shape} {self._max.dtype} and "
+                             f"{other._sum.shape} {other._max.dtype}")
         # second largest of the union of two top-two pairs
-        mx2 = np.maximum(np.minimum(a.max, b.max), np.maximum(a.max2, b.max2))
-        return PixelMap(self.n + other.n, a.sum + b.sum, a.sumsq + b.sumsq, np.maximum(a.max, b.max),
-                        other.settings, a.rsum + b.rsum, a.rsumsq + b.rsumsq, mx2)
+        mx2 = np.maximum(np.minimum(self._max, other._max), np.maximum(self._max2, other._max2))
+        out = PixelMap(self.n + other.n, self._sum + other._sum, self._sumsq + other._sumsq,
+                       np.maximum(self._max, other._max), other.settings,
+                       self._rsum + other._rsum, self._rsumsq + other._rsumsq, mx2)
+        out._batch = self._batch  # the frame size's bound
+        return out
 
     def copy(self) -> "PixelMap":
+        self.flush()
         c = lambda a: None if a is None else a.copy()  # noqa: E731
-        return PixelMap(self.n, c(self.sum), c(self.sumsq), c(self.max), self.settings, c(self.rsum),
-                        c(self.rsumsq), c(self.max2))
+        out = PixelMap(self.n, c(self._sum), c(self._sumsq), c(self._max), self.settings, c(self._rsum),
+                       c(self._rsumsq), c(self._max2))
+        out._batch = self._batch
+        return out
 
 
 def _ring(size: int) -> np.ndarray:
@@ -210,19 +350,19 @@ def run_moments(acc: "PixelMap") -> tuple[np.ndarray, np.ndarray, int]:
     neighbour mean's share for independent noise): unlike the pixel's own variance over the
     run, it does not count a beam that moves or changes intensity as noise.
     """
-    n, maps = acc.n, acc.maps
-    s = maps.sum.astype(np.float64)
+    n = acc.n
+    s = acc.sum.astype(np.float64)
     if n >= 4:
         k = n - 2
-        m = (s - maps.max.astype(np.float64) - maps.max2.astype(np.float64)) / k
+        m = (s - acc.max.astype(np.float64) - acc.max2.astype(np.float64)) / k
     elif n == 3:
         k = n - 1
-        m = (s - maps.max.astype(np.float64)) / k
+        m = (s - acc.max.astype(np.float64)) / k
     else:
         k = n
         m = s / n
     if n > 1:
-        var_r = (maps.rsumsq - maps.rsum * maps.rsum / n) / (n - 1)
+        var_r = (acc.rsumsq - acc.rsum * acc.rsum / n) / (n - 1)
     else:
         var_r = np.zeros_like(m)
     return m, np.maximum(var_r, 0.0) / 1.25, k
@@ -278,7 +418,7 @@ def dead_pixels(run_max: np.ndarray, dead_threshold: float) -> np.ndarray:
 class Pixels(Analysis):
     """Saturated pixels per frame; hot, dead and saturated-in-run pixel maps at the end of the run."""
 
-    wire_types = (PixelMap,)  # the accumulator, for scale-out workers
+    wire_types = (PixelMap,)  # the accumulator, for scale-out workers (held-back frames travel with it)
     name = "pixels"
     version = "1"
     parameters = [
@@ -330,7 +470,10 @@ class Pixels(Analysis):
 
     def process(self, frame: Frame, params: Params, context: Any = None) -> FrameOutput:
         image = self._input(frame, params)
-        _, _, n_saturated = min_max_count_above(image, params.saturation_level)
+        if image.dtype == frame.data.dtype:  # the frame's own values: roi's pass serves both
+            _, _, n_saturated = frame_min_max_count(frame, params.saturation_level)
+        else:  # booleans counted as 0/1
+            _, _, n_saturated = min_max_count_above(image, params.saturation_level)
         # private: the frame (a view, no copy) for the per-pixel maps
         return FrameOutput({"pixels_saturated": n_saturated}, image)
 
@@ -341,7 +484,10 @@ class Pixels(Analysis):
         # the parameters finish() classifies with: those of the last accumulated frame
         settings = (params.saturation_level, params.hot_sigma, params.pixels_hot_reference,
                     params.dead_threshold, params.pixels_min_frames, params.hot_ratio)
-        acc.add(output.private, settings)
+        pace = self.__dict__.get("_pace")
+        if pace is None:
+            pace = self._pace = _Pace()
+        pace.took(acc.add(output.private, settings, pace.batch()))
         return acc
 
     def merge(self, a: PixelMap, b: PixelMap) -> PixelMap:
@@ -355,14 +501,14 @@ class Pixels(Analysis):
                         "pixels_std_map": None})
             return out
         saturation_level, hot_sigma, reference, dead_threshold, _, hot_ratio = acc.settings
-        n, maps = acc.n, acc.maps
-        mean = maps.sum / n
-        var = np.maximum(maps.sumsq / n - mean * mean, 0.0)
+        n = acc.n
+        mean = acc.sum / n
+        var = np.maximum(acc.sumsq / n - mean * mean, 0.0)
         # judged on the trimmed moments: one zinger in a run does not make a pixel hot
         t_mean, t_var, k = run_moments(acc)
         hot = hot_pixels(t_mean, t_var, k, hot_sigma, hot_ratio, reference)
-        dead = dead_pixels(maps.max, dead_threshold)
-        saturated = maps.max >= saturation_level
+        dead = dead_pixels(acc.max, dead_threshold)
+        saturated = acc.max >= saturation_level
         pmap = np.zeros(mean.shape, np.uint8)
         pmap[saturated] = SATURATED
         pmap[hot] = HOT

@@ -29,7 +29,7 @@ from tango_dqm import (
     Params,
     Result,
     ScalarSeries,
-    min_max_count_above,
+    frame_min_max_count,
     region_stats,
     region_values,
 )
@@ -116,7 +116,7 @@ class RoiStats(Analysis):
             out["net_signal"] = signal.sum - background.mean * signal.count
         norm = normaliser(frame, params.roi_normalisation)
         out["net_signal_normalised"] = out["net_signal"] / norm if norm else _NAN
-        mn, mx, nsat = min_max_count_above(image, params.saturation_level)
+        mn, mx, nsat = frame_min_max_count(frame, params.saturation_level)  # shared with pixels
         out["frame_min"], out["frame_max"], out["saturated_pixels"] = mn, mx, nsat
         return FrameOutput(out)
 

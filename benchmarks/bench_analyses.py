@@ -61,10 +61,11 @@ def analysis_step(spec: str, frames: list[np.ndarray], accumulate: bool = True, 
     a = runner.analysis
     p = params_for(a, **values)
     state = {"acc": a.new_accumulator()}
-    fs = [Frame(f, i) for i, f in enumerate(frames)]
 
     def step(i: int) -> None:
-        r = runner.process(fs[i % len(fs)], p)
+        # a new Frame each time, as from a source: values cached on a frame (frame_min_max_count)
+        # must not make a frame seen again look free
+        r = runner.process(Frame(frames[i % len(frames)], i), p)
         if accumulate:
             state["acc"] = a.accumulate(state["acc"], r, p)
 

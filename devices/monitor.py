@@ -365,9 +365,7 @@ class DataQualityMonitor(Device):
         name = attr.get_name()
         engine = self._require_engine(f"read {name}")
         _, result = engine.result_decl[name]
-        snap = engine.snapshot()
-        raw = snap.summary.get(name) if result.run_summary else snap.results.get(name)
-        value, quality = self._result_value(name, result, raw)
+        value, quality = self._result_value(name, result, engine.latest(name))  # no snapshot per read
         attr.set_value_date_quality(value, time.time(), quality)
 
     def _result_value(self, name: str, result, raw: Any):

@@ -111,6 +111,9 @@ class EngineConfig:
     analyses: Sequence[str] = ("roi",)
     queue_size: int = 64
     array_push_interval: float = 0.5
+    #: results go to the listener at most once per this many seconds (coalesced: the latest
+    #: frame's); slower frame rates get every frame's results at once (see tango_dqm.publisher)
+    results_interval: float = 0.005
     #: quality checks: dicts or JSON strings (see tango_dqm.quality.checks_from_config)
     checks: Sequence[Any] = ()
     #: STALE after this many seconds without a frame while RUNNING (0: no staleness check)
@@ -287,6 +290,7 @@ class Engine:
         self._live = False
         self._metadata: dict[str, Any] = {}
         self._closing = False
+        self._interim: threading.Thread | None = None  # the last interim judgement (see _judge_accumulated)
         self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
         self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
         self._before_window: float | None = None  # the latest arrival that left the window
@@ -294,7 +298,8 @@ class Engine:
             self.use_reference(latest.info, dict(latest.arrays))
             log.info("reference version %d (from %s) in use", latest.info.version, latest.info.scan_id)
         arrays = {n for n, (_, r) in self.result_decl.items() if r.kind != "scalar"}
-        self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context)
+        self.publisher = Publisher(listener, arrays, config.array_push_interval, thread_context,
+                                   results_interval=config.results_interval)
         threads = config.analysis_threads
         if not (isinstance(threads, int) and not isinstance(threads, bool) and 0 <= threads <= 256):
             raise EngineError(f"AnalysisThreads must be between 0 (one per core) and 256, got {threads!r}")
@@ -587,6 +592,9 @@ class Engine:
         if not closed:
             log.warning("a source thread did not close its socket within %.1f s", timeout)
         self.publisher.close()
+        interim = self._interim
+        if interim is not None and interim is not threading.current_thread():
+            interim.join(timeout)  # pure numpy, never waits on the caller: no thread left computing at exit
         if self.link is not None:
             self.link.close()
         if self.products is not None:
@@ -686,6 +694,16 @@ class Engine:
         snap.verdict_report = q.report(coverage)
         return snap
 
+    def latest(self, name: str) -> Any:
+        """The latest value of one result (a run-summary result: of the last summary), None when
+        there is none: what an attribute read needs, without the checks and the report a
+        snapshot evaluates (a client reading every result attribute made one per attribute)."""
+        decl = self.result_decl.get(name)
+        with self._lock:
+            if decl is not None and decl[1].run_summary:
+                return self._summary.get(name)
+            return self._results.get(name)
+
     def status(self) -> str:
         with self._lock:
             return self._status_locked()
@@ -780,16 +798,50 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"output {uri!r}: {exc}") from None
 
-    def _judge_accumulated(self, accs: list[Any]) -> None:
-        """Judge run-accumulated results (reference and channel checks) during the run."""
+    def _judge_accumulated(self, run: "_Run") -> None:
+        """Judge run-accumulated results (reference and channel checks) during the run.
+
+        Off the engine thread: here only copies are taken (a merge into an empty accumulator) of
+        the accumulators whose results the checks name; their ``finish`` (the pixel maps' median
+        filters take about a second per MPix, which stalled the engine and lost frames) runs on a
+        thread of its own, one judgement at a time. An analysis without ``merge`` is finished here."""
+        if run.interim is not None and run.interim.is_alive():
+            return  # the previous judgement still runs: skip this one
+        wanted = self.quality.accumulated_results
+        names = {self.result_decl[n][0] for n in wanted if n in self.result_decl}
+        copies: list[tuple[Analysis, Any]] = []
         interim: dict[str, Any] = {}
         try:
-            for a, acc in zip(self.analyses, accs):
+            for a, acc in zip(self.analyses, run.accs):
+                if a.name not in names:
+                    continue
+                try:
+                    copies.append((a, a.merge(a.new_accumulator(), acc)))
+                except PluginError:  # no merge: its interim summary the old way, on this thread
+                    interim.update(a.finish(acc))
+        except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
+            log.debug("interim finish failed", exc_info=True)
+            return
+        run.interim = threading.Thread(target=self._judge_interim, args=(run, copies, interim),
+                                       name="dqm-interim-judge", daemon=True)
+        self._interim = run.interim
+        run.interim.start()
+
+    def _judge_interim(self, run: "_Run", copies: list[tuple[Analysis, Any]], interim: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            for a, acc in copies:
                 interim.update(a.finish(acc))
         except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
             log.debug("interim finish failed", exc_info=True)
             return
-        self.quality.evaluate_references(interim)
+        finally:
+            # at most a tenth of a core: the next one no sooner than 9 times this one's duration
+            end = time.monotonic()
+            run.next_reference_check = max(run.next_reference_check, end + 9.0 * (end - t0))
+        with run.judging:  # never after the run's final judgement
+            if not run.judged:
+                self.quality.evaluate_references(interim)
 
     def _latest_reference(self) -> Reference | None:
         """The newest stored reference, which the engine judges against from its start (every Init)."""
@@ -1146,12 +1198,6 @@ class Engine:
         except _AnalysisFailure as exc:
             self._enter_fault(str(exc))
             return False
-        try:
-            run.accs = [a.accumulate(acc, o, params) for a, acc, o in zip(self.analyses, run.accs, outputs)]
-        except Exception as exc:  # noqa: BLE001
-            self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
-                              f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
-            return False
         merged: dict[str, Any] = {}
         for o in outputs:
             merged.update(o.results)  # private data went to accumulate only
@@ -1197,13 +1243,21 @@ class Engine:
         self.publisher.results(merged, frame.frame_id)
         if self.output_stream is not None:
             self.output_stream.send(frame.frame_id, merged, frame.timestamp)  # never blocks, counts drops
+        # Accumulated after the frame's results went out: run-level state is not what a client waits
+        # for, so its cost (pixels: a batch of frames at a time) adds nothing to the latency.
+        try:
+            run.accs = [a.accumulate(acc, o, params) for a, acc, o in zip(self.analyses, run.accs, outputs)]
+        except Exception as exc:  # noqa: BLE001
+            self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
+                              f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
+            return False
         if self.link is not None:
             self.link.frame(frame.frame_id, frame.timestamp, merged)
             if not self._link_tick(run):
                 return False
         if self.quality.has_accumulated_checks and now >= run.next_reference_check:
             run.next_reference_check = now + self.config.reference_interval
-            self._judge_accumulated(run.accs)
+            self._judge_accumulated(run)
         return True
 
     def _link_state(self, run: "_Run", state: EngineState | None = None) -> dict[str, Any]:
@@ -1320,6 +1374,8 @@ class Engine:
 
     def _finish(self, run: "_Run") -> None:
         generation, series_ended = run.generation, run.series_ended
+        with run.judging:  # an interim judgement still running is dropped: the final one follows
+            run.judged = True
         summary: dict[str, Any] = {}
         try:
             for a, acc in zip(self.analyses, run.accs):
@@ -1405,6 +1461,9 @@ class _Run:
     shortfall: int = 0  # announced, never sent
     finished: bool = False
     pool: OrderedPool | None = None  # analysis threads (process of queued frames, run ahead)
+    interim: threading.Thread | None = None  # the interim judgement of accumulated checks running
+    judging: threading.Lock = field(default_factory=threading.Lock)  # held while it stores its verdicts
+    judged: bool = False  # the run's final judgement began: interim ones are dropped
     ahead: tuple[int, Any, BaseException | None] | None = None  # the current frame's, from the pool
 
 

@@ -32,6 +32,8 @@ class Frame:
     meta: dict[str, Any] = field(default_factory=dict)
     #: with several streams: every frame of this event by stream name (this one included)
     event: dict[str, "Frame"] = field(default_factory=dict)
+    #: per-frame values several analyses need, computed once (see kernels.frame_min_max_count)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def stream_frame(self, name: str) -> "Frame | None":
         """The frame of stream ``name`` in this event (None if it did not arrive in time)."""

@@ -11,10 +11,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
+
+if TYPE_CHECKING:
+    from .frames import Frame
 
 
 def _numba_cache_dir() -> None:
@@ -151,3 +154,13 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
     else:
         mn, mx, n = _min_max_count_ge(a, a.dtype.type(level))
     return float(mn), float(mx), int(n)
+
+
+def frame_min_max_count(frame: "Frame", level: float) -> tuple[float, float, int]:
+    """:func:`min_max_count_above` of the whole frame, computed once per frame and level however
+    many analyses ask (roi's frame extrema and saturated pixels, pixels' saturated count)."""
+    key = ("min_max_count_above", level)
+    out = frame.cache.get(key)
+    if out is None:
+        out = frame.cache[key] = min_max_count_above(frame.data, level)
+    return out

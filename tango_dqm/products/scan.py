@@ -109,7 +109,7 @@ class ScanProducts:
         if dest.exists():
             raise FileExistsError(f"{dest} already exists; not overwriting it")
         self.pending = self.worker.call(mark_scan, self.root, self.current, mark, reason)
-        self.worker.submit(dest)
+        self.worker.submit(dest, reuse_plots=True)  # the page shows the mark; the plots moved with it
         self.current, self.mark_of_current = dest, mark
         return dest
 

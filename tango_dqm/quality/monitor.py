@@ -110,6 +110,11 @@ class QualityMonitor:
         """Whether any check judges run-accumulated spectra or maps."""
         return bool(self._accumulated)
 
+    @property
+    def accumulated_results(self) -> frozenset[str]:
+        """The results the run-accumulated checks judge (the engine finishes only their analyses)."""
+        return frozenset(c.result for c in self._accumulated)
+
     def config(self) -> list[dict[str, Any]]:
         """The checks as plain dicts (for provenance; ``checks_from_config`` reads it back)."""
         return [c.to_config() for c in self._checks]

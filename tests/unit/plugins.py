@@ -1,5 +1,6 @@
 """Test plugins, loaded by ``module:Class`` like a user's own analysis."""
 import hashlib
+import threading
 
 import numpy as np
 
@@ -217,3 +218,35 @@ class ClashesWithDevice(Analysis):
 
     def process(self, frame, params, context):
         return {"Latency": 0.0}
+
+
+INTERIM_STARTED = threading.Event()
+INTERIM_RELEASE = threading.Event()
+
+
+class InterimGate(Analysis):
+    """A run map whose interim finish (on the engine's interim-judgement thread) blocks until
+    released and gives all-dead channels; the final finish gives all-live ones."""
+
+    name = "interim_gate"
+    results = [Result("gate_frames", int), Result("gate_map", np.float64, kind="spectrum", run_summary=True,
+                                                  archive=False)]
+
+    def process(self, frame, params, context):
+        return FrameOutput({"gate_frames": 1})
+
+    def new_accumulator(self):
+        return 0
+
+    def accumulate(self, acc, output, params):
+        return acc + 1
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        if threading.current_thread().name.startswith("dqm-interim"):
+            INTERIM_STARTED.set()
+            INTERIM_RELEASE.wait(60)
+            return {"gate_map": np.zeros(4)}
+        return {"gate_map": np.ones(4)}

@@ -197,3 +197,87 @@ def test_runs_in_the_engine_beside_roi():
     assert s["pixels_status"] == "OK" and s["pixels_frames"] == 20
     assert s["pixels_hot"] == 5 and s["pixels_dead"] == 3 and s["pixels_saturated_run"] == 5
     assert s["pixels_map"].shape == (256, 256)
+
+
+def _numpy_maps(frames):
+    """Independent reference of the per-pixel accumulators: plain numpy, one frame at a time,
+    the float operations in the documented order (neighbours up, down, left, right)."""
+    f0 = frames[0]
+    exact = f0.dtype.kind in "iu" and f0.dtype.itemsize <= 2
+    acc = np.int64 if exact else np.float64
+    s = np.zeros(f0.shape, acc)
+    ss = np.zeros(f0.shape, acc)
+    rs = np.zeros(f0.shape, np.float64)
+    rss = np.zeros(f0.shape, np.float64)
+    for f in frames:
+        v = f.astype(acc)
+        s += v
+        ss += v * v
+        a = f.astype(np.float64)
+        t = np.zeros(f.shape)
+        c = np.zeros(f.shape)
+        t[1:] += a[:-1]
+        c[1:] += 1
+        t[:-1] += a[1:]
+        c[:-1] += 1
+        t[:, 1:] += a[:, :-1]
+        c[:, 1:] += 1
+        t[:, :-1] += a[:, 1:]
+        c[:, :-1] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(c > 0, t / np.maximum(c, 1), a)
+        r = a - mean
+        rs += r
+        rss += r * r
+    stack = np.sort(np.stack(frames), axis=0)
+    return {"sum": s, "sumsq": ss, "max": stack[-1], "max2": stack[-2], "rsum": rs, "rsumsq": rss}
+
+
+@pytest.mark.parametrize("shape,dtype", [((17, 13), np.uint16), ((1, 50), np.uint16), ((3, 2), np.uint8),
+                                         ((20, 9), np.int16), ((8, 11), np.float32), ((6, 7), np.int32)])
+@pytest.mark.parametrize("batch", ["analysis", 1, 5, 16])
+def test_batched_maps_equal_numpy_bit_for_bit(analysis, shape, dtype, batch):
+    """Frames held back and accumulated a batch at a time give exactly the frame-by-frame maps,
+    whatever the batch (it follows the frame rate, so it must never change a result)."""
+    from tango_dqm.analysis import pixels
+
+    p = params(analysis)
+
+    def add(m, f):
+        if batch == "analysis":  # as the engine runs it: the batch the frame rate gives
+            return analysis.accumulate(m, analysis.process(Frame(f, 0), p), p)
+        m.add(f, (), batch)
+        return m
+
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info is not None and info.bits <= 16 else (-5000, 60000)
+    frames = [rng.integers(lo, hi, shape, endpoint=True).astype(dtype) for _ in range(37)]
+    if np.dtype(dtype).kind == "f":
+        frames = [f + np.float32(0.37) for f in frames]  # non-integer values: the float path's rounding
+    m = pixels.PixelMap()
+    for f in frames[:20]:
+        m = add(m, f)
+    assert m.n == 20 and m.sum.dtype == (np.int64 if info is not None and info.bits <= 16 else np.float64)
+    for f in frames[20:]:
+        m = add(m, f)
+    want = _numpy_maps(frames)
+    for name, expected in want.items():
+        got = getattr(m, name)
+        assert got.dtype == expected.dtype, name
+        assert got.tobytes() == expected.tobytes(), name  # bit for bit
+
+
+def test_held_back_frames_count_in_merge_and_copy():
+    from tango_dqm.analysis import pixels
+
+    frames = make_frames(7)
+    a, b = pixels.PixelMap(), pixels.PixelMap()
+    for f in frames[:3]:
+        a.add(f, ())
+    for f in frames[3:]:
+        b.add(f, ())
+    whole = _numpy_maps(frames)
+    merged = a.merged(b)
+    assert merged.n == 7 and merged.sum.tobytes() == whole["sum"].tobytes()
+    assert a.copy().sum.tobytes() == _numpy_maps(frames[:3])["sum"].tobytes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.common import SHAPE, RunWaiter, demo_engine_parameters, demo_frames, demo_monitor, engine_run
+from benchmarks.common import LAST_RUN, SHAPE, RunWaiter, demo_engine_parameters, demo_frames, demo_monitor, engine_run
 from benchmarks.dranspose_roi import _stats
 from tango_dqm import Frame, Params, load_analysis
 from tango_dqm.plugin import Runner
@@ -44,3 +44,4 @@ def test_engine_run_completes_every_frame_of_a_stream():
     # engine_run raises unless every frame was completed and the first and last results were seen
     rate = engine_run(["roi"], {"roi_signal": [0, 8, 0, 8]}, 20)
     assert rate > 0 and np.isfinite(rate)
+    assert LAST_RUN["cpu_ms_per_frame"] > 0  # this process' CPU between the first and the last result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import h5py
@@ -14,6 +15,7 @@ from tango_dqm.engine import Engine, EngineConfig, EngineError, EngineState
 from tango_dqm.events import IdKind, IdTracker
 from tango_dqm.params import ParameterError
 from tango_dqm.plugin import PluginError
+from tango_dqm.quality import Verdict
 from tango_dqm.simulation import FrameGenerator, Scene
 from tests.helpers import StinsSender, assert_counters_exact, free_port, frames_for_test
 
@@ -653,3 +655,54 @@ def test_parameter_change_with_frames_in_flight_applies_from_the_frame_it_names(
     for fid, value in zip(ids, got):
         scale = 2.0 if fid >= applied else 1.0
         assert value == float(gen.render(int(fid)).mean()) * scale, fid
+
+
+def test_interim_judgement_runs_off_the_engine_thread_and_never_overrides_the_final_one():
+    """Accumulated checks are judged during the run on a thread of their own (a pixel map's
+    finish takes ~1 s per MPix): the scan goes on and ends while one is still running, and its
+    late verdict is dropped in favour of the run's final judgement."""
+    from tests.unit import plugins
+
+    plugins.INTERIM_STARTED.clear()
+    plugins.INTERIM_RELEASE.clear()
+    closed = threading.Event()
+
+    class Listener:
+        def on_state(self, state, status):
+            if state == "CLOSE":
+                closed.set()
+
+        def on_results(self, results, frame_id):
+            pass
+
+    check = {"type": "channels", "result": "gate_map", "dead_below": 0.5, "max_bad_warning": 0, "max_bad_error": 0}
+    e = Engine(EngineConfig(["sim://?frames=40&shape=8x8&rate=400"], ["tests.unit.plugins:InterimGate"],
+                            checks=[check], reference_interval=0.0), Listener())
+    try:
+        e.start()
+        assert plugins.INTERIM_STARTED.wait(30)  # an interim judgement is running (and blocked)
+        assert closed.wait(60), e.status  # the scan ended meanwhile: the engine never waited for it
+        interim = e._interim
+        assert interim is not None and interim.is_alive()
+        plugins.INTERIM_RELEASE.set()
+        interim.join(30)
+        assert not interim.is_alive()
+        result = next(r for r in e.snapshot().quality.checks if r.name == "gate_map_channels")
+        assert result.verdict is Verdict.OK, result  # the final map (all live), not the interim (all dead)
+        assert e.snapshot().counters.completed == 40
+    finally:
+        plugins.INTERIM_RELEASE.set()
+        e.close()
+
+
+def test_latest_gives_one_result_as_the_snapshot_has_it():
+    from tests.helpers import run_scan
+
+    e = Engine(EngineConfig(["sim://?frames=12&shape=64x64"], ["roi", "tango_dqm.analysis.pixels:Pixels"]))
+    assert e.latest("frame_max") is None  # nothing analysed yet
+    snap = run_scan(e, {"pixels_min_frames": 1})
+    assert snap.state is EngineState.CLOSE, snap.status
+    assert e.latest("frame_max") == snap.results["frame_max"]
+    assert e.latest("pixels_frames") == snap.summary["pixels_frames"] == 12  # a run-summary result
+    np.testing.assert_array_equal(e.latest("pixels_map"), snap.summary["pixels_map"])
+    assert e.latest("no_such_result") is None

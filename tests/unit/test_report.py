@@ -372,3 +372,28 @@ def test_pixel_map_is_categorical_with_markers_and_mean_map_has_roi_boxes(tmp_pa
     assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_signal"][0], 60, left=0.5) > 60
     assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_background"][0], 60, left=0.5) > 30
     assert _colour_pixels(tmp_path / "mean.png", ROI_STYLES["roi_profile"][0], 60) == 0  # outside: not drawn
+
+
+def test_page_after_a_mark_reuses_the_plots_and_shows_the_mark(tmp_path):
+    """Flag/Archive rewrites the page (it shows the mark) but not the plots, which moved with the
+    scan: drawing them again cost seconds of CPU beside the next scan."""
+    h5 = make_scan(tmp_path, "scan_0009")
+    page = write_report(h5)
+    plots = sorted((tmp_path / "scan_0009_plots").glob("*.png"))
+    assert plots
+    stamps = {p.name: p.stat().st_mtime_ns for p in plots}
+    before = {local_target(page, ref) for ref in links(page).img}
+    dest = mark_scan(tmp_path, h5, "archived", "looked fine")
+    moved = write_report(dest, reuse_plots=True)
+    text = moved.read_text(encoding="utf-8")
+    assert "archived" in text and "looked fine" in text and "not marked" not in text
+    moved_plots = {p.name: p.stat().st_mtime_ns for p in (dest.parent / "scan_0009_plots").glob("*.png")}
+    assert moved_plots == stamps  # the same files, not drawn again
+    after = {local_target(moved, ref) for ref in links(moved).img}
+    assert len(after) == len(before) and all(p.is_file() for p in after)
+    # a plot missing: everything is drawn again, never a page with a broken image
+    victim = sorted(after)[0]
+    victim.unlink()
+    again = write_report(dest, reuse_plots=True)
+    assert all(local_target(again, ref).is_file() for ref in links(again).img)
+    assert victim.is_file()

@@ -111,9 +111,10 @@ class ReportWorker:
     def last_error(self) -> str:
         return self.errors[-1] if self.errors else ""
 
-    def submit(self, h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> None:
-        """Queue a report for ``h5_path`` (and a run-list refresh)."""
-        self._put(("report", Path(h5_path), out_dir))
+    def submit(self, h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+               reuse_plots: bool = False) -> None:
+        """Queue a report for ``h5_path`` (and a run-list refresh); ``reuse_plots``: see write_report."""
+        self._put(("report", Path(h5_path), (out_dir, reuse_plots)))
 
     def refresh_run_list(self, root: str | os.PathLike | None = None) -> None:
         """Queue a run-list refresh only."""
@@ -251,7 +252,8 @@ class ReportWorker:
                     self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))
                 elif kind == "report":
                     t0 = time.perf_counter()
-                    page = write_report(path, out_dir)
+                    out_dir, reuse = out_dir
+                    page = write_report(path, out_dir, reuse_plots=reuse)
                     self.reports.append(page)
                     log.info("report %s written in %.2f s", page, time.perf_counter() - t0)
                     self._dirty_roots.add(self.root or _run_list_root(Path(path).resolve()))

@@ -102,14 +102,37 @@ class ReportCancelled(Exception):
     """``write_report`` gave up because its ``cancelled`` callback said so (the page is left as it was)."""
 
 
+#: the figures of a page (section -> [(file, caption)]), kept beside its plots for reuse_plots
+FIGURES_FILE = "figures.json"
+
+
+def _reused_figures(plots: Path, plots_name: str) -> dict[str, list[tuple[str, str]]] | None:
+    """The figures of the last full render when every plot is still there, else None."""
+    try:
+        figures = json.loads((plots / FIGURES_FILE).read_text(encoding="utf-8"))
+        out = {str(k): [(str(f), str(c)) for f, c in v] for k, v in figures.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    prefix = f"{plots_name}/"
+    for items in out.values():
+        for f, _ in items:  # only our own plot files, all present
+            if not f.startswith(prefix) or "/" in f[len(prefix):] or not (plots / f[len(prefix):]).is_file():
+                return None
+    return out
+
+
 def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 live_refresh: float | None = None, cancelled: Callable[[], bool] | None = None) -> Path:
+                 live_refresh: float | None = None, cancelled: Callable[[], bool] | None = None,
+                 reuse_plots: bool = False) -> Path:
     """Write ``<stem>.html`` and ``<stem>_plots/*.png`` for one results file; returns the page path.
 
     A file still being written gives a live page (a banner with the frames so far); with
     ``live_refresh`` (seconds) it also reloads itself in the browser while the scan runs.
     ``cancelled`` is asked before each plot: True raises ReportCancelled (a live page given up
-    at the scan's end or a device shutdown, which then waits one plot, not a page)."""
+    at the scan's end or a device shutdown, which then waits one plot, not a page).
+    ``reuse_plots``: keep the plots of the last full render (the page only is rewritten) when
+    they are all there, e.g. after Flag/Archive moved the scan: its data did not change, its mark
+    did, and drawing a 1 MPix scan's plots again costs seconds of CPU beside the next scan."""
     h5_path = Path(h5_path).resolve()
     data = _read(h5_path)
     out = Path(out_dir).resolve() if out_dir is not None else h5_path.parent
@@ -118,8 +141,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
     plots_name = f"{stem}_plots"
     plots = out / plots_name
     plots.mkdir(exist_ok=True)
+    reused = _reused_figures(plots, plots_name) if reuse_plots else None
+    if reused is not None:
+        return _write_page(_page_body(data, stem, h5_path, out, reused, live_refresh), out, stem)
     for old in plots.glob("*.png"):
         old.unlink()
+    (plots / FIGURES_FILE).unlink(missing_ok=True)
     x = data.frame_id
     figures: dict[str, list[tuple[str, str]]] = {"trends": [], "spectra": [], "histograms": [], "images": []}
 
@@ -177,7 +204,12 @@ def write_report(h5_path: str | os.PathLike, out_dir: str | os.PathLike | None =
                     f"run summary: {name}", [(name, value)], "counts" if hist else (unit_of.get(name) or "value"),
                     p, x=x_axis, step=hist, xlabel=xlabel, log=hist, reference=ref))
 
-    body = _page_body(data, stem, h5_path, out, figures, live_refresh)
+    page = _write_page(_page_body(data, stem, h5_path, out, figures, live_refresh), out, stem)
+    (plots / FIGURES_FILE).write_text(json.dumps(figures), encoding="utf-8")
+    return page
+
+
+def _write_page(body: str, out: Path, stem: str) -> Path:
     page = out / f"{stem}.html"
     tmp = out / f".{stem}.html.tmp"
     tmp.write_text(body, encoding="utf-8")
