@@ -268,7 +268,11 @@ class PixelMap:
         if self._sum is None and first is None:
             self._batch = max(1, min(BATCH, BATCH_BYTES // max(1, image.nbytes)))
         else:
-            shape, dtype = (self._sum.shape, self._max.dtype) if first is None else (first.shape, first.dtype)
+            if first is None:
+                assert self._sum is not None and self._max is not None  # a flushed map has its arrays
+                shape, dtype = self._sum.shape, self._max.dtype
+            else:
+                shape, dtype = first.shape, first.dtype
             if image.shape != shape:
                 raise ValueError(f"pixels: frame shape changed during the run from {shape} to "
                                  f"{image.shape}; Reset to start a new map")
@@ -314,6 +318,11 @@ class PixelMap:
             return self.copy()
         if self.n == 0:
             return other.copy()
+        # both flushed and non-empty: their arrays exist
+        assert self._sum is not None and self._sumsq is not None and self._max is not None
+        assert self._max2 is not None and self._rsum is not None and self._rsumsq is not None
+        assert other._sum is not None and other._sumsq is not None and other._max is not None
+        assert other._max2 is not None and other._rsum is not None and other._rsumsq is not None
         if self._sum.shape != other._sum.shape or self._max.dtype != other._max.dtype:
             raise ValueError(f"pixels: cannot merge maps of {self._sum.shape} {self._max.dtype} and "
                              f"{other._sum.shape} {other._max.dtype}")

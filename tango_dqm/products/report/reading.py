@@ -150,12 +150,12 @@ def _read_columns(res: h5py.Group, data: _ScanData, max_points: int) -> None:
     fid_ds, verdict_ds = res["frame_id"], res.get("verdict")
     xs, worst = [], []
     counts = np.zeros(len(VERDICTS), np.int64)
-    lowest, highest = None, None
+    span: tuple[int, int] | None = None  # lowest and highest frame id
     for start, stop in block_bounds(n, step):
         fid = fid_ds[start:stop].astype(np.int64)
         xs.append(fid[::width])
         lo, hi = int(fid.min()), int(fid.max())
-        lowest, highest = (lo, hi) if lowest is None else (min(lowest, lo), max(highest, hi))
+        span = (lo, hi) if span is None else (min(span[0], lo), max(span[1], hi))
         if isinstance(verdict_ds, h5py.Dataset):
             codes = verdict_ds[start:stop].astype(np.int64)
             counts += np.bincount(np.clip(codes, 0, len(VERDICTS) - 1), minlength=len(VERDICTS))
@@ -182,7 +182,7 @@ def _read_columns(res: h5py.Group, data: _ScanData, max_points: int) -> None:
     if isinstance(verdict_ds, h5py.Dataset):
         data.verdict = np.concatenate(worst) if worst else np.zeros(0, np.int64)
         data.verdict_counts = counts
-    data.id_span = (lowest, highest) if lowest is not None else None
+    data.id_span = span
     for s, _, env in columns:
         s.values = env.mean if width > 1 else env.lo
         if width > 1:
