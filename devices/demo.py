@@ -354,8 +354,10 @@ def value(dev: tango.DeviceProxy, name: str) -> str:
 
 
 def progress(dev: tango.DeviceProxy, extra: str = "signal_sum") -> str:
-    total, done, rate, dropped, bad, verdict = (a.value for a in dev.read_attributes(
-        ["totalEvents", "completedEvents", "eventRate", "droppedEvents", "badEvents", "verdict"]))
+    # completed before total: each is read from its own snapshot, and the total only grows,
+    # so the line never shows more events done than there are (it once printed 171/170)
+    done, total, rate, dropped, bad, verdict = (a.value for a in dev.read_attributes(
+        ["completedEvents", "totalEvents", "eventRate", "droppedEvents", "badEvents", "verdict"]))
     width = 30
     filled = min(width, int(width * done / total)) if total else 0
     bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}" if total else f"{done}"
