@@ -25,6 +25,7 @@ from .detectors import LIVE_PREFIX
 from .mapping import _info, describe_attributes
 from .monitor import DataQualityMonitor
 from .points import point_attr
+from .reducer import DataQualityReducer
 from .simulator import DetectorSimulator
 
 HEADER = """# Attributes
@@ -82,6 +83,9 @@ def render(analyses: Sequence[str] | None = None) -> str:
         out += _table(("name", "role", "format", "type", "access", "unit", "description"),
                       [(i.name, i.role, i.data_format, i.data_type, "RW" if i.writable else "R", i.unit,
                         i.description) for i in mine])
+    monitor_names = {r[0] for r in _static_rows(DataQualityMonitor)}
+    out += ["", "## DataQualityReducer: every DataQualityMonitor attribute above, and", ""]
+    out += _table(head, [r for r in _static_rows(DataQualityReducer) if r[0] not in monitor_names])
     out += ["", "## DetectorSimulator", ""]
     out += _table(head, [("State", "SCALAR", "DevState", "R", "", "ON, RUNNING (a series), FAULT"),
                          ("Status", "SCALAR", "DevString", "R", "", "the series, its counters and endpoint"),

@@ -55,17 +55,38 @@ def _record_crash(proc: subprocess.Popen, log: Path | None) -> None:
             f.write(f"\n*** server process died of signal {signal.Signals(-rc).name} (crash, core dump)\n")
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the server's whole process group: under a wrapper (``unshare --fork``) the Popen
+    is the wrapper, and a signal to it alone leaves the server itself running as an orphan."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 10.0, log: Path | None = None) -> None:
     if proc.poll() is not None:
         _record_crash(proc, log)
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # Tango servers shut down cleanly on SIGTERM
+        _signal_group(proc, signal.SIGTERM)  # Tango servers shut down cleanly on SIGTERM
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait(5)
         _record_crash(proc, log)
+    deadline = time.monotonic() + 5.0
+    while _group_alive(proc) and time.monotonic() < deadline:  # a wrapper's child still exiting
+        time.sleep(0.05)
+    _signal_group(proc, signal.SIGKILL)  # nothing of a stopped server outlives it
 
 
 class ControlSystem:
@@ -97,7 +118,8 @@ class ControlSystem:
         SERVER_LOGS.append(log)
         env = {**self.env, "PYTANGO_DATABASE_NAME": str(self.folder / "tango_database.db")}
         self._db = subprocess.Popen([str(BIN / "PyDatabaseds"), "--host", "127.0.0.1", "--port", str(self.port), "2"],
-                                    env=env, cwd=self.folder, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                                    env=env, cwd=self.folder, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         _wait("Tango database", lambda: tango.Database("127.0.0.1", self.port).get_info() is not None,
               timeout, self._db, log)
         os.environ["TANGO_HOST"] = self.tango_host  # for DeviceProxy in this process
@@ -124,7 +146,8 @@ class ControlSystem:
         SERVER_LOGS.append(log)
         argv = [*(wrapper or []), str(BIN / executable), instance, *LOOPBACK_ENDPOINT, *(extra_args or [])]
         with log.open("ab") as out:
-            proc = subprocess.Popen(argv, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(argv, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # a group of its own: _stop signals all of it
         key = f"{executable}/{instance}"
         self.servers[key] = proc
         self.logs[key] = log

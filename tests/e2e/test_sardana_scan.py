@@ -73,6 +73,18 @@ def offline(ids: range) -> dict[str, float]:
             "signal_mean": float(np.mean([r.mean() for r in rois]))}
 
 
+def knows_elements(ms: tango.DeviceProxy) -> bool:
+    """True once the MacroServer lists our elements; while it is still initialising (INIT) it refuses
+    to read Elements at all (API_AttrNotAllowed), which only means "not yet"."""
+    try:
+        elements = bytes(ms.read_attribute("Elements").value[1])
+    except tango.DevFailed as exc:
+        if any(e.reason == "API_AttrNotAllowed" for e in exc.args):
+            return False
+        raise
+    return all(name.encode() in elements for name in ("mot01", "mg_dqm", "dqm_sum", "dqm_mean"))
+
+
 def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
     sim_port = free_port()
     out = tmp_path / "out"
@@ -108,9 +120,7 @@ def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
         door, ms = cs.proxy(DOOR), cs.proxy(MS)
         # the MacroServer learns the Pool's elements through events after it is exported: a macro
         # started before that fails with "mot01 does not exist in any Pool"
-        wait_until("the MacroServer knows the Pool's elements", lambda: all(
-            name.encode() in bytes(ms.read_attribute("Elements").value[1])
-            for name in ("mot01", "mg_dqm", "dqm_sum", "dqm_mean")), timeout=60)
+        wait_until("the MacroServer knows the Pool's elements", lambda: knows_elements(ms), timeout=60)
         door.set_timeout_millis(10000)
         run_macro(door, "senv", "ActiveMntGrp", "mg_dqm")
         run_macro(door, "senv", "ScanDir", str(tmp_path))

@@ -1,13 +1,15 @@
-"""DataQualityReducer over two DataQualityMonitor workers in a real device server process."""
+"""DataQualityReducer over two DataQualityMonitor workers in real device server processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 import pytest
 import tango
-from tango.test_context import DeviceTestContext, MultiDeviceTestContext
+from tango.test_context import DeviceTestContext
 
+from tango_dqm.devices.controlsystem import ControlSystem
 from tango_dqm.devices.monitor import DataQualityMonitor
 from tango_dqm.devices.reducer import DataQualityReducer
 from tango_dqm.engine import Engine, EngineConfig, EngineState
@@ -28,24 +30,35 @@ def wait_for(proxy, state, timeout=60.0):
         time.sleep(0.02)
 
 
-def scaleout_context(tmp_path, port, endpoint):
-    trl = lambda name: f"tango://127.0.0.1:{port}/{name}#dbase=no"  # noqa: E731
-    workers = [{"name": f"test/worker/{k}", "properties": {"Sources": [f"{SIM}&partition={k}/2"],
-                                                            "Analyses": ["roi"], "Reducer": endpoint,
-                                                            "AnalysisThreads": 1}} for k in range(2)]
-    reducer = {"name": "test/reducer/1", "properties": {"Workers": [trl(w["name"]) for w in workers],
-                                                        "Endpoint": endpoint, "Analyses": ["roi"],
-                                                        "OutputDirectory": str(tmp_path / "reducer")}}
-    info = [{"class": DataQualityMonitor, "devices": workers}, {"class": DataQualityReducer, "devices": [reducer]}]
-    return MultiDeviceTestContext(info, process=True, host="127.0.0.1", port=port, timeout=60), trl
+@contextlib.contextmanager
+def scaleout_context(tmp_path, endpoint):
+    """Two workers and a reducer, each in a server of its own on the embedded database, started
+    by executable name as Starter runs them (several forked test contexts in one test process,
+    or three devices in one, hung or were refused at startup under load)."""
+    workers = {f"test/worker/{k}": {"Sources": [f"{SIM}&partition={k}/2"], "Analyses": ["roi"],
+                                    "Reducer": [endpoint], "AnalysisThreads": ["1"]} for k in range(2)}
+    reducer = {"Workers": list(workers), "Endpoint": [endpoint], "Analyses": ["roi"],
+               "OutputDirectory": [str(tmp_path / "reducer")]}
+    with ControlSystem(tmp_path / "cs") as cs:
+        db = tango.Database("127.0.0.1", cs.port)
+        devices = [(f"worker{k}", "DataQualityMonitor", name, props) for k, (name, props) in enumerate(workers.items())]
+        devices.append(("reducer", "DataQualityReducer", "test/reducer/1", reducer))
+        for instance, cls, name, props in devices:
+            info = tango.DbDevInfo()
+            info.server, info._class, info.name = f"{cls}/{instance}", cls, name
+            db.add_device(info)
+            db.put_device_property(name, props)
+        for instance, cls, name, _ in devices:
+            cs.start_server(cls, instance, [name])
+            cs.proxy(name).set_timeout_millis(15000)  # two cores, three servers: calls may take seconds
+        yield cs.proxy
 
 
 def test_reducer_device_drives_its_workers_and_equals_one_monitor(tmp_path):
-    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
-    ctx, trl = scaleout_context(tmp_path, port, endpoint)
-    with ctx:
-        r = tango.DeviceProxy(trl("test/reducer/1"))
-        w0, w1 = (tango.DeviceProxy(trl(f"test/worker/{k}")) for k in range(2))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with scaleout_context(tmp_path, endpoint) as proxy:
+        r = proxy("test/reducer/1")
+        w0, w1 = (proxy(f"test/worker/{k}") for k in range(2))
         assert r.state() == tango.DevState.ON, r.status()
         assert "reducer of 2 workers" in r.status() and r.reducerEndpoint == endpoint
         # parameters written on the reducer reach every worker (checked here first)
