@@ -3,6 +3,7 @@ measurement group with DQM channels (tango_dqm's controller), ``ascan`` over N p
 simulator sending M frames per point; the scan file's values equal numpy over each point's frames."""
 from __future__ import annotations
 
+import queue
 import time
 from pathlib import Path
 
@@ -41,13 +42,30 @@ def wait_until(what: str, ok, timeout: float = 60.0) -> None:
 
 
 def run_macro(door: tango.DeviceProxy, *argv: str, timeout: float = 120.0) -> None:
-    door.RunMacro(list(argv))  # the Door is RUNNING when this returns (the macro is queued synchronously)
-    deadline = time.monotonic() + timeout
-    while door.state() in (tango.DevState.RUNNING, tango.DevState.STANDBY, tango.DevState.MOVING):
-        assert time.monotonic() < deadline, f"macro {argv} still running"
-        time.sleep(0.05)
-    assert door.state() == tango.DevState.ON, (argv, door.state(), door.read_attribute("Error").value,
-                                               door.read_attribute("Output").value)
+    """Run a macro and wait for its end, told by the Door's State events: RunMacro returns before
+    the Door leaves ON (the executor thread sets RUNNING), so a polled ON may still mean "not started"."""
+    states: queue.Queue = queue.Queue()
+    sub = door.subscribe_event("State", tango.EventType.CHANGE_EVENT,
+                               lambda e: e.err or e.attr_value is None or states.put(e.attr_value.value))
+    try:
+        states.get(timeout=30)  # the subscription's first event: the state now
+        door.RunMacro(list(argv))
+        deadline, started = time.monotonic() + timeout, False
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"macro {argv} still running"
+            try:
+                state = states.get(timeout=left)
+            except queue.Empty:
+                continue
+            if state in (tango.DevState.RUNNING, tango.DevState.MOVING, tango.DevState.STANDBY):
+                started = True
+            elif started:
+                break
+    finally:
+        door.unsubscribe_event(sub)
+    assert state == tango.DevState.ON, (argv, state, door.read_attribute("Error").value,
+                                        door.read_attribute("Output").value)
 
 
 def spec_columns(path: Path) -> dict[str, np.ndarray]:
