@@ -111,3 +111,14 @@ class PeersConnected:
             for s, mon in zip(self.senders, self._monitors):
                 s.sock.disable_monitor()
                 mon.close(0)
+
+
+def add_device(db, server: str, cls: str, name: str, props: dict | None = None) -> None:
+    """Register ``name`` of class ``cls`` in server ``server`` (``Executable/instance``), as Jive does."""
+    import tango  # only the tests that run servers need it
+
+    info = tango.DbDevInfo()
+    info.server, info._class, info.name = server, cls, name
+    db.add_device(info)
+    if props:
+        db.put_device_property(name, props)

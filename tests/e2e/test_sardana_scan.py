@@ -16,6 +16,7 @@ from tango_dqm.devices.controlsystem import ControlSystem, free_port
 from tango_dqm.devices.sardana import pool_path
 from tango_dqm.sim_streamer import DEFAULTS, scene_of
 from tango_dqm.simulation import FrameGenerator
+from tests.helpers import add_device
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,14 +25,6 @@ POOL, MS, DOOR = "test/pool/1", "test/ms/1", "test/door/1"
 N_POINTS, M_FRAMES = 4, 3
 SHAPE = (64, 64)
 ROI = [22, 20, 22, 20]  # around the spot at the image centre
-
-
-def add_device(db: tango.Database, server: str, cls: str, name: str, props: dict | None = None) -> None:
-    info = tango.DbDevInfo()
-    info.server, info._class, info.name = server, cls, name
-    db.add_device(info)
-    if props:
-        db.put_device_property(name, props)
 
 
 def wait_until(what: str, ok, timeout: float = 60.0) -> None:
@@ -52,12 +45,10 @@ def run_macro(door: tango.DeviceProxy, *argv: str, timeout: float = 120.0) -> No
         door.RunMacro(list(argv))
         deadline, started = time.monotonic() + timeout, False
         while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"macro {argv} still running"
             try:
-                state = states.get(timeout=left)
+                state = states.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                continue
+                raise AssertionError(f"macro {argv} still running") from None
             if state in (tango.DevState.RUNNING, tango.DevState.MOVING, tango.DevState.STANDBY):
                 started = True
             elif started:

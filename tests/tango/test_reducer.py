@@ -13,7 +13,7 @@ from tango_dqm.devices.controlsystem import ControlSystem
 from tango_dqm.devices.monitor import DataQualityMonitor
 from tango_dqm.devices.reducer import DataQualityReducer
 from tango_dqm.engine import Engine, EngineConfig, EngineState
-from tests.helpers import free_port
+from tests.helpers import add_device, free_port
 from tests.scaleout_helpers import assert_same_values, wait_state
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,10 +44,7 @@ def scaleout_context(tmp_path, endpoint):
         devices = [(f"worker{k}", "DataQualityMonitor", name, props) for k, (name, props) in enumerate(workers.items())]
         devices.append(("reducer", "DataQualityReducer", "test/reducer/1", reducer))
         for instance, cls, name, props in devices:
-            info = tango.DbDevInfo()
-            info.server, info._class, info.name = f"{cls}/{instance}", cls, name
-            db.add_device(info)
-            db.put_device_property(name, props)
+            add_device(db, f"{cls}/{instance}", cls, name, props)
         for instance, cls, name, _ in devices:
             cs.start_server(cls, instance, [name])
             cs.proxy(name).set_timeout_millis(15000)  # two cores, three servers: calls may take seconds
