@@ -2,8 +2,6 @@
 shot noise and zingers, fast enough not to make the demo CPU-bound."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -74,17 +72,13 @@ def test_sim_source_options():
             SimSource(SourceSpec.parse(f"sim://?{bad}"))
 
 
-def test_frame_generation_rate_1024x1024():
-    """The demo streams 1024x1024 uint16 at 150 Hz: generation must take well under a core."""
-    gen = FrameGenerator(Scene(shape=(1024, 1024), sigma=20.0, amplitude=1000.0, jitter_x=0.5, jitter_y=0.5,
-                               intensity_jitter=0.02, offset_jitter=1.0, zingers=1.0))
-    gen.render(0)
-    times = []
-    for i in range(1, 41):
-        t0 = time.perf_counter()
-        gen.render(i)
-        times.append(time.perf_counter() - t0)
-    best, median = min(times), sorted(times)[len(times) // 2]
-    print(f"frame generation 1024x1024 uint16: best {best * 1e3:.2f} ms, median {median * 1e3:.2f} ms")
-    # the best of 40 is what the code costs; the median also carries the machine's load
-    assert best < 1 / 300  # 150 Hz uses at most half a core
+def test_demo_scene_renders_full_frames():
+    """The demo's scene at full size: uint16 frames of the right shape with the spot where it is
+    placed (its rendering rate is a benchmark: benchmarks/bench_simulation.py)."""
+    scene = Scene(shape=(1024, 1024), sigma=20.0, amplitude=1000.0, jitter_x=0.5, jitter_y=0.5,
+                  intensity_jitter=0.02, offset_jitter=1.0, zingers=1.0, spot_x=300.0, spot_y=700.0)
+    frame = FrameGenerator(scene).render(1)
+    assert frame.dtype == np.uint16 and frame.shape == (1024, 1024)
+    spot = frame[690:711, 290:311].astype(float).mean()
+    far = frame[100:200, 800:900].astype(float).mean()
+    assert spot - far > 0.8 * scene.amplitude  # the spot's peak (jitter of 0.5 px and 2%) is where it was put
