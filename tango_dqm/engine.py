@@ -38,7 +38,7 @@ from .quality.references import (BACKGROUND_ARRAY, Reference, ReferenceInfo, Ref
                                  latest_reference, open_store, reference_folder)
 from .versions import deployed_versions
 from .products.output_stream import ResultStream
-from .pipeline import OrderedPool, default_threads
+from .pipeline import Accumulation, OrderedPool, default_threads
 from .sources import Source, SourceError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ class Engine:
         self._metadata: dict[str, Any] = {}
         self._closing = False
         self._interim: threading.Thread | None = None  # the last interim judgement (see _judge_accumulated)
+        self._accumulation: Accumulation | None = None  # the last run's accumulation thread
         self._source_closed: list[threading.Event] = []  # set by each source thread once its socket is closed
         self._arrivals: deque[float] = deque()  # arrival times of the events analysed in the rate window
         self._before_window: float | None = None  # the latest arrival that left the window
@@ -592,6 +593,8 @@ class Engine:
         if not closed:
             log.warning("a source thread did not close its socket within %.1f s", timeout)
         self.publisher.close()
+        if self._accumulation is not None:  # pure compute, never waits on the caller: no kernel left running at exit
+            self._accumulation.close(timeout)
         interim = self._interim
         if interim is not None and interim is not threading.current_thread():
             interim.join(timeout)  # pure numpy, never waits on the caller: no thread left computing at exit
@@ -801,31 +804,42 @@ class Engine:
     def _judge_accumulated(self, run: "_Run") -> None:
         """Judge run-accumulated results (reference and channel checks) during the run.
 
-        Off the engine thread: here only copies are taken (a merge into an empty accumulator) of
-        the accumulators whose results the checks name; their ``finish`` (the pixel maps' median
-        filters take about a second per MPix, which stalled the engine and lost frames) runs on a
-        thread of its own, one judgement at a time. An analysis without ``merge`` is finished here."""
-        if run.interim is not None and run.interim.is_alive():
-            return  # the previous judgement still runs: skip this one
+        Off the engine thread: copies are taken (a merge into an empty accumulator; ~40 MB for the
+        pixel maps) of the accumulators whose results the checks name, on the accumulation thread in
+        frame order; their ``finish`` (the pixel maps' median filters take about a second per MPix,
+        which stalled the engine and lost frames) runs on a thread of its own, one judgement at a
+        time. An analysis without ``merge`` is finished on the accumulation thread."""
+        if run.interim_queued or (run.interim is not None and run.interim.is_alive()):
+            return  # the previous judgement is still queued or running: skip this one
         wanted = self.quality.accumulated_results
         names = {self.result_decl[n][0] for n in wanted if n in self.result_decl}
-        copies: list[tuple[Analysis, Any]] = []
-        interim: dict[str, Any] = {}
-        try:
-            for a, acc in zip(self.analyses, run.accs):
-                if a.name not in names:
-                    continue
-                try:
-                    copies.append((a, a.merge(a.new_accumulator(), acc)))
-                except PluginError:  # no merge: its interim summary the old way, on this thread
-                    interim.update(a.finish(acc))
-        except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
-            log.debug("interim finish failed", exc_info=True)
+
+        def copy_and_judge(accs: list[Any]) -> None:
+            copies: list[tuple[Analysis, Any]] = []
+            interim: dict[str, Any] = {}
+            try:
+                for a, acc in zip(self.analyses, accs):
+                    if a.name not in names:
+                        continue
+                    try:
+                        copies.append((a, a.merge(a.new_accumulator(), acc)))
+                    except PluginError:  # no merge: its interim summary here, in frame order
+                        interim.update(a.finish(acc))
+            except Exception:  # noqa: BLE001 - a finish failure is reported at the end of the run
+                log.debug("interim finish failed", exc_info=True)
+                return
+            finally:
+                run.interim_queued = False
+            run.interim = threading.Thread(target=self._judge_interim, args=(run, copies, interim),
+                                           name="dqm-interim-judge", daemon=True)
+            self._interim = run.interim
+            run.interim.start()
+
+        if run.accumulation is None:
+            copy_and_judge(run.accs)
             return
-        run.interim = threading.Thread(target=self._judge_interim, args=(run, copies, interim),
-                                       name="dqm-interim-judge", daemon=True)
-        self._interim = run.interim
-        run.interim.start()
+        run.interim_queued = True
+        run.accumulation.call(copy_and_judge)
 
     def _judge_interim(self, run: "_Run", copies: list[tuple[Analysis, Any]], interim: dict[str, Any]) -> None:
         t0 = time.monotonic()
@@ -959,11 +973,13 @@ class Engine:
         self.frames_run_ahead = 0
         if self.analysis_threads > 1 and builder is None:
             run.pool = OrderedPool(self.analysis_threads, name="dqm-analysis")
+        run.accumulation = self._accumulation = Accumulation(self.analyses, run.accs)
         try:
             self._engine_items(run, q, n_sources, generation, builder)
         finally:
             if run.pool is not None:
                 run.pool.close()
+            run.accumulation.close()
 
     def _engine_items(self, run: _Run, q: queue.Queue, n_sources: int, generation: int,
                       builder: EventBuilder | None) -> None:
@@ -977,7 +993,7 @@ class Engine:
                 with self._lock:
                     if run.generation == self._generation:
                         self._point_progress_locked(t_ask, time.monotonic())
-                if not self._write_points():
+                if not self._write_points() or not self._accumulating(run):
                     return
                 self._count_overflow(run)
                 if not self._link_tick(run):
@@ -1176,12 +1192,22 @@ class Engine:
             run.ahead = (version, value, error)
         return t_recv, item
 
+    def _accumulating(self, run: "_Run") -> bool:
+        """False, after entering FAULT, once an analysis' accumulate failed (on the accumulation thread)."""
+        error = run.accumulation.error if run.accumulation is not None else None
+        if error is None:
+            return True
+        self._enter_fault(error)
+        return False
+
     def _handle_frame(self, run: "_Run", frame: Frame, t_recv: float,
                       ahead: tuple[int, Any, BaseException | None] | None = None) -> bool:
         """Analyse one event (its primary frame); False when the engine went to FAULT.
 
         ``ahead``: (parameter version, outputs, exception) of process run ahead on the pool; used
         when the parameters did not change since, else process runs again here."""
+        if not self._accumulating(run):
+            return False
         params, version = self.params.snapshot_with_version()
         if version != run.param_version:
             self._mark_params_applied(frame.frame_id)
@@ -1243,14 +1269,11 @@ class Engine:
         self.publisher.results(merged, frame.frame_id)
         if self.output_stream is not None:
             self.output_stream.send(frame.frame_id, merged, frame.timestamp)  # never blocks, counts drops
-        # Accumulated after the frame's results went out: run-level state is not what a client waits
-        # for, so its cost (pixels: a batch of frames at a time) adds nothing to the latency.
-        try:
-            run.accs = [a.accumulate(acc, o, params) for a, acc, o in zip(self.analyses, run.accs, outputs)]
-        except Exception as exc:  # noqa: BLE001
-            self._enter_fault(f"analysis accumulate failed on frame {frame.frame_id}: "
-                              f"{type(exc).__name__}: {exc}. Fix the plugin, then run Reset")
-            return False
+        # Accumulated on the accumulation thread, after the frame's results went out: run-level state
+        # is not what a client waits for, so its cost (pixels: a batch of frames at a time) delays
+        # neither this frame's results nor the next frame's.
+        assert run.accumulation is not None  # set up by _engine_loop with the run
+        run.accumulation.add(frame.frame_id, outputs, params)
         if self.link is not None:
             self.link.frame(frame.frame_id, frame.timestamp, merged)
             if not self._link_tick(run):
@@ -1273,7 +1296,8 @@ class Engine:
         if self.link is None or not self.link.due():
             return True
         try:
-            self.link.tick(lambda: run.accs, self._link_state(run))
+            self.link.tick(run.accumulation.drain if run.accumulation is not None else (lambda: run.accs),
+                           self._link_state(run))
         except RuntimeError as exc:
             self._enter_fault(str(exc))
             return False
@@ -1377,6 +1401,10 @@ class Engine:
         with run.judging:  # an interim judgement still running is dropped: the final one follows
             run.judged = True
         summary: dict[str, Any] = {}
+        if run.accumulation is not None:
+            run.accs = run.accumulation.drain()
+            if not self._accumulating(run):
+                return
         try:
             for a, acc in zip(self.analyses, run.accs):
                 summary.update(a.finish(acc))
@@ -1461,7 +1489,9 @@ class _Run:
     shortfall: int = 0  # announced, never sent
     finished: bool = False
     pool: OrderedPool | None = None  # analysis threads (process of queued frames, run ahead)
+    accumulation: Accumulation | None = None  # the accumulation thread (holds accs while the run goes on)
     interim: threading.Thread | None = None  # the interim judgement of accumulated checks running
+    interim_queued: bool = False  # its copies are queued on the accumulation thread
     judging: threading.Lock = field(default_factory=threading.Lock)  # held while it stores its verdicts
     judged: bool = False  # the run's final judgement began: interim ones are dropped
     ahead: tuple[int, Any, BaseException | None] | None = None  # the current frame's, from the pool

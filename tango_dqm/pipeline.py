@@ -2,8 +2,9 @@
 
 The engine submits every item it takes from the source queue, in order; frames carry their
 (pure) ``process`` call, other items carry nothing. The engine thread then takes the outputs
-one by one in that same order and does everything order-dependent itself (accumulation,
-quality, products, publishing), so results are identical with any number of workers. The
+one by one in that same order and does everything order-dependent itself (quality, products,
+publishing) and hands the outputs, in that order, to the run's ``Accumulation`` thread, so
+results are identical with any number of workers. The
 analysis kernels are numba ``nogil`` functions, so the workers really run at once.
 
 A job's exception is its output (returned in its place, never raised in the worker), so a
@@ -11,13 +12,17 @@ failure on item k is seen after items 0..k-1 and names item k.
 """
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 _STOP = object()
+log = logging.getLogger(__name__)
 
 
 def default_threads() -> int:
@@ -150,4 +155,101 @@ class OrderedPool:
             slot.done.set()  # type: ignore[union-attr]
 
 
-__all__ = ["OrderedPool", "PipelineClosed", "default_threads"]
+
+
+_DRAIN = object()
+
+
+class Accumulation:
+    """A run's accumulators, updated in frame order on a thread of their own (``dqm-accumulate``).
+
+    The engine thread hands each frame's outputs over (:meth:`add`) once the frame's results are
+    out, and goes on with the next frame: accumulating (the pixel maps take a batch of frames at a
+    time, ~1.5 ms a frame, and their first frame allocates ~40 MB) never delays a later frame's
+    results, and runs beside the next frame's analysis (the kernels release the GIL). Items are
+    applied strictly in the order given, with the parameters given, so the accumulators are
+    bit-for-bit those of a loop on the engine thread.
+
+    :meth:`drain` waits for every item given so far and returns the accumulators (the run's end,
+    a scale-out heartbeat): the caller then reads them until it adds again. :meth:`call` runs a
+    function on them in order without waiting (interim copies for the accumulated checks). The
+    first exception stops accumulating and is kept in ``error``; the engine thread, which owns
+    the products and the state, enters FAULT itself when it sees it. At most ``max_queued`` items
+    wait (``add`` blocks beyond: the source queue takes the backpressure, loss stays at the source).
+    """
+
+    def __init__(self, analyses: list[Any], accs: list[Any], max_queued: int = 16, name: str = "dqm-accumulate"):
+        self.analyses = analyses
+        self.accs = accs
+        self.error: str | None = None
+        self.frames = 0  # frames accumulated
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, max_queued))
+        self._discard = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, frame_id: int, outputs: list[Any], params: Any) -> None:
+        """Accumulate one frame's outputs after everything given before (blocks while the queue is full)."""
+        self._put((frame_id, outputs, params))
+
+    def call(self, fn: Callable[[list[Any]], Any]) -> None:
+        """Run ``fn(accs)`` on the accumulation thread after the items given so far; its exceptions are logged."""
+        self._put(fn)
+
+    def drain(self, timeout: float | None = None) -> list[Any]:
+        """The accumulators once every item given so far is applied (at once after close; TimeoutError
+        after ``timeout``)."""
+        done = threading.Event()
+        if self._put((_DRAIN, done)):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not done.wait(0.1) and self._thread.is_alive():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"accumulation still busy after {timeout} s")
+        return self.accs
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Stop: items not yet applied are dropped (the run is over or abandoned); later calls do
+        nothing. True when the thread ended (it never waits on anything but its own work)."""
+        if not self._discard:
+            self._discard = True
+            self._put(_STOP, force=True)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _put(self, item: Any, force: bool = False) -> bool:
+        while force or not self._discard:
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if not self._thread.is_alive():
+                    return False
+        return False
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            if isinstance(item, tuple) and item[0] is _DRAIN:
+                item[1].set()
+                continue
+            if self._discard or self.error is not None:
+                continue
+            if callable(item):
+                try:
+                    item(self.accs)
+                except Exception:  # noqa: BLE001 - a side job (interim copies) must not stop the run
+                    log.exception("accumulation side job failed")
+                continue
+            frame_id, outputs, params = item
+            try:
+                self.accs = [a.accumulate(acc, o, params) for a, acc, o in zip(self.analyses, self.accs, outputs)]
+                self.frames += 1
+            except Exception as exc:  # noqa: BLE001 - reported by the engine thread
+                self.error = (f"analysis accumulate failed on frame {frame_id}: {type(exc).__name__}: {exc}. "
+                              "Fix the plugin, then run Reset")
+
+
+__all__ = ["Accumulation", "OrderedPool", "PipelineClosed", "default_threads"]
