@@ -3,6 +3,7 @@ report worker (never by the engine thread), say they are live and reload themsel
 report and run list have no reload tag."""
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -87,38 +88,51 @@ def test_report_interval_out_of_range_is_refused(bad):
         Engine(EngineConfig(["sim://?frames=1&shape=8x8"], report_interval=bad))
 
 
-def test_end_of_scan_gives_up_the_live_page_being_drawn(tmp_path, monkeypatch):
-    """A live page being drawn stops at its next plot when the scan ends (or the device shuts
-    down), so neither the final report nor delete_device waits for a whole page."""
-    import threading
-
-    from tango_dqm.products.report import page as report_page
-
-    entered, release = threading.Event(), threading.Event()
-    real = report_page._plot_trend
-
-    def slow_first_plot(*args, **kw):
-        entered.set()
-        assert release.wait(60)
-        return real(*args, **kw)
-
+def test_end_of_scan_gives_up_the_live_page_being_drawn(tmp_path):
+    """A live page being drawn (by the drawer's child process) is given up when the scan ends
+    (or the device shuts down): the child is ended, so neither the final report nor
+    delete_device waits for a whole page, and the next live page starts a new child."""
     products = ScanProducts(tmp_path, report_interval=0.05)
+    drawer = products.worker.drawer
     try:
         products.begin("scan slow", DECL, {"mode": "scan"}, name="scan_slow.h5")
         for i in range(5):
             products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
         products._writer.flush()
-        monkeypatch.setattr(report_page, "_plot_trend", slow_first_plot)
-        assert entered.wait(60)  # a live page is being drawn
+        wait_for(lambda: drawer.busy, "a live page being drawn")  # the child is still importing matplotlib
+        pid = drawer.pid
+        assert pid is not None and pid != os.getpid()
         pages = products.worker.live_pages
         products.worker.live(None)  # what end() does first
-        monkeypatch.setattr(report_page, "_plot_trend", real)
-        release.set()
+        wait_for(lambda: drawer.pid is None and not drawer.busy, "the drawer's child ended", timeout=5)
+        with pytest.raises(ProcessLookupError):
+            for _ in range(100):  # reaped by the drawer: gone from the process table
+                os.kill(pid, 0)
+                time.sleep(0.01)
         products.end({}, None, "OK", "series end", {})
         assert products.worker.wait_idle(60)
         text = (tmp_path / "scan_slow.html").read_text()
         assert "LIVE" not in text and not REFRESH.search(text)
         assert products.worker.live_pages == pages and not products.worker.errors  # given up, not failed
     finally:
-        release.set()
         products.close()
+    assert drawer.pid is None  # close ends the child
+
+
+def test_live_pages_are_drawn_by_one_child_process(tmp_path):
+    """Drawing holds the GIL: live pages are drawn by a child process, started once and reused."""
+    products = ScanProducts(tmp_path, report_interval=0.05, flush_interval=0.05)
+    drawer = products.worker.drawer
+    try:
+        products.begin("scan child", DECL, {"mode": "scan"}, name="scan_child.h5")
+        for i in range(3):
+            products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
+        products._writer.flush()
+        wait_for(lambda: products.worker.live_pages >= 2, "two live pages")
+        assert drawer.started == 1 and drawer.pid not in (None, os.getpid())
+        assert "LIVE: scan running, 3 frames so far" in (tmp_path / "scan_child.html").read_text()
+        products.end({}, None, "OK", "series end", {})
+        assert products.worker.wait_idle(60)
+    finally:
+        products.close()
+    assert drawer.pid is None and not products.worker.errors, list(products.worker.errors)

@@ -9,9 +9,11 @@ under ``root``, ``root/flagged`` and ``root/archive``. Pages use no external res
 
 ``ReportWorker`` does both in a background thread, so ending a scan is not slowed down.
 While a scan runs it also rewrites that scan's report and the run list every ``interval``
-seconds (:meth:`ReportWorker.live`), off the analysis path: a tick that falls while a page is
-still being drawn is skipped, never queued up, and so are the ticks within ``LIVE_DUTY - 1``
-times the drawing time after it (drawing holds the GIL: live pages take at most a fifth of it).
+seconds (:meth:`ReportWorker.live`), off the analysis path: live pages are drawn by a child
+process (``drawer.LiveDrawer``; drawing holds the GIL, which delayed the analysis when done
+here), a tick that falls while a page is still being drawn is skipped, never queued up, and so
+are the ticks within ``LIVE_DUTY - 1`` times the drawing time after it (live pages take at most
+a fifth of a core).
 Live pages say so and reload themselves (a ``<meta http-equiv="refresh">`` tag), the final
 report has no such tag.
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..marks import scan_files
-from ..scanfile import StorageError
+from .drawer import DrawCancelled, LiveDrawer
 from .page import ReportCancelled, _axis_for, _run_list_root, _status, write_report
 from .plots import PIXEL_CATEGORIES, ROI_STYLES, _plot_curves, _plot_image, _save, _with_gaps
 from .reading import VERDICT_COLOURS, _projection_axis
@@ -103,6 +105,7 @@ class ReportWorker:
         self._next_tick = 0.0
         self.live_pages = 0  # live reports written
         self.ticks_skipped = 0  # ticks that fell while a page was being drawn
+        self.drawer = LiveDrawer()  # live pages: a child process, started at the first one
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         _LIVE_WORKERS.add(self)
@@ -204,25 +207,26 @@ class ReportWorker:
         with self._cond:
             if self._live is not live:
                 return  # stopped or restarted meanwhile: live() set the next tick
-            # drawing holds the GIL most of the time: at most 1/LIVE_DUTY of the time goes to live pages
+            # at most 1/LIVE_DUTY of a core goes to live pages (the child takes it from the analysis)
             now = time.monotonic()
             self._next_tick, skipped = next_tick(self._next_tick, interval, now + (LIVE_DUTY - 1) * (now - t0))
             self.ticks_skipped += skipped
 
-    def _live_report(self, path: Path, interval: float, attempts: int = 3) -> Path:
-        """The live page; read again when the file was caught mid-flush. A reader in the writer's
-        process cannot use SWMR (see scanfile._OwnHandle), so about one read in a few hundred
-        sees a block half written ("addr overflow"); the next read sees it whole."""
-        for attempt in range(attempts):
-            try:
-                return write_report(path, live_refresh=interval, cancelled=self._live_cancel.is_set)
-            except (OSError, StorageError, KeyError) as exc:
-                if attempt == attempts - 1:
-                    raise
-                log.debug("live report of %s: %s; reading again", path, exc)
-        raise AssertionError("unreachable")
+    def _live_report(self, path: Path, interval: float) -> Path:
+        """The live page, drawn by the drawer's child process (drawing holds the GIL: in this
+        process it delayed the analysis); given up when the scan ends or the worker closes."""
+        try:
+            return self.drawer.draw(path, interval, cancelled=self._live_cancel.is_set)
+        except DrawCancelled:
+            raise ReportCancelled(str(path)) from None
 
     def _loop(self) -> None:
+        try:
+            self._jobs()
+        finally:
+            self.drawer.close()
+
+    def _jobs(self) -> None:
         while True:
             wait = self._tick_wait()
             if wait == 0.0:
