@@ -706,3 +706,53 @@ def test_latest_gives_one_result_as_the_snapshot_has_it():
     assert e.latest("pixels_frames") == snap.summary["pixels_frames"] == 12  # a run-summary result
     np.testing.assert_array_equal(e.latest("pixels_map"), snap.summary["pixels_map"])
     assert e.latest("no_such_result") is None
+
+
+class FailingAccumulate(Analysis):
+    """accumulate raises on frame 3 (after its results went out)."""
+
+    name = "failing_acc"
+    results = [Result("fa_id", float)]
+
+    def process(self, frame, params, context):
+        return {"fa_id": float(frame.frame_id)}
+
+    def new_accumulator(self):
+        return 0
+
+    def accumulate(self, acc, output, params):
+        if output.results["fa_id"] == 3.0:
+            raise ValueError("accumulator overflow")
+        return acc + 1
+
+    def merge(self, a, b):
+        return a + b
+
+    def finish(self, acc):
+        return {}
+
+
+def _accumulation_threads() -> int:
+    return sum(t.name == "dqm-accumulate" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_accumulate_failure_faults_naming_the_frame(threads):
+    """accumulate runs on the accumulation thread: its failure still faults the engine, naming the frame."""
+    e = Engine(EngineConfig(["sim://?frames=40&shape=16x16&rate=200"], ["tests.unit.test_engine:FailingAccumulate"],
+                            analysis_threads=threads))
+    before = _accumulation_threads()
+    try:
+        e.start()
+        assert wait_state(e, EngineState.FAULT, EngineState.CLOSE) is EngineState.FAULT
+        status = e.status()
+        assert "analysis accumulate failed on frame 3: ValueError: accumulator overflow" in status
+        assert "run Reset" in status
+        e.reset()
+        assert wait_state(e, EngineState.ON, EngineState.CLOSE) is not EngineState.FAULT
+    finally:
+        e.close()
+    deadline = time.monotonic() + 5
+    while _accumulation_threads() > before:
+        assert time.monotonic() < deadline, "accumulation thread left after close"
+        time.sleep(0.01)

@@ -136,3 +136,69 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="at least 1"):
         OrderedPool(0)
     assert default_threads() >= 1
+
+
+# ---- Accumulation: the run's accumulators on a thread of their own ------------------------------
+
+class _Appender:
+    """accumulate appends (frame id, a parameter) to a list; fails on the frame named ``fail_on``."""
+
+    def __init__(self, fail_on: int | None = None, delay: float = 0.0):
+        self.fail_on, self.delay = fail_on, delay
+        self.threads: set[str] = set()
+
+    def accumulate(self, acc, output, params):
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if output == self.fail_on:
+            raise ValueError(f"bad frame {output}")
+        return acc + [(output, params)]
+
+
+def test_accumulation_applies_items_in_order_on_its_own_thread():
+    from tango_dqm.pipeline import Accumulation
+
+    a = _Appender(delay=0.001)
+    acc = Accumulation([a, a], [[], []])
+    try:
+        for i in range(50):
+            acc.add(i, [i, i], {"p": i % 3})  # returns before it is applied: the queue is bounded
+        seen = []
+        acc.call(lambda accs: seen.append(len(accs[0])))  # in order with the frames
+        accs = acc.drain(10)
+        assert accs[0] == accs[1] == [(i, {"p": i % 3}) for i in range(50)]
+        assert seen == [50] and acc.frames == 50 and acc.error is None
+        assert a.threads == {"dqm-accumulate"}
+    finally:
+        assert acc.close()
+
+
+def test_accumulation_failure_is_kept_and_stops_accumulating():
+    from tango_dqm.pipeline import Accumulation
+
+    acc = Accumulation([_Appender(fail_on=3)], [[]])
+    try:
+        for i in range(10):
+            acc.add(i, [i], None)  # never blocks for good after a failure
+        accs = acc.drain(10)
+        assert [f for f, _ in accs[0]] == [0, 1, 2]  # nothing after the failing frame
+        assert acc.error is not None and "accumulate failed on frame 3: ValueError: bad frame 3" in acc.error
+        assert "run Reset" in acc.error
+    finally:
+        acc.close()
+
+
+def test_accumulation_close_drops_what_is_queued_and_later_calls_return():
+    from tango_dqm.pipeline import Accumulation
+
+    acc = Accumulation([_Appender(delay=0.05)], [[]], max_queued=4)
+    for i in range(4):
+        acc.add(i, [i], None)
+    t0 = time.monotonic()
+    assert acc.close(5)
+    assert time.monotonic() - t0 < 2.0  # one item at most, not all of them
+    assert len(acc.accs[0]) < 4
+    acc.add(9, [9], None)  # after close: neither blocks nor accumulates
+    assert acc.drain(1) is acc.accs and 9 not in [f for f, _ in acc.accs[0]]
+    assert acc.close()  # idempotent
