@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.bench_engine import _free_port, _sender, warm_up
+from benchmarks.common import Figure, free_port, start_sender, warm_up
 
 
 def _poller(url: str, rate: float, stop, ready, out) -> None:
@@ -98,8 +98,7 @@ def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, P
         poller.start()
         if not ready.wait(60):  # its first poll answered, before the frames flow
             raise RuntimeError("the h5pyd poller did not get an answer within 60 s")
-    proc = mp.Process(target=_sender, args=(port, frames), daemon=True)
-    proc.start()
+    proc = start_sender(port, frames)
     cpu0, t0 = server_cpu_seconds(), time.perf_counter()
     while engine.state is EngineState.RUNNING:
         time.sleep(0.001)
@@ -126,18 +125,18 @@ def engine_run(port: int, frames: int, mode: str, rate: float) -> tuple[float, P
     return (frames - 1) / (t_end - first[0]), stats
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=1500)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--rate", type=float, default=10.0, help="client polls per second")
     args = parser.parse_args(argv)
-    warm_up()
+    warm_up(["roi"], {"roi_signal": [256, 512, 256, 512], "roi_background": [0, 128, 0, 128]})
     rates: dict[str, list[float]] = {"off": [], "idle": [], "polling": []}
     polls = []
     for _ in range(args.repeat):  # interleaved, so machine load hits every mode alike
         for mode, runs in rates.items():
-            fps, stats = engine_run(_free_port(), args.frames, mode, args.rate)
+            fps, stats = engine_run(free_port(), args.frames, mode, args.rate)
             runs.append(fps)
             if stats:
                 polls.append(stats)
@@ -158,8 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           "a client on another host leaves only the server's share)")
     for mode, runs in rates.items():
         print(f"  {mode:8s} every run: {', '.join(f'{r:.0f}' for r in runs)} frames/s")
-    return {"off": best["off"], "idle": best["idle"], "polling": best["polling"],
-            "idle_ratio": best["idle"] / best["off"], "polling_ratio": best["polling"] / best["off"]}
+    return [Figure("engine roi + file, HTTP server idle", best["idle"], baseline=best["off"],
+                   baseline_what="HTTP server off"),
+            Figure(f"engine roi + file, h5pyd polling {args.rate:g} Hz", best["polling"], baseline=best["off"],
+                   baseline_what="HTTP server off")]
 
 
 if __name__ == "__main__":

@@ -45,3 +45,18 @@ def test_engine_run_completes_every_frame_of_a_stream():
     rate = engine_run(["roi"], {"roi_signal": [0, 8, 0, 8]}, 20)
     assert rate > 0 and np.isfinite(rate)
     assert LAST_RUN["cpu_ms_per_frame"] > 0  # this process' CPU between the first and the last result
+
+
+def test_every_benchmark_module_imports_and_has_main():
+    """`make bench` discovers benchmarks/bench_*.py: each must import (a stale import once failed
+    bench_http only when the whole set ran) and have main(argv)."""
+    import importlib
+    import inspect
+
+    from benchmarks.__main__ import discover
+
+    names = discover()
+    assert {"engine", "device", "replay", "analyses", "http", "simulation"} <= set(names)
+    for name in names:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        assert "argv" in inspect.signature(module.main).parameters, name
