@@ -1312,37 +1312,40 @@ class Engine:
             self.warmed.set()
 
     def _warm_up(self, shape: Sequence[int] | None, dtype: str | None) -> float:
-        """Compile (or load from numba's cache) every analysis' kernels now, at Init, by analysing a
-        synthetic frame of the source's dtype and shape (uint16 64x64 when not announced), writable and
-        read-only (numba compiles each once); results are discarded. Returns the seconds it took."""
+        """Compile (or load from numba's cache) every analysis' kernels now, at Init, by analysing
+        synthetic frames of the source's dtype (uint16 when not announced), writable and read-only
+        (numba compiles each once), at 64x64 and at the source's shape; results are discarded.
+        Returns the seconds it took."""
         t0 = time.perf_counter()
         try:
             dt = np.dtype(dtype or "uint16")
             shp = tuple(int(v) for v in shape) if shape and 0 < np.prod(shape) <= 1 << 24 else (64, 64)
         except (TypeError, ValueError):
             dt, shp = np.dtype("uint16"), (64, 64)
-        rng = np.random.default_rng(0)
-        image = rng.poisson(100.0, shp).astype(np.float64)
-        if len(shp) >= 2:  # a spot, so fits and centroids run their usual path
-            yy, xx = np.ogrid[: shp[-2], : shp[-1]]
-            image += 1000.0 * np.exp(-((yy - shp[-2] / 2) ** 2 + (xx - shp[-1] / 2) ** 2) / (2 * 5.0 ** 2))
-        if dt.kind in "iu":
-            info = np.iinfo(dt)
-            image = np.clip(image, info.min, info.max)
-        data = image.astype(dt)
-        readonly = data.copy()
-        readonly.flags.writeable = False
         params = self.params.snapshot_with_version()[0]
         stream = self._specs[0].name
-        for runner in self._runners:  # their prepare() contexts are then ready for the first frame
+        small = (64, 64) if len(shp) >= 2 else shp
+        # accumulate and finish on a small frame first: numba specialises on dtype and layout, not size,
+        # and a full-size finish (the pixel maps' median filters: ~1 s a MPix) would compete with the
+        # first frames; then process at the source's shape, last, so the Runner's prepare() context
+        # (grids, masks; it keeps the latest shape's) is ready for the first frame
+        steps = [(_synthetic_frame(small, dt), True), (_synthetic_frame(shp, dt), False)]
+        for runner in self._runners:
             a = runner.analysis
-            try:
-                acc = a.new_accumulator()
-                for d in (data, readonly):
-                    acc = a.accumulate(acc, runner.process(Frame(d, -1, stream=stream), params), params)
-                a.finish(acc)
-            except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs speed on the first frame
-                log.info("warm-up of analysis %r skipped: %s: %s", a.name, type(exc).__name__, exc)
+            for data, accumulate in steps:
+                readonly = data.copy()
+                readonly.flags.writeable = False
+                try:
+                    acc = a.new_accumulator()
+                    for d in (data, readonly):
+                        output = runner.process(Frame(d, -1, stream=stream), params)
+                        if accumulate:
+                            acc = a.accumulate(acc, output, params)
+                    if accumulate:
+                        a.finish(acc)
+                except Exception as exc:  # noqa: BLE001 - a warm-up failure only costs speed on the first frame
+                    log.info("warm-up of analysis %r on %s skipped: %s: %s", a.name, data.shape,
+                             type(exc).__name__, exc)
         took = time.perf_counter() - t0
         log.info("analyses warmed up for %s %s in %.2f s", dt.name, shp, took)
         return took
@@ -1458,6 +1461,23 @@ class Engine:
                 return
             self._set_state(EngineState.CLOSE)
 
+
+
+def _synthetic_frame(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A warm-up frame: a flat background with a fixed texture and, in 2-D, a spot in the middle, so
+    fits and centroids run their usual path. Cheap (a few ms for 1 MPix: no random numbers), since it
+    is made while the first frames may already arrive."""
+    image = np.full(shape, 100.0)
+    image += np.arange(shape[-1]) % 7  # not flat: no degenerate statistics
+    if len(shape) >= 2:
+        cy, cx = shape[-2] // 2, shape[-1] // 2
+        y0, y1, x0, x1 = max(0, cy - 25), min(shape[-2], cy + 26), max(0, cx - 25), min(shape[-1], cx + 26)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        image[..., y0:y1, x0:x1] += 1000.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 5.0 ** 2))
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        np.clip(image, info.min, info.max, out=image)
+    return image.astype(dtype)
 
 class _AnalysisFailure(Exception):
     pass
