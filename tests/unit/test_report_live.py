@@ -26,6 +26,14 @@ def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def begin_with_frames(products: ScanProducts, scan: str, n: int) -> None:
+    """Begin ``scan`` (file ``scan_<word>.h5``) and write ``n`` frames of results to the file."""
+    products.begin(scan, DECL, {"mode": "scan"}, name=scan.replace(" ", "_") + ".h5")
+    for i in range(n):
+        products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
+    products._writer.flush()
+
+
 def test_next_tick_skips_the_ticks_that_passed_while_drawing():
     assert next_tick(10.0, 2.0, 10.5) == (12.0, 0)
     assert next_tick(10.0, 2.0, 12.0) == (14.0, 1)  # exactly due is passed
@@ -91,14 +99,11 @@ def test_report_interval_out_of_range_is_refused(bad):
 def test_end_of_scan_gives_up_the_live_page_being_drawn(tmp_path):
     """A live page being drawn (by the drawer's child process) is given up when the scan ends
     (or the device shuts down): the child is ended, so neither the final report nor
-    delete_device waits for a whole page, and the next live page starts a new child."""
+    delete_device waits for a whole page."""
     products = ScanProducts(tmp_path, report_interval=0.05)
     drawer = products.worker.drawer
     try:
-        products.begin("scan slow", DECL, {"mode": "scan"}, name="scan_slow.h5")
-        for i in range(5):
-            products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
-        products._writer.flush()
+        begin_with_frames(products, "scan slow", 5)
         wait_for(lambda: drawer.busy, "a live page being drawn")  # the child is still importing matplotlib
         pid = drawer.pid
         assert pid is not None and pid != os.getpid()
@@ -124,10 +129,7 @@ def test_live_pages_are_drawn_by_one_child_process(tmp_path):
     products = ScanProducts(tmp_path, report_interval=0.05, flush_interval=0.05)
     drawer = products.worker.drawer
     try:
-        products.begin("scan child", DECL, {"mode": "scan"}, name="scan_child.h5")
-        for i in range(3):
-            products.append(i, 0.0, {"signal": float(i), "n_hot": 0}, 0)
-        products._writer.flush()
+        begin_with_frames(products, "scan child", 3)
         wait_for(lambda: products.worker.live_pages >= 2, "two live pages")
         assert drawer.started == 1 and drawer.pid not in (None, os.getpid())
         assert "LIVE: scan running, 3 frames so far" in (tmp_path / "scan_child.html").read_text()
