@@ -835,9 +835,7 @@ class Engine:
             self._interim = run.interim
             run.interim.start()
 
-        if run.accumulation is None:
-            copy_and_judge(run.accs)
-            return
+        assert run.accumulation is not None  # set up by _engine_loop with the run
         run.interim_queued = True
         run.accumulation.call(copy_and_judge)
 
@@ -1296,8 +1294,8 @@ class Engine:
         if self.link is None or not self.link.due():
             return True
         try:
-            self.link.tick(run.accumulation.drain if run.accumulation is not None else (lambda: run.accs),
-                           self._link_state(run))
+            assert run.accumulation is not None  # a worker's engine loop set it up
+            self.link.tick(run.accumulation.drain, self._link_state(run))
         except RuntimeError as exc:
             self._enter_fault(str(exc))
             return False
@@ -1404,7 +1402,7 @@ class Engine:
         with run.judging:  # an interim judgement still running is dropped: the final one follows
             run.judged = True
         summary: dict[str, Any] = {}
-        if run.accumulation is not None:
+        if run.accumulation is not None:  # None: a reducer's run, merged from its workers
             run.accs = run.accumulation.drain()
             if not self._accumulating(run):
                 return
@@ -1462,7 +1460,6 @@ class Engine:
             self._set_state(EngineState.CLOSE)
 
 
-
 def _synthetic_frame(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A warm-up frame: a flat background with a fixed texture and, in 2-D, a spot in the middle, so
     fits and centroids run their usual path. Cheap (a few ms for 1 MPix: no random numbers), since it
@@ -1478,6 +1475,7 @@ def _synthetic_frame(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         np.clip(image, info.min, info.max, out=image)
     return image.astype(dtype)
+
 
 class _AnalysisFailure(Exception):
     pass

@@ -155,8 +155,6 @@ class OrderedPool:
             slot.done.set()  # type: ignore[union-attr]
 
 
-
-
 _DRAIN = object()
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..marks import scan_files
-from .drawer import DrawCancelled, LiveDrawer
+from .drawer import LiveDrawer
 from .page import ReportCancelled, _axis_for, _run_list_root, _status, write_report
 from .plots import PIXEL_CATEGORIES, ROI_STYLES, _plot_curves, _plot_image, _save, _with_gaps
 from .reading import VERDICT_COLOURS, _projection_axis
@@ -215,10 +215,7 @@ class ReportWorker:
     def _live_report(self, path: Path, interval: float) -> Path:
         """The live page, drawn by the drawer's child process (drawing holds the GIL: in this
         process it delayed the analysis); given up when the scan ends or the worker closes."""
-        try:
-            return self.drawer.draw(path, interval, cancelled=self._live_cancel.is_set)
-        except DrawCancelled:
-            raise ReportCancelled(str(path)) from None
+        return self.drawer.draw(path, interval, cancelled=self._live_cancel.is_set)
 
     def _loop(self) -> None:
         try:

@@ -25,21 +25,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .page import ReportCancelled
+
+
 class DrawError(RuntimeError):
     """The child could not draw the page (its message says why)."""
-
-
-class DrawCancelled(RuntimeError):
-    """The page was given up: ``cancelled()`` became true while it was drawn."""
 
 
 class LiveDrawer:
     """One child process drawing live pages, started on first use and after a cancel or a crash."""
 
-    def __init__(self, start_timeout: float = 60.0) -> None:
+    def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
-        self.start_timeout = start_timeout
         self.started = 0  # child processes started (diagnostics, tests)
         self.busy = False  # a page is being drawn
 
@@ -50,7 +48,7 @@ class LiveDrawer:
 
     def draw(self, path: Path, live_refresh: float, cancelled: Callable[[], bool] | None = None,
              timeout: float = 600.0) -> Path:
-        """Draw the live page of ``path``; returns the page's path. DrawCancelled when
+        """Draw the live page of ``path``; returns the page's path. ReportCancelled when
         ``cancelled()`` became true meanwhile (the child is ended), DrawError when the child failed."""
         with self._lock:
             proc = self._child()
@@ -75,7 +73,7 @@ class LiveDrawer:
         while True:
             if cancelled is not None and cancelled():
                 self._end()
-                raise DrawCancelled(str(path))
+                raise ReportCancelled(str(path))
             ready, _, _ = select.select([fd], [], [], 0.05)
             if ready:
                 break
