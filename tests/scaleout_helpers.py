@@ -86,3 +86,27 @@ def per_frame(path: str) -> dict[str, np.ndarray]:
 def assert_same_files(got: str, want: str) -> None:
     g, w = per_frame(got), per_frame(want)
     assert_same_values(g, w, where="per-frame datasets")
+
+
+def kill_worker_mid_scan(cs, key: str, worker: str, red, sim, frames: int = 20, timeout: float = 120.0) -> None:
+    """SIGKILL the worker server ``key`` (device ``worker``) in the middle of the running scan: once
+    the reducer has reports of ``frames`` of that worker's frames (so the loss can be placed after
+    them) and while the detector is still sending (so frames are in flight to it). The reducer's
+    own count is not the trigger: it advances in frame-id order, as slowly as the slowest worker
+    reports, and under load it lagged until the stream had ended and nothing was left to lose."""
+    import json
+    import signal
+
+    import tango
+
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {s["name"]: s for s in json.loads(red.workerStates)}
+        if states.get(worker, {}).get("frames", 0) >= frames:
+            break
+        assert time.monotonic() < deadline, red.status()
+        time.sleep(0.01)
+    assert sim.state() == tango.DevState.RUNNING, f"the detector ended before the kill: {sim.status()}"
+    proc = cs.servers.pop(key)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)

@@ -5,15 +5,13 @@ killed worker is named, and the scan after the last restart is complete."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
 import tango
 
 from tango_dqm.devices.controlsystem import ControlSystem
 from tests.e2e.test_scaleout import N, REDUCER, SIM, WORKERS, wait_state, write_config
-from tests.scaleout_helpers import per_frame
+from tests.scaleout_helpers import kill_worker_mid_scan, per_frame
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -32,13 +30,7 @@ def test_workers_killed_mid_scan_under_load_are_accounted_exactly(tmp_path, cpu_
             sim.rate = 150.0
             red.Start()
             sim.Start()
-            deadline = time.monotonic() + 120
-            while red.completedEvents < 40 * k:
-                assert time.monotonic() < deadline, red.status()
-                time.sleep(0.02)
-            proc = cs.servers.pop(key)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            kill_worker_mid_scan(cs, key, name, red, sim, frames=15 * k)
             wait_state(red, tango.DevState.CLOSE, timeout=300)
             total, completed, dropped = red.totalEvents, red.completedEvents, red.droppedEvents
             ids = per_frame(red.outputFile)["frame_id"].tolist()
