@@ -89,24 +89,33 @@ def assert_same_files(got: str, want: str) -> None:
 
 
 def kill_worker_mid_scan(cs, key: str, worker: str, red, sim, frames: int = 20, timeout: float = 120.0) -> None:
-    """SIGKILL the worker server ``key`` (device ``worker``) in the middle of the running scan: once
-    the reducer has reports of ``frames`` of that worker's frames (so the loss can be placed after
-    them) and while the detector is still sending (so frames are in flight to it). The reducer's
-    own count is not the trigger: it advances in frame-id order, as slowly as the slowest worker
-    reports, and under load it lagged until the stream had ended and nothing was left to lose."""
+    """SIGKILL the worker server ``key`` (device ``worker``) in the middle of the running scan, with
+    frames in flight to it, so that some are lost however the timing falls.
+
+    It waits until the reducer has reports of ``frames`` of that worker's frames (so the loss is placed
+    after them) while the detector still sends. A kill right then could still lose nothing: the worker
+    may just have reported everything it had (the trigger fires on a report), and under load the
+    reducer's own in-order count lagged until the stream had ended. So the worker is first frozen
+    (SIGSTOP: it reports nothing more while the detector's PUSH socket still hands it frames), and
+    killed once the other workers have reported more frames, i.e. the stream went on past it."""
     import json
     import signal
 
     import tango
 
+    def reported() -> dict[str, int]:
+        return {s["name"]: int(s["frames"]) for s in json.loads(red.workerStates)}
+
     deadline = time.monotonic() + timeout
-    while True:
-        states = {s["name"]: s for s in json.loads(red.workerStates)}
-        if states.get(worker, {}).get("frames", 0) >= frames:
-            break
+    while reported().get(worker, 0) < frames:
         assert time.monotonic() < deadline, red.status()
         time.sleep(0.01)
     assert sim.state() == tango.DevState.RUNNING, f"the detector ended before the kill: {sim.status()}"
     proc = cs.servers.pop(key)
+    proc.send_signal(signal.SIGSTOP)
+    others = sum(n for w, n in reported().items() if w != worker)
+    while sum(n for w, n in reported().items() if w != worker) < others + 20:
+        assert time.monotonic() < deadline, red.status()
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)

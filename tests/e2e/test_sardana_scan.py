@@ -34,29 +34,42 @@ def wait_until(what: str, ok, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def run_macro(door: tango.DeviceProxy, *argv: str, timeout: float = 120.0) -> None:
-    """Run a macro and wait for its end, told by the Door's State events: RunMacro returns before
-    the Door leaves ON (the executor thread sets RUNNING), so a polled ON may still mean "not started"."""
-    states: queue.Queue = queue.Queue()
-    sub = door.subscribe_event("State", tango.EventType.CHANGE_EVENT,
-                               lambda e: e.err or e.attr_value is None or states.put(e.attr_value.value))
-    try:
-        states.get(timeout=30)  # the subscription's first event: the state now
-        door.RunMacro(list(argv))
+class DoorMacros:
+    """Runs macros on a Door and tells each one's end by the Door's State events: RunMacro returns
+    before the Door leaves ON (the executor thread sets RUNNING), so a polled ON may still mean "not
+    started". One subscription for the whole test: a Tango event subscription reaches the server's
+    ZeroMQ publisher some time after subscribe_event returns, and a quick macro (senv) started
+    within that time on a loaded machine ran and ended unseen when each macro subscribed anew."""
+
+    def __init__(self, door: tango.DeviceProxy):
+        self.door = door
+        self.states: queue.Queue = queue.Queue()
+        self.sub = door.subscribe_event("State", tango.EventType.CHANGE_EVENT, self._on_state)
+        self.states.get(timeout=30)  # the subscription's first event: the state now
+
+    def _on_state(self, e) -> None:
+        if not e.err and e.attr_value is not None:
+            self.states.put(e.attr_value.value)
+
+    def run(self, *argv: str, timeout: float = 120.0) -> None:
+        while not self.states.empty():  # what came before this macro
+            self.states.get_nowait()
+        self.door.RunMacro(list(argv))
         deadline, started = time.monotonic() + timeout, False
         while True:
             try:
-                state = states.get(timeout=max(deadline - time.monotonic(), 0))
+                state = self.states.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 raise AssertionError(f"macro {argv} still running") from None
             if state in (tango.DevState.RUNNING, tango.DevState.MOVING, tango.DevState.STANDBY):
                 started = True
             elif started:
                 break
-    finally:
-        door.unsubscribe_event(sub)
-    assert state == tango.DevState.ON, (argv, state, door.read_attribute("Error").value,
-                                        door.read_attribute("Output").value)
+        assert state == tango.DevState.ON, (argv, state, self.door.read_attribute("Error").value,
+                                            self.door.read_attribute("Output").value)
+
+    def close(self) -> None:
+        self.door.unsubscribe_event(self.sub)
 
 
 def spec_columns(path: Path) -> dict[str, np.ndarray]:
@@ -127,14 +140,18 @@ def test_ascan_records_per_point_dqm_values_equal_to_numpy(tmp_path):
 
         cs.start_server("MacroServer", "e2e", [MS, DOOR], timeout=120)
         door, ms = cs.proxy(DOOR), cs.proxy(MS)
+        door.set_timeout_millis(10000)
+        macros = DoorMacros(door)  # subscribed now, live long before the first macro below
         # the MacroServer learns the Pool's elements through events after it is exported: a macro
         # started before that fails with "mot01 does not exist in any Pool"
         wait_until("the MacroServer knows the Pool's elements", lambda: knows_elements(ms), timeout=60)
-        door.set_timeout_millis(10000)
-        run_macro(door, "senv", "ActiveMntGrp", "mg_dqm")
-        run_macro(door, "senv", "ScanDir", str(tmp_path))
-        run_macro(door, "senv", "ScanFile", "['scan.dat']")
-        run_macro(door, "ascan", "mot01", "0", "3", str(N_POINTS - 1), "0.01")
+        try:
+            macros.run("senv", "ActiveMntGrp", "mg_dqm")
+            macros.run("senv", "ScanDir", str(tmp_path))
+            macros.run("senv", "ScanFile", "['scan.dat']")
+            macros.run("ascan", "mot01", "0", "3", str(N_POINTS - 1), "0.01")
+        finally:
+            macros.close()
 
         cols = spec_columns(tmp_path / "scan.dat")
         assert len(cols["mot01"]) == N_POINTS and cols["mot01"] == pytest.approx([0, 1, 2, 3])
