@@ -62,7 +62,8 @@ def test_live_report_and_run_list_while_the_scan_runs(tmp_path):
             products.append(i, 1.7e9 + i, {"signal": float(i), "n_hot": i % 3}, 0)
         products._writer.flush()
         wait_for(lambda: "75 frames so far" in page.read_text(), "live page rewritten with 75 frames")
-        assert worker.live_pages >= 2
+        # the child writes the page before it answers: the count follows the answer, a moment later
+        wait_for(lambda: worker.live_pages >= 2, "two live pages counted")
         assert products.end({"run_signal_mean": 37.0}, {"total": 75, "completed": 75, "dropped": 0, "bad": 0},
                             "OK", "series end", {"quality_report": "verdict OK: 0 checks failing"}) == path
         assert worker.wait_idle(60)
