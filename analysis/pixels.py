@@ -90,8 +90,8 @@ def _neighbour_mean(a, i, j):  # pragma: no cover - compiled
 #: inner loops run over rows that stay in cache (about half the cost per frame of one frame at
 #: a time). The kernel's tuple always has BATCH entries (padded): one numba signature per dtype.
 #: Batching never changes the maps (same operations per pixel, in the same order), so the batch
-#: may follow the frame rate: one frame at a time while frames come slower than 3 accumulations
-#: take (results then wait for no batch), full batches when throughput matters.
+#: may follow the frame rate: one frame at a time while frames come slower than 3 one-frame
+#: accumulations take (no frame is then held back), full batches when throughput matters.
 BATCH = 16
 #: at most this many bytes of frames held back (large frames: smaller batches)
 BATCH_BYTES = 64 << 20
@@ -147,8 +147,11 @@ def _accumulate_int(frames, count, s, ss, mx, mx2, rs, rss):  # pragma: no cover
                 mx2_i[j] = max(mx2_i[j], min(m, v))
                 mx_i[j] = max(m, v)
             for j in range(1, cols - 1):
-                t = np.float64(np.int64(up[j]) + np.int64(down[j]) + np.int64(row[j - 1]) + np.int64(row[j + 1]))
-                r = np.float64(row[j]) - t / 4.0
+                # 4 v - (the 4 neighbours) in int32, then / 4: exactly v - t / 4 (multiples of 1/4
+                # are exact in float64), with narrower lanes than int64 sums (~8% faster)
+                d = np.int32(4) * np.int32(row[j]) - (np.int32(up[j]) + np.int32(down[j]) + np.int32(row[j - 1])
+                                                      + np.int32(row[j + 1]))
+                r = np.float64(d) * 0.25
                 rs_i[j] += r
                 rss_i[j] += r * r
 
@@ -195,15 +198,19 @@ class _Maps(NamedTuple):
 
 class _Pace:
     """How many frames the pixel map may hold back now: 1 while frames come slower than three
-    accumulations take (results then never wait for a batch), a full batch otherwise. Timing,
-    kept by the analysis beside (not in) the accumulator: it never changes a map."""
+    one-frame accumulations take (the map then holds no frame back), a full batch otherwise.
+    Timing, kept by the analysis beside (not in) the accumulator: it never changes a map.
 
-    __slots__ = ("last", "interval", "cost")
+    The test uses what one frame costs alone (a whole pass over the maps), not a batch's cost
+    per frame: with the latter, a batch's cheap frames switched the pace back to one frame,
+    whose expensive pass switched it to batches again, every other accumulation."""
+
+    __slots__ = ("last", "interval", "single")
 
     def __init__(self) -> None:
         self.last: float | None = None
         self.interval: float | None = None  # seconds between frames, moving average
-        self.cost: float | None = None  # seconds per frame of the last accumulation
+        self.single: float | None = None  # seconds of the last one-frame accumulation
 
     def batch(self) -> int:
         now = time.perf_counter()
@@ -211,13 +218,14 @@ class _Pace:
             dt = now - self.last
             self.interval = dt if self.interval is None else 0.8 * self.interval + 0.2 * dt
         self.last = now
-        if self.interval is None or self.cost is None or self.interval > 3.0 * self.cost:
+        if self.interval is None or self.single is None or self.interval > 3.0 * self.single:
             return 1
         return BATCH
 
-    def took(self, seconds: float | None) -> None:
-        if seconds is not None:
-            self.cost = seconds
+    def took(self, flushed: "tuple[float, int] | None") -> None:
+        """``flushed``: (seconds, frames) of the accumulation an add ran, or None."""
+        if flushed is not None and flushed[1] == 1:
+            self.single = flushed[0]
 
 
 class PixelMap:
@@ -260,10 +268,10 @@ class PixelMap:
     rsum = property(lambda self: self._maps()._rsum)
     rsumsq = property(lambda self: self._maps()._rsumsq)
 
-    def add(self, image: np.ndarray, settings: tuple, batch: int = BATCH) -> float | None:
+    def add(self, image: np.ndarray, settings: tuple, batch: int = BATCH) -> tuple[float, int] | None:
         """Add one frame, held back until ``batch`` frames are (it must not change afterwards).
 
-        Returns the seconds per frame of the accumulation this add ran, None when it ran none."""
+        Returns (seconds, frames) of the accumulation this add ran, None when it ran none."""
         first = self._pending[0] if self._pending else None
         if self._sum is None and first is None:
             self._batch = max(1, min(BATCH, BATCH_BYTES // max(1, image.nbytes)))
@@ -286,8 +294,8 @@ class PixelMap:
             return self.flush()
         return None
 
-    def flush(self) -> float | None:
-        """Accumulate the frames held back; seconds per frame it took (None: nothing held)."""
+    def flush(self) -> tuple[float, int] | None:
+        """Accumulate the frames held back; (seconds, frames) it took (None: nothing held)."""
         pending = self._pending
         if not pending:
             return None
@@ -309,7 +317,7 @@ class PixelMap:
         t0 = time.perf_counter()
         (_accumulate_int if exact else _accumulate_float)(frames, len(pending), self._sum, self._sumsq,
                                                           self._max, self._max2, self._rsum, self._rsumsq)
-        return (time.perf_counter() - t0) / len(pending)
+        return time.perf_counter() - t0, len(pending)
 
     def merged(self, other: "PixelMap") -> "PixelMap":
         self.flush()
@@ -494,7 +502,7 @@ class Pixels(Analysis):
         settings = (params.saturation_level, params.hot_sigma, params.pixels_hot_reference,
                     params.dead_threshold, params.pixels_min_frames, params.hot_ratio)
         pace = self.__dict__.get("_pace")
-        if pace is None:
+        if pace is None or acc.n == 0:  # a new map (maybe another frame size): measure anew
             pace = self._pace = _Pace()
         pace.took(acc.add(output.private, settings, pace.batch()))
         return acc

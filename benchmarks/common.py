@@ -79,8 +79,10 @@ def demo_engine_parameters() -> dict[str, Any]:
     return values
 
 
-def stins_sender(port: int, frames: int, ready=None, shape: tuple[int, int] = SHAPE) -> None:
-    """Push ``frames`` pre-built STINS frames as fast as the receiver takes them (a process)."""
+def stins_sender(port: int, frames: int, ready=None, shape: tuple[int, int] = SHAPE, cpu=None) -> None:
+    """Push ``frames`` pre-built STINS frames as fast as the receiver takes them (a process).
+    ``cpu`` (a shared double): set to this process' CPU seconds from the first frame sent to
+    the last one delivered (its zmq I/O thread and the kernel's TCP work included)."""
     import zmq
 
     pool = demo_frames(4, shape)
@@ -91,6 +93,7 @@ def stins_sender(port: int, frames: int, ready=None, shape: tuple[int, int] = SH
     if ready is not None:
         ready.set()
     sock.send_json({"htype": "header", "series": "bench", "nimages": frames})
+    cpu0 = time.process_time()
     for i in range(frames):
         meta = json.dumps({"htype": "image", "frame": i, "shape": list(shape), "type": "uint16",
                            "compression": "none", "timestamp": time.time()}).encode()
@@ -98,6 +101,12 @@ def stins_sender(port: int, frames: int, ready=None, shape: tuple[int, int] = SH
     sock.send_json({"htype": "series_end"})
     sock.close(linger=-1)
     ctx.term()
+    if cpu is not None:
+        cpu.value = time.process_time() - cpu0
+
+
+#: the sender's CPU ms per frame in the last run started by start_sender (once it has ended)
+SENDER_CPU: dict[str, Any] = {}
 
 
 def start_sender(port: int, frames: int):
@@ -105,7 +114,9 @@ def start_sender(port: int, frames: int):
 
     ctx = mp.get_context("spawn")  # a clean process: no inherited threads or sockets
     ready = ctx.Event()
-    proc = ctx.Process(target=stins_sender, args=(port, frames, ready), daemon=True)
+    cpu = SENDER_CPU["value"] = ctx.Value("d", float("nan"))
+    SENDER_CPU["frames"] = frames
+    proc = ctx.Process(target=stins_sender, args=(port, frames, ready, SHAPE, cpu), daemon=True)
     proc.start()
     if not ready.wait(60):
         proc.kill()
@@ -113,9 +124,15 @@ def start_sender(port: int, frames: int):
     return proc
 
 
+def sender_cpu_ms() -> float:
+    """The last sender's CPU ms per frame (NaN if it has not ended)."""
+    v = SENDER_CPU.get("value")
+    return float("nan") if v is None else v.value / SENDER_CPU["frames"] * 1e3
+
+
 def bare_loop(frames: int) -> float:
     """Baseline: receive the sender's stream zero-copy and wrap each frame in numpy, nothing else.
-    Frames/s from the first to the last frame."""
+    Frames/s from the first to the last frame (its CPU ms per frame: ``LAST_RUN["bare_cpu_ms"]``)."""
     import zmq
 
     port = free_port()
@@ -123,7 +140,7 @@ def bare_loop(frames: int) -> float:
     sock = ctx.socket(zmq.PULL)
     sock.connect(f"tcp://127.0.0.1:{port}")
     proc = start_sender(port, frames)
-    n, t0, t1 = 0, 0.0, 0.0
+    n, t0, t1, c0, c1 = 0, 0.0, 0.0, 0.0, 0.0
     try:
         while True:
             parts = sock.recv_multipart(copy=False)
@@ -132,7 +149,8 @@ def bare_loop(frames: int) -> float:
                 np.frombuffer(parts[1].buffer, dtype=msg["type"]).reshape(msg["shape"])
                 t1 = time.perf_counter()
                 if n == 0:
-                    t0 = t1
+                    t0, c0 = t1, time.process_time()
+                c1 = time.process_time()
                 n += 1
             elif msg["htype"] == "series_end":
                 break
@@ -140,6 +158,7 @@ def bare_loop(frames: int) -> float:
         sock.close(0)
         ctx.term()
         proc.join(30)
+    LAST_RUN["bare_cpu_ms"] = (c1 - c0) / (n - 1) * 1e3
     return (n - 1) / (t1 - t0)
 
 

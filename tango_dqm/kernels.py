@@ -55,22 +55,34 @@ class RegionStats(NamedTuple):
 
 
 @numba.njit(nogil=True, cache=True)
-def _int_moments(a):  # pragma: no cover - compiled
+def _int_moments(a, cols):  # pragma: no cover - compiled
+    """Sum, sum of squares (int64, exact), min and max of ``a[:, :cols]``.
+
+    Row by row, min/max in one loop and the sums in another: each loop vectorises on its
+    own (the narrow min/max lanes are not held back by the int64 sums), and the row is
+    in cache for the second."""
     s = 0
     ss = 0
     mn = a[0, 0]
     mx = a[0, 0]
     for i in range(a.shape[0]):
         row = a[i]
-        for j in range(row.shape[0]):
+        rmn = row[0]
+        rmx = row[0]
+        for j in range(cols):
             v = row[j]
-            iv = np.int64(v)
-            s += iv
-            ss += iv * iv
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
+            rmn = min(rmn, v)
+            rmx = max(rmx, v)
+        rs = 0
+        rss = 0
+        for j in range(cols):
+            iv = np.int64(row[j])
+            rs += iv
+            rss += iv * iv
+        s += rs
+        ss += rss
+        mn = min(mn, rmn)
+        mx = max(mx, rmx)
     return s, ss, mn, mx
 
 
@@ -97,21 +109,50 @@ def _float_moments(a):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _min_max_count_ge(a, level):  # pragma: no cover - compiled
+def _min_max_count_ge(a, cols, level):  # pragma: no cover - compiled
+    """Min, max and number of values >= level of ``a[:, :cols]``: a row is counted only when
+    its maximum reaches the level (rare: saturation), so the common pass is a min/max one."""
     mn = a[0, 0]
     mx = a[0, 0]
     n = 0
     for i in range(a.shape[0]):
         row = a[i]
-        for j in range(row.shape[0]):
+        rmn = row[0]
+        rmx = row[0]
+        for j in range(cols):
             v = row[j]
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-            if v >= level:
-                n += 1
+            rmn = min(rmn, v)
+            rmx = max(rmx, v)
+        mn = min(mn, rmn)
+        mx = max(mx, rmx)
+        if not rmx < level:  # (a NaN row maximum: count)
+            for j in range(cols):
+                if row[j] >= level:
+                    n += 1
     return mn, mx, n
+
+
+def _rows(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(view, cols)``: a read-only C-contiguous view whose rows start where ``a``'s do and
+    whose first ``cols`` columns are ``a``'s, without a copy.
+
+    A region of a frame (rows of contiguous pixels, a pitch apart) is seen as the rows of
+    the frame that hold it, cut at ``cols``: numba then knows its inner stride and
+    vectorises (a strided 'A' array runs scalar, ~4x slower). Other layouts (a column step,
+    reversed rows) are made contiguous, which numpy does at memory speed."""
+    item = a.itemsize
+    rows, cols = a.shape
+    if not a.flags.c_contiguous:
+        pitch = a.strides[0] // item
+        if a.strides[1] == item and a.strides[0] % item == 0 and (rows == 1 or pitch >= cols):
+            # the last row's tail beyond ``cols`` is never read (it may lie past the buffer)
+            view = np.lib.stride_tricks.as_strided(a, shape=(rows, max(pitch, cols)), strides=(a.strides[0], item),
+                                                   writeable=False)
+            return view, cols
+        a = np.ascontiguousarray(a)
+    view = a.view()
+    view.flags.writeable = False  # one compiled signature for read-only and writable frames
+    return view, cols
 
 
 def as_2d(a: np.ndarray) -> np.ndarray:
@@ -131,7 +172,7 @@ def region_stats(region: np.ndarray) -> RegionStats:
         nan = float("nan")
         return RegionStats(0.0, nan, nan, nan, nan, 0)
     if a.dtype.kind in "iub" and a.dtype.itemsize <= 2:
-        s, ss, mn, mx = _int_moments(a)
+        s, ss, mn, mx = _int_moments(*_rows(a))
         s, ss = int(s), int(ss)
         var = (n * ss - s * s) / (n * n)  # exact integer numerator
         return RegionStats(float(s), s / n, math.sqrt(max(var, 0.0)), float(mn), float(mx), n)
@@ -147,12 +188,11 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
     if a.dtype.kind in "iu":
         info = np.iinfo(a.dtype)
         if level > info.max:
-            mn, mx = _int_moments(a)[2:] if a.dtype.itemsize <= 2 else (a.min(), a.max())
-            return float(mn), float(mx), 0
+            return float(a.min()), float(a.max()), 0
         level = max(level, info.min)
-        mn, mx, n = _min_max_count_ge(a, a.dtype.type(math.ceil(level)))
+        mn, mx, n = _min_max_count_ge(*_rows(a), a.dtype.type(math.ceil(level)))
     else:
-        mn, mx, n = _min_max_count_ge(a, a.dtype.type(level))
+        mn, mx, n = _min_max_count_ge(*_rows(a), a.dtype.type(level))
     return float(mn), float(mx), int(n)
 
 

@@ -13,6 +13,11 @@ URI form::
 - ``block``: frames read per h5py call (default: whole HDF5 chunks, about 1 MiB). Frames
   are views into the block just read; a new block is allocated per read, never reused,
   so frames still queued in the engine stay valid.
+- A dataset stored as ``tango-dqm record`` writes it (one unfiltered chunk per frame, native
+  byte order) is read chunk by chunk with HDF5's direct chunk read: one copy of the stored
+  bytes into a new read-only buffer, about twice as fast as a selection read. Each chunk's
+  stored size is checked against the frame's before it is read; a chunk never written
+  (a gap in a file still growing) is read the general way (HDF5's fill value).
 - ``expected_frames`` and ``image_shape`` are read at construction when the file is
   readable then (so ROIs can be checked at Init), and again at open.
 - The end of the data yields SeriesEnd.
@@ -57,6 +62,16 @@ def block_frames(ds: h5py.Dataset, requested: int = 0) -> int:
     return max(chunk, -(-n // chunk) * chunk)  # a whole number of chunks along the frame axis
 
 
+def direct_chunks(ds: h5py.Dataset) -> bool:
+    """Whether every frame is one unfiltered chunk of native byte order, so that its stored
+    bytes are the frame (H5Dread_chunk, without HDF5's selection machinery)."""
+    try:
+        return (ds.chunks == (1, *ds.shape[1:]) and ds.dtype.isnative
+                and ds.id.get_create_plist().get_nfilters() == 0)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        return False
+
+
 def check_frames_dataset(ds: Any, where: str) -> h5py.Dataset:
     """The dataset as an array of frames, or SourceError saying why it is not one."""
     if not isinstance(ds, h5py.Dataset):
@@ -97,6 +112,7 @@ class Hdf5ReplaySource(Source):
         self._file: h5py.File | None = None
         self._ds: h5py.Dataset | None = None
         self._ids: h5py.Dataset | None = None
+        self._direct = False
         try:  # best effort: lets the engine check ROIs against the shape at Init
             with h5py.File(self.path, "r", locking=False) as f:
                 ds = check_frames_dataset(f[self.dataset], self.dataset)
@@ -137,6 +153,7 @@ class Hdf5ReplaySource(Source):
             f.close()
             raise
         self._file, self._ds, self._ids = f, ds, ids
+        self._direct = direct_chunks(ds)
         self.expected_frames = int(ds.shape[0])
         self.image_shape = tuple(int(v) for v in ds.shape[1:])
 
@@ -178,6 +195,8 @@ class Hdf5ReplaySource(Source):
         except (OSError, RuntimeError, ValueError) as exc:
             log.warning("%s: cannot read ids %d:%d (%s); using indices", self.path, start, end, exc)
             frame_ids = np.arange(start, end)
+        if self._direct:
+            return self._read_chunks(ds, start, end), frame_ids
         try:
             block = ds[start:end]
             return list(block), frame_ids
@@ -190,6 +209,26 @@ class Hdf5ReplaySource(Source):
             except (OSError, RuntimeError, ValueError) as exc:
                 out.append(BadInput("read_error", f"{self.path} {self.dataset}[{i}]: {exc}", self.name))
         return out, frame_ids
+
+    def _read_chunks(self, ds: h5py.Dataset, start: int, end: int) -> list[np.ndarray | BadInput]:
+        """Frames ``start:end`` of a one-chunk-per-frame dataset, each its chunk's stored bytes."""
+        shape = ds.shape[1:]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * ds.dtype.itemsize
+        tail = (0,) * len(shape)
+        out: list[np.ndarray | BadInput] = []
+        for i in range(start, end):
+            coord = (i, *tail)
+            try:
+                info = ds.id.get_chunk_info_by_coord(coord)
+                if info.byte_offset is not None and info.size == nbytes and info.filter_mask == 0:
+                    _, raw = ds.id.read_direct_chunk(coord)
+                    if len(raw) == nbytes:
+                        out.append(np.frombuffer(raw, ds.dtype).reshape(shape))  # read-only: frames never change
+                        continue
+                out.append(ds[i])  # not written yet (fill value) or stored otherwise: the general read
+            except (OSError, RuntimeError, ValueError) as exc:
+                out.append(BadInput("read_error", f"{self.path} {self.dataset}[{i}]: {exc}", self.name))
+        return out
 
     def close(self) -> None:
         if self._file is not None:

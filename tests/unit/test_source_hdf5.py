@@ -129,6 +129,56 @@ def test_frames_stay_valid_after_later_blocks(tmp_path):
         np.testing.assert_array_equal(g.data, sent)
 
 
+def test_one_chunk_per_frame_is_read_chunk_by_chunk_and_a_gap_the_general_way(tmp_path, monkeypatch):
+    """The layout tango-dqm record writes: frames come from HDF5's direct chunk read (no
+    selection read), read-only; a frame never written (a gap) is HDF5's fill value."""
+    frames = frames_for_test(6, shape=(16, 12))
+    path = tmp_path / "direct.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset(DATA, shape=(6, 16, 12), dtype=frames[0].dtype, chunks=(1, 16, 12), fillvalue=7)
+        for i in (0, 1, 2, 4, 5):  # frame 3 never written
+            ds[i] = frames[i]
+    calls = []
+    real = h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        calls.append(key)
+        return real(self, key)
+
+    src = open_source(f"hdf5://{path}")
+    src.open()
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    try:
+        got = [g for g in drain(src) if isinstance(g, Frame)]
+    finally:
+        monkeypatch.undo()
+        src.close()
+    assert [g.frame_id for g in got] == list(range(6))
+    for i, g in enumerate(got):
+        expected = np.full_like(frames[0], 7) if i == 3 else frames[i]
+        np.testing.assert_array_equal(g.data, expected)
+        assert g.data.dtype == frames[0].dtype and g.data.shape == (16, 12)
+    assert calls == [3]  # only the gap went through a selection read
+    assert not got[0].data.flags.writeable
+
+
+@pytest.mark.parametrize("dtype, kw", [(">u2", {}), ("<u2", {"compression": "gzip"}), ("<f4", {"chunks": (2, 8, 8)})])
+def test_other_layouts_are_read_the_general_way_with_the_same_values(tmp_path, dtype, kw):
+    frames = [f.astype(dtype) for f in frames_for_test(5, shape=(8, 8))]
+    path = tmp_path / "general.h5"
+    chunks = kw.pop("chunks", True)
+    write(path, frames, chunks=chunks, **kw)
+    src = open_source(f"hdf5://{path}")
+    src.open()
+    try:
+        got = [g for g in drain(src) if isinstance(g, Frame)]
+    finally:
+        src.close()
+    assert len(got) == 5
+    for g, sent in zip(got, frames):
+        np.testing.assert_array_equal(g.data, sent)
+
+
 def test_bslz4_file_through_engine_matches_numpy(tmp_path):
     frames = frames_for_test(25, seed=4)
     path = tmp_path / "detector_bslz4.h5"
