@@ -162,6 +162,37 @@ def test_one_chunk_per_frame_is_read_chunk_by_chunk_and_a_gap_the_general_way(tm
     assert not got[0].data.flags.writeable
 
 
+def test_frame_ids_are_read_a_block_of_ids_at_a_time(tmp_path, monkeypatch):
+    from tango_dqm.sources import hdf5_replay
+
+    frames = frames_for_test(11, shape=(8, 8))
+    ids = [100 + 3 * i for i in range(11)]
+    path = tmp_path / "ids.h5"
+    write(path, frames, ids=ids)
+    monkeypatch.setattr(hdf5_replay, "IDS_BLOCK", 4)
+    calls = []
+    real = h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        calls.append((self.name, key))
+        return real(self, key)
+
+    src = open_source(f"hdf5://{path}?ids=/entry/data/frame_id&block=3")
+    src.open()
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    try:
+        got = [g for g in drain(src) if isinstance(g, Frame)]
+    finally:
+        monkeypatch.undo()
+        src.close()
+    assert [g.frame_id for g in got] == ids
+    for g, sent in zip(got, frames):
+        np.testing.assert_array_equal(g.data, sent)
+    # blocks of 3 frames: ids 0:4 serve 0:3; 3:6 needs a new read (3:7), 6:9 (6:10), 9:11 (9:13)
+    assert [k for name, k in calls if name == "/entry/data/frame_id"] == \
+        [slice(0, 4), slice(3, 7), slice(6, 10), slice(9, 13)]
+
+
 @pytest.mark.parametrize("dtype, kw", [(">u2", {}), ("<u2", {"compression": "gzip"}), ("<f4", {"chunks": (2, 8, 8)})])
 def test_other_layouts_are_read_the_general_way_with_the_same_values(tmp_path, dtype, kw):
     frames = [f.astype(dtype) for f in frames_for_test(5, shape=(8, 8))]
