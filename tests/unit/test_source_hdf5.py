@@ -46,6 +46,26 @@ def drain(src, timeout: float = 10.0) -> list:
     return got
 
 
+def drain_counting_reads(uri: str, monkeypatch) -> tuple[list, list]:
+    """Every item of the source, and the (dataset, key) of every selection read it made."""
+    calls: list = []
+    real = h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        calls.append((self.name, key))
+        return real(self, key)
+
+    src = open_source(uri)
+    src.open()
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    try:
+        got = drain(src)
+    finally:
+        monkeypatch.undo()
+        src.close()
+    return got, calls
+
+
 def run_engine(uri: str, roi=ROI, timeout: float = 20.0):
     engine = Engine(EngineConfig(sources=[uri], analyses=["roi", REC]))
     engine.set_parameter("roi_signal", roi)
@@ -92,23 +112,9 @@ def test_reads_blocks_not_frames_nor_whole_file(tmp_path, monkeypatch):
     frames = frames_for_test(23, shape=(16, 16))
     path = tmp_path / "chunked.h5"
     write(path, frames, chunks=(4, 16, 16))
-    calls = []
-    real = h5py.Dataset.__getitem__
-
-    def counting(self, key):
-        calls.append(key)
-        return real(self, key)
-
-    src = open_source(f"hdf5://{path}?block=8")
-    src.open()
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    try:
-        got = drain(src)
-    finally:
-        monkeypatch.undo()
-        src.close()
+    got, calls = drain_counting_reads(f"hdf5://{path}?block=8", monkeypatch)
     assert len([g for g in got if isinstance(g, Frame)]) == 23
-    assert calls == [slice(0, 8), slice(8, 16), slice(16, 23)]
+    assert [key for _, key in calls] == [slice(0, 8), slice(8, 16), slice(16, 23)]
     with h5py.File(path) as f:  # default: whole chunks, ~1 MiB per read
         assert block_frames(f[DATA]) % 4 == 0 and block_frames(f[DATA]) > 4
         assert block_frames(f[DATA], 3) == 3
@@ -138,27 +144,14 @@ def test_one_chunk_per_frame_is_read_chunk_by_chunk_and_a_gap_the_general_way(tm
         ds = f.create_dataset(DATA, shape=(6, 16, 12), dtype=frames[0].dtype, chunks=(1, 16, 12), fillvalue=7)
         for i in (0, 1, 2, 4, 5):  # frame 3 never written
             ds[i] = frames[i]
-    calls = []
-    real = h5py.Dataset.__getitem__
-
-    def counting(self, key):
-        calls.append(key)
-        return real(self, key)
-
-    src = open_source(f"hdf5://{path}")
-    src.open()
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    try:
-        got = [g for g in drain(src) if isinstance(g, Frame)]
-    finally:
-        monkeypatch.undo()
-        src.close()
+    items, calls = drain_counting_reads(f"hdf5://{path}", monkeypatch)
+    got = [g for g in items if isinstance(g, Frame)]
     assert [g.frame_id for g in got] == list(range(6))
     for i, g in enumerate(got):
         expected = np.full_like(frames[0], 7) if i == 3 else frames[i]
         np.testing.assert_array_equal(g.data, expected)
         assert g.data.dtype == frames[0].dtype and g.data.shape == (16, 12)
-    assert calls == [3]  # only the gap went through a selection read
+    assert calls == [(DATA, 3)]  # only the gap went through a selection read
     assert not got[0].data.flags.writeable
 
 
@@ -170,21 +163,8 @@ def test_frame_ids_are_read_a_block_of_ids_at_a_time(tmp_path, monkeypatch):
     path = tmp_path / "ids.h5"
     write(path, frames, ids=ids)
     monkeypatch.setattr(hdf5_replay, "IDS_BLOCK", 4)
-    calls = []
-    real = h5py.Dataset.__getitem__
-
-    def counting(self, key):
-        calls.append((self.name, key))
-        return real(self, key)
-
-    src = open_source(f"hdf5://{path}?ids=/entry/data/frame_id&block=3")
-    src.open()
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
-    try:
-        got = [g for g in drain(src) if isinstance(g, Frame)]
-    finally:
-        monkeypatch.undo()
-        src.close()
+    items, calls = drain_counting_reads(f"hdf5://{path}?ids=/entry/data/frame_id&block=3", monkeypatch)
+    got = [g for g in items if isinstance(g, Frame)]
     assert [g.frame_id for g in got] == ids
     for g, sent in zip(got, frames):
         np.testing.assert_array_equal(g.data, sent)
@@ -193,19 +173,16 @@ def test_frame_ids_are_read_a_block_of_ids_at_a_time(tmp_path, monkeypatch):
         [slice(0, 4), slice(3, 7), slice(6, 10), slice(9, 13)]
 
 
-@pytest.mark.parametrize("dtype, kw", [(">u2", {}), ("<u2", {"compression": "gzip"}), ("<f4", {"chunks": (2, 8, 8)})])
-def test_other_layouts_are_read_the_general_way_with_the_same_values(tmp_path, dtype, kw):
+@pytest.mark.parametrize("dtype, kw", [(">u2", {"dtype": ">u2"}), ("<u2", {"compression": "gzip"}),
+                                       ("<f4", {"chunks": (2, 8, 8)})])
+def test_other_layouts_are_read_the_general_way_with_the_same_values(tmp_path, monkeypatch, dtype, kw):
     frames = [f.astype(dtype) for f in frames_for_test(5, shape=(8, 8))]
     path = tmp_path / "general.h5"
-    chunks = kw.pop("chunks", True)
-    write(path, frames, chunks=chunks, **kw)
-    src = open_source(f"hdf5://{path}")
-    src.open()
-    try:
-        got = [g for g in drain(src) if isinstance(g, Frame)]
-    finally:
-        src.close()
+    write(path, frames, chunks=kw.get("chunks", True), **{k: v for k, v in kw.items() if k != "chunks"})
+    items, calls = drain_counting_reads(f"hdf5://{path}", monkeypatch)
+    got = [g for g in items if isinstance(g, Frame)]
     assert len(got) == 5
+    assert [name for name, _ in calls] == [DATA]  # one selection read of the (small) block
     for g, sent in zip(got, frames):
         np.testing.assert_array_equal(g.data, sent)
 
