@@ -111,21 +111,23 @@ def _float_moments(a):  # pragma: no cover - compiled
 @numba.njit(nogil=True, cache=True)
 def _min_max_count_ge(a, cols, level):  # pragma: no cover - compiled
     """Min, max and number of values >= level of ``a[:, :cols]``: a row is counted only when
-    its maximum reaches the level (rare: saturation), so the common pass is a min/max one."""
+    its maximum reaches the level (rare: saturation), so the common pass is a min/max one.
+
+    min/max carry on from the rows before (``min(m, NaN)`` keeps m: a NaN is never the
+    minimum unless it is the first value, as in one loop over the frame); the row's own
+    maximum decides whether it is counted (a NaN maximum: counted)."""
     mn = a[0, 0]
     mx = a[0, 0]
     n = 0
     for i in range(a.shape[0]):
         row = a[i]
-        rmn = row[0]
-        rmx = row[0]
+        top = row[0]
         for j in range(cols):
             v = row[j]
-            rmn = min(rmn, v)
-            rmx = max(rmx, v)
-        mn = min(mn, rmn)
-        mx = max(mx, rmx)
-        if not rmx < level:  # (a NaN row maximum: count)
+            mn = min(mn, v)
+            mx = max(mx, v)
+            top = max(top, v)
+        if not top < level:
             for j in range(cols):
                 if row[j] >= level:
                     n += 1

@@ -77,6 +77,9 @@ def test_count_above_the_type_range_and_nan_rows():
     mn, mx, n = kernels.min_max_count_above(f, 3.0)
     assert n == 2 and math.isnan(mn) and math.isnan(mx)
     assert kernels.min_max_count_above(f[1:], 3.0) == (0.5, 3.0, 1)
+    # a NaN starting a later row hides neither that row's minimum nor its count
+    assert kernels.min_max_count_above(np.array([[1.0, 2.0], [np.nan, 0.5]]), 1.5) == (0.5, 2.0, 1)
+    assert kernels.min_max_count_above(np.array([[1.0, 2.0], [np.nan, 5.0]]), 1.5) == (1.0, 5.0, 2)
 
 
 def test_empty_regions():
