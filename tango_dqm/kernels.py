@@ -110,12 +110,34 @@ def _float_moments(a):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _min_max_count_ge(a, cols, level):  # pragma: no cover - compiled
-    """Min, max and number of values >= level of ``a[:, :cols]``: a row is counted only when
-    its maximum reaches the level (rare: saturation), so the common pass is a min/max one.
+    """Min, max and number of values >= level of integer ``a[:, :cols]``: a row is counted
+    only when its maximum reaches the level (rare: saturation), so the common pass is a
+    min/max one."""
+    mn = a[0, 0]
+    mx = a[0, 0]
+    n = 0
+    for i in range(a.shape[0]):
+        row = a[i]
+        rmn = row[0]
+        rmx = row[0]
+        for j in range(cols):
+            v = row[j]
+            rmn = min(rmn, v)
+            rmx = max(rmx, v)
+        mn = min(mn, rmn)
+        mx = max(mx, rmx)
+        if rmx >= level:
+            for j in range(cols):
+                if row[j] >= level:
+                    n += 1
+    return mn, mx, n
 
-    min/max carry on from the rows before (``min(m, NaN)`` keeps m: a NaN is never the
-    minimum unless it is the first value, as in one loop over the frame); the row's own
-    maximum decides whether it is counted (a NaN maximum: counted)."""
+
+@numba.njit(nogil=True, cache=True)
+def _min_max_count_ge_float(a, cols, level):  # pragma: no cover - compiled
+    """The same for floats: min/max carry on from the rows before (``min(m, NaN)`` keeps m,
+    so a NaN is never the minimum unless it is the first value, as in one loop over the
+    frame); the row's own maximum decides whether it is counted (a NaN maximum: counted)."""
     mn = a[0, 0]
     mx = a[0, 0]
     n = 0
@@ -194,7 +216,7 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
         level = max(level, info.min)
         mn, mx, n = _min_max_count_ge(*_rows(a), a.dtype.type(math.ceil(level)))
     else:
-        mn, mx, n = _min_max_count_ge(*_rows(a), a.dtype.type(level))
+        mn, mx, n = _min_max_count_ge_float(*_rows(a), a.dtype.type(level))
     return float(mn), float(mx), int(n)
 
 
