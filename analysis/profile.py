@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from tango_dqm import DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, corrected
+from tango_dqm import DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, corrected, row_view
 
 _NAN = float("nan")
 _AXES = ("x", "y")
@@ -66,7 +66,7 @@ _TEXT = {"centroid": "centre of mass, full-image pixels", "rms": "RMS width", "f
          "amplitude": "peak height above the offset", "mean": "centre, full-image pixels", "sigma": "width (sigma)",
          "offset": "constant offset"}
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-_NO_MASK = np.zeros((1, 1), np.uint8)
+_NO_MASK = row_view(np.zeros((1, 1), np.uint8))[0]
 
 
 # ---- kernels -------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def _excluded(raw, mask, use_mask, use_level, level, i, j):  # pragma: no cover 
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-def _project_clean(raw, val, mask, use_mask, use_level, level, px, py):  # pragma: no cover - compiled
+def _project_clean(raw, val, mask, use_mask, use_level, level, raw_int, cols, px, py):  # pragma: no cover - compiled
     """Column sums into ``px`` and row sums into ``py`` of ``val`` in one pass over the
     frame, each excluded pixel (``raw`` at or above ``level`` or NaN, or ``mask`` nonzero)
     replaced by the mean of the valid pixels among its 8 neighbours. Without a valid
@@ -89,15 +89,21 @@ def _project_clean(raw, val, mask, use_mask, use_level, level, px, py):  # pragm
 
     Each row is first only tested (a vectorised compare); rows without an excluded pixel,
     nearly all of them, are summed on the fast path while still in cache."""
-    rows, cols = val.shape
+    rows = val.shape[0]  # and the first ``cols`` columns of each row (views from row_view)
     n_bad = 0
     for i in range(rows):
         row = val[i]
         nb = 0
         if use_level:
             rrow = raw[i]
-            for j in range(cols):
-                nb += not rrow[j] < level
+            if raw_int:  # the row's maximum (narrow lanes) says whether any pixel reaches the level
+                top = rrow[0]
+                for j in range(cols):
+                    top = max(top, rrow[j])
+                nb += top >= level
+            else:  # floats: NaN is excluded too, which a maximum would not tell
+                for j in range(cols):
+                    nb += not rrow[j] < level
         if use_mask:
             mrow = mask[i]
             for j in range(cols):
@@ -310,7 +316,11 @@ def project(region: np.ndarray, raw: np.ndarray | None = None, mask: np.ndarray 
     else:
         use_level = True  # NaN and inf are excluded even without a finite level
         level = raw.dtype.type(saturation_level)
-    _project_clean(raw, region, m, mask is not None, use_level, level, px, py)
+    # row views: a ROI's rows seen as contiguous rows, so the kernel's loops vectorise
+    raw_rows, cols = row_view(raw)
+    mask_rows = row_view(m)[0] if mask is not None else _NO_MASK
+    _project_clean(raw_rows, row_view(region)[0], mask_rows, mask is not None, use_level, level,
+                   raw.dtype.kind in "iu", cols, px, py)
     return px, py
 
 

@@ -156,9 +156,10 @@ def _min_max_count_ge_float(a, cols, level):  # pragma: no cover - compiled
     return mn, mx, n
 
 
-def _rows(a: np.ndarray) -> tuple[np.ndarray, int]:
-    """``(view, cols)``: a read-only C-contiguous view whose rows start where ``a``'s do and
-    whose first ``cols`` columns are ``a``'s, without a copy.
+def row_view(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(view, cols)`` of a 2-D array: a read-only C-contiguous view whose rows start where
+    ``a``'s do and whose first ``cols`` columns are ``a``'s, without a copy. For numba kernels
+    over ROIs: loop ``for j in range(cols)`` over ``view[i]``, never past ``cols``.
 
     A region of a frame (rows of contiguous pixels, a pitch apart) is seen as the rows of
     the frame that hold it, cut at ``cols``: numba then knows its inner stride and
@@ -196,7 +197,7 @@ def region_stats(region: np.ndarray) -> RegionStats:
         nan = float("nan")
         return RegionStats(0.0, nan, nan, nan, nan, 0)
     if a.dtype.kind in "iub" and a.dtype.itemsize <= 2:
-        s, ss, mn, mx = _int_moments(*_rows(a))
+        s, ss, mn, mx = _int_moments(*row_view(a))
         s, ss = int(s), int(ss)
         var = (n * ss - s * s) / (n * n)  # exact integer numerator
         return RegionStats(float(s), s / n, math.sqrt(max(var, 0.0)), float(mn), float(mx), n)
@@ -214,9 +215,9 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
         if level > info.max:
             return float(a.min()), float(a.max()), 0
         level = max(level, info.min)
-        mn, mx, n = _min_max_count_ge(*_rows(a), a.dtype.type(math.ceil(level)))
+        mn, mx, n = _min_max_count_ge(*row_view(a), a.dtype.type(math.ceil(level)))
     else:
-        mn, mx, n = _min_max_count_ge_float(*_rows(a), a.dtype.type(level))
+        mn, mx, n = _min_max_count_ge_float(*row_view(a), a.dtype.type(level))
     return float(mn), float(mx), int(n)
 
 
