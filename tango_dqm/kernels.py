@@ -109,46 +109,34 @@ def _float_moments(a):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _min_max_count_ge(a, cols, level):  # pragma: no cover - compiled
-    """Min, max and number of values >= level of integer ``a[:, :cols]``: a row is counted
-    only when its maximum reaches the level (rare: saturation), so the common pass is a
-    min/max one."""
-    mn = a[0, 0]
-    mx = a[0, 0]
-    n = 0
-    for i in range(a.shape[0]):
-        row = a[i]
-        rmn = row[0]
-        rmx = row[0]
-        for j in range(cols):
-            v = row[j]
-            rmn = min(rmn, v)
-            rmx = max(rmx, v)
-        mn = min(mn, rmn)
-        mx = max(mx, rmx)
-        if rmx >= level:
-            for j in range(cols):
-                if row[j] >= level:
-                    n += 1
-    return mn, mx, n
+def _min_max_count_ge(a, cols, level, carry):  # pragma: no cover - compiled
+    """Min, max and number of values >= level of ``a[:, :cols]``: a row is counted only when
+    its own maximum reaches the level (rare: saturation; a NaN maximum counts), so the
+    common pass is a min/max one.
 
-
-@numba.njit(nogil=True, cache=True)
-def _min_max_count_ge_float(a, cols, level):  # pragma: no cover - compiled
-    """The same for floats: min/max carry on from the rows before (``min(m, NaN)`` keeps m,
-    so a NaN is never the minimum unless it is the first value, as in one loop over the
-    frame); the row's own maximum decides whether it is counted (a NaN maximum: counted)."""
+    Integers take each row's min/max apart (narrow lanes). Floats (``carry``) carry min/max
+    on from the rows before: ``min(m, NaN)`` keeps m, so a NaN is never the minimum unless
+    it is the first value, as in one loop over the frame."""
     mn = a[0, 0]
     mx = a[0, 0]
     n = 0
     for i in range(a.shape[0]):
         row = a[i]
         top = row[0]
-        for j in range(cols):
-            v = row[j]
-            mn = min(mn, v)
-            mx = max(mx, v)
-            top = max(top, v)
+        if carry:
+            for j in range(cols):
+                v = row[j]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                top = max(top, v)
+        else:
+            low = row[0]
+            for j in range(cols):
+                v = row[j]
+                low = min(low, v)
+                top = max(top, v)
+            mn = min(mn, low)
+            mx = max(mx, top)
         if not top < level:
             for j in range(cols):
                 if row[j] >= level:
@@ -215,9 +203,9 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
         if level > info.max:
             return float(a.min()), float(a.max()), 0
         level = max(level, info.min)
-        mn, mx, n = _min_max_count_ge(*row_view(a), a.dtype.type(math.ceil(level)))
+        mn, mx, n = _min_max_count_ge(*row_view(a), a.dtype.type(math.ceil(level)), False)
     else:
-        mn, mx, n = _min_max_count_ge_float(*row_view(a), a.dtype.type(level))
+        mn, mx, n = _min_max_count_ge(*row_view(a), a.dtype.type(level), True)
     return float(mn), float(mx), int(n)
 
 
