@@ -50,30 +50,31 @@ from typing import Any
 import numba
 import numpy as np
 
-from tango_dqm import DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, region_values
+from tango_dqm import (DARK, MASK, Analysis, Frame, FrameOutput, Parameter, Params, Result, as_2d, region_values,
+                       row_view)
 
 _NAN = float("nan")
 
 
 @numba.njit(nogil=True, cache=True)
-def _count_values(a, offset, size):  # pragma: no cover - compiled
+def _count_values(a, cols, offset, size):  # pragma: no cover - compiled
     """``np.bincount(a.ravel() + offset, minlength=size)`` for 8/16-bit data, in one pass.
 
     Four interleaved count tables break the store-to-load dependency when neighbouring
     pixels have the same value (the usual case), which makes this ~2x faster than
-    np.bincount (which also first copies the data to intp); works on strided ROI views
-    without a copy and releases the GIL.
+    np.bincount (which also first copies the data to intp); over ``row_view`` views (a ROI
+    without a copy, vectorised) and releasing the GIL.
     """
     c0 = np.zeros(size, np.int32)  # int32 keeps the 4 tables in L2; a table sees < 2**31 values
     c1 = np.zeros(size, np.int32)
     c2 = np.zeros(size, np.int32)
     c3 = np.zeros(size, np.int32)
     top = 0  # 1 + the largest index counted
+    n = cols  # of each row (a view from row_view)
+    if n == 0:
+        return np.zeros(size, np.int64)
     for i in range(a.shape[0]):
         row = a[i]
-        n = row.shape[0]
-        if n == 0:
-            continue
         # the row's maximum first, in a vectorised pass that also brings the row into cache
         # at memory speed: the counting loop's dependent increments keep too few loads in
         # flight to stream a frame that was just received (0.96 -> 0.66 ms on a cold 1 MPix
@@ -151,7 +152,8 @@ def int_histogram(data: np.ndarray, bins: int, lo: float, hi: float) -> tuple[np
     if data.dtype.itemsize <= 2:  # count every possible value, then fold into bins
         size = 1 << (8 * data.dtype.itemsize)
         base = -(size // 2) if data.dtype.kind == "i" else 0
-        counts = _count_values(as_2d(data), -base, size)
+        view, cols = row_view(as_2d(data))  # a ROI's rows as contiguous rows: the loops vectorise
+        counts = _count_values(view, cols, -base, size)
         return _fold_value_counts(counts, base, edges)
     flat = data.ravel()
     # wider integers: values outside [ceil(lo), floor(hi)] go to two sentinel slots

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tango_dqm import Frame, Params, load_analysis
+from tango_dqm import Frame, Params, load_analysis, row_view
 from tango_dqm.plugin import Runner, instantiate
 from tango_dqm.analysis.histogram import _count_values
 from tango_dqm.simulation import FrameGenerator, Scene
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
         ("  pixels accumulate (numpy, alt.)", numpy_pixel_accumulate(frames)),
         ("histogram (full frame, 1024 bins)", analysis_step("tango_dqm.analysis.histogram:Histogram", frames)[0]),
         ("  histogram value count (numba, used)",
-         lambda i: _count_values(frames[i % N_FRAMES], 0, 65536)),
+         lambda i: _count_values(*row_view(frames[i % N_FRAMES]), 0, 65536)),
         ("  histogram value count (np.bincount, alt.)",
          lambda i: np.bincount(frames[i % N_FRAMES].ravel(), minlength=65536)),
         ("histogram (ROI 512x512)", analysis_step("tango_dqm.analysis.histogram:Histogram", frames,
