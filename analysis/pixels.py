@@ -222,7 +222,7 @@ class _Pace:
             return 1
         return BATCH
 
-    def took(self, flushed: "tuple[float, int] | None") -> None:
+    def took(self, flushed: tuple[float, int] | None) -> None:
         """``flushed``: (seconds, frames) of the accumulation an add ran, or None."""
         if flushed is not None and flushed[1] == 1:
             self.single = flushed[0]

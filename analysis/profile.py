@@ -93,9 +93,10 @@ def _project_clean(raw, val, mask, use_mask, use_level, level, raw_int, cols, px
     n_bad = 0
     for i in range(rows):
         row = val[i]
+        rrow = raw[i]
+        mrow = mask[i] if use_mask else mask[0]  # (the no-mask placeholder has one row)
         nb = 0
         if use_level:
-            rrow = raw[i]
             if raw_int:  # the row's maximum (narrow lanes) says whether any pixel reaches the level
                 top = rrow[0]
                 for j in range(cols):
@@ -105,7 +106,6 @@ def _project_clean(raw, val, mask, use_mask, use_level, level, raw_int, cols, px
                 for j in range(cols):
                     nb += not rrow[j] < level
         if use_mask:
-            mrow = mask[i]
             for j in range(cols):
                 nb += mrow[j] != 0
         s = 0.0
@@ -117,8 +117,6 @@ def _project_clean(raw, val, mask, use_mask, use_level, level, raw_int, cols, px
         else:
             # the test on this row's own 1-D views: with the 2-D indexing of _excluded here,
             # LLVM compiled the loop ~30x slower (47 -> 1.5 us for a 1024-pixel row)
-            rrow = raw[i]
-            mrow = mask[i] if use_mask else mask[0]
             for j in range(cols):
                 if (use_mask and mrow[j] != 0) or (use_level and not rrow[j] < level):
                     n_bad += 1
@@ -131,7 +129,7 @@ def _project_clean(raw, val, mask, use_mask, use_level, level, raw_int, cols, px
                                 c += 1
                     if c:
                         v = t / c
-                    elif use_mask and mask[i, j] != 0:
+                    elif use_mask and mrow[j] != 0:
                         v = 0.0
                     else:
                         v = np.float64(row[j])

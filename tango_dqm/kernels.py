@@ -200,8 +200,9 @@ def min_max_count_above(data: np.ndarray, level: float) -> tuple[float, float, i
         return float("nan"), float("nan"), 0
     if a.dtype.kind in "iu":
         info = np.iinfo(a.dtype)
-        if level > info.max:
-            return float(a.min()), float(a.max()), 0
+        if level > info.max:  # nothing can reach it: the one pass for min and max, its count unused
+            mn, mx, _ = _min_max_count_ge(*row_view(a), a.dtype.type(info.max), False)
+            return float(mn), float(mx), 0
         level = max(level, info.min)
         mn, mx, n = _min_max_count_ge(*row_view(a), a.dtype.type(math.ceil(level)), False)
     else:
